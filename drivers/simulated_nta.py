@@ -1,0 +1,461 @@
+"""Simulated NTA instrument: the twin of a NanoSight-LM10-like camera and sample cell.
+
+- Brownian motion: per-axis displacement N(0, 2 D dt), D from Stokes-Einstein (Einstein
+  1905) with the IAPWS 2008 viscosity of water at the sample temperature (exoacq.physics).
+- Illumination: Gaussian light sheet, intensity exp(-2 z^2 / w^2), w the 1/e^2 half-width
+  of the Gaussian beam waist. Scatter: Rayleigh, d^6 |(m^2 - 1)/(m^2 + 2)|^2 (Bohren &
+  Huffman 1983, ch. 5), linear in laser power and exposure time.
+- Imaging: Gaussian PSF integrated over each pixel, sigma growing with defocus as
+  sqrt(1 + (z/dof)^2), photon number kept; motion blur by sub-steps in the exposure.
+- Detection: Poisson shot noise on signal + stray light, Gaussian read noise, gain,
+  offset, rounding, clipping to the ADC range (saturation).
+
+Coordinates in um, origin at the image centre and the sheet centre: pixel (row r,
+column c) is centred at x = (c - (width - 1)/2) * pixel_size_um, y likewise with r.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from exoacq.errors import DeviceError
+from exoacq.physics import (rayleigh_polarizability_factor, stokes_einstein_diffusion_um2_s,
+                            water_viscosity_iapws_mpa_s)
+
+_REFERENCE_EXPOSURE_MS, _REFERENCE_INDEX = 15.0, 1.59  # photons_100nm: 15 ms, polystyrene
+_MIN_PHOTONS = 0.5  # particles expected to give fewer photoelectrons in a frame are not drawn
+_TAIL_E = 0.01  # a PSF patch reaches out to where the Gaussian tail falls below this, e/pixel
+_LUT_BITS = 16  # resolution of the inverse-CDF table of background pixel values
+
+
+def _check(name: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} = {value} is out of range; allowed: {allowed}")
+
+
+def _positive(name: str, value: Any, *, zero_ok: bool = False) -> float:
+    v = float(value)
+    _check(name, value, math.isfinite(v) and (v >= 0.0 if zero_ok else v > 0.0), ">= 0" if zero_ok else "> 0")
+    return v
+
+
+def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
+    _check(name, value, isinstance(value, (int, np.integer)) and lo <= value <= hi, f"an integer {lo}..{hi}")
+    return int(value)
+
+
+def _seed(seed: int | None) -> int:
+    """A recorded seed: the one given, or fresh entropy (kept so a run can be replayed)."""
+    return int(np.random.SeedSequence().entropy) if seed is None else int(seed)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf(x) with absolute error < 1.5e-7 (Abramowitz & Stegun 1964, 7.1.26)."""
+    a = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return np.copysign(1.0 - poly * np.exp(-a * a), x)
+
+
+@dataclass
+class SampleComponent:
+    """Spheres; ``cv``: relative SD of a log-normal spread around the mean ``diameter_nm``."""
+
+    diameter_nm: float
+    cv: float = 0.0
+    number_fraction: float = 1.0
+    refractive_index: float = 1.59
+
+    def __post_init__(self) -> None:
+        _positive("diameter_nm", self.diameter_nm)
+        _check("cv", self.cv, math.isfinite(float(self.cv)) and 0.0 <= self.cv <= 3.0, "0..3")
+        _positive("number_fraction", self.number_fraction)
+        _positive("refractive_index", self.refractive_index)
+
+
+class SimulatedSample:
+    """Spheres diffusing in a periodic 3-D box centred on the field of view and the sheet.
+
+    Count drawn once: Poisson(concentration x box volume), 1 mL = 1e12 um^3. Leaving
+    particles re-enter on the other side, out of sight if the box exceeds the field
+    (margin) and spans +-3 sheet waists. ``displacement_um`` is the unwrapped motion."""
+
+    def __init__(self, components: Sequence[SampleComponent], concentration_per_ml: float, *,
+                 box_um: tuple[float, float, float], temperature_c: float = 25.0,
+                 drift_um_s: tuple[float, float] = (0.0, 0.0), medium_index: float = 1.332,
+                 seed: int | None = None):
+        _check("components", components, len(components) > 0, "at least one SampleComponent")
+        self.components = list(components)
+        self.concentration_per_ml = _positive("concentration_per_ml", concentration_per_ml, zero_ok=True)
+        _check("box_um", box_um, len(box_um) == 3, "three lengths (x, y, z) in um")
+        self.box_um = tuple(_positive(f"box_um[{i}]", b) for i, b in enumerate(box_um))
+        _check("drift_um_s", drift_um_s, len(drift_um_s) == 2 and all(map(math.isfinite, drift_um_s)),
+               "two finite velocities (x, y) in um/s")
+        self.drift_um_s = (float(drift_um_s[0]), float(drift_um_s[1]))
+        self.medium_index = _positive("medium_index", medium_index)
+        self.temperature_c = temperature_c
+        self.seed = _seed(seed)
+        self._rng = np.random.default_rng(self.seed)
+        n = int(self._rng.poisson(self.concentration_per_ml * math.prod(self.box_um) * 1e-12))
+        table = np.array([(c.diameter_nm, c.cv, c.number_fraction, c.refractive_index) for c in self.components])
+        which = self._rng.choice(len(table), size=n, p=table[:, 2] / table[:, 2].sum())
+        s2 = np.log1p(table[which, 1] ** 2)  # log-normal: mean diameter_nm, relative SD cv
+        diameters = table[which, 0] * np.exp(np.sqrt(s2) * self._rng.standard_normal(n) - s2 / 2)
+        self._set((self._rng.random((n, 3)) - 0.5) * np.array(self.box_um), diameters, table[which, 3])
+
+    @classmethod
+    def from_particles(cls, positions_um: Any, diameters_nm: Any, *, box_um: tuple[float, float, float],
+                       refractive_index: float = 1.59, **kwargs: Any) -> SimulatedSample:
+        """A sample holding exactly the given particles (for tests and benchmarks)."""
+        d = np.atleast_1d(np.asarray(diameters_nm, dtype=float))
+        _check("diameters_nm", diameters_nm, bool(np.all(d > 0)), "all > 0")
+        pos = np.array(positions_um, dtype=float).reshape(-1, 3)
+        _check("positions_um", f"{len(pos)} rows", len(pos) == len(d), f"one (x, y, z) row per diameter ({len(d)})")
+        sample = cls([SampleComponent(float(d.mean()) if d.size else 100.0, refractive_index=refractive_index)],
+                     0.0, box_um=box_um, **kwargs)
+        sample._set(pos, d, np.full(len(d), _positive("refractive_index", refractive_index)))
+        return sample
+
+    def _set(self, positions: np.ndarray, diameters: np.ndarray, index: np.ndarray) -> None:
+        self.positions_um, self.diameters_nm, self.refractive_index = positions, diameters, index
+        self.ids, self.displacement_um = np.arange(len(diameters)), np.zeros_like(positions)
+        self.elapsed_s, self._diffusion = 0.0, None
+
+    @property
+    def temperature_c(self) -> float:
+        return self._temperature_c
+
+    @temperature_c.setter
+    def temperature_c(self, value: float) -> None:
+        v = float(value)
+        _check("temperature_c", value, math.isfinite(v) and 0.0 < v < 100.0, "0..100 degC (liquid water)")
+        self._temperature_c, self._diffusion = v, None
+
+    @property
+    def viscosity_mpa_s(self) -> float:
+        return water_viscosity_iapws_mpa_s(self._temperature_c)
+
+    @property
+    def diffusion_um2_s(self) -> np.ndarray:
+        """Stokes-Einstein D of each particle at the present temperature."""
+        if self._diffusion is None:
+            self._diffusion = np.atleast_1d(stokes_einstein_diffusion_um2_s(
+                self.diameters_nm, self._temperature_c, self.viscosity_mpa_s))
+        return self._diffusion
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def step(self, dt_s: float) -> None:
+        """Brownian step (per-axis SD sqrt(2 D dt)) plus drift, periodic boundaries."""
+        dt = float(dt_s)
+        _check("dt_s", dt_s, math.isfinite(dt) and dt >= 0.0, ">= 0 s")
+        self.elapsed_s += dt
+        if dt == 0.0 or len(self) == 0:
+            return
+        disp = self._rng.standard_normal(self.positions_um.shape)
+        disp *= np.sqrt(2.0 * self.diffusion_um2_s * dt)[:, None]
+        disp[:, :2] += np.array(self.drift_um_s) * dt
+        self.displacement_um += disp
+        box = np.array(self.box_um)
+        self.positions_um = (self.positions_um + disp + box / 2) % box - box / 2
+
+    def describe(self) -> dict[str, Any]:
+        return {"components": [asdict(c) for c in self.components],
+                "concentration_per_ml": self.concentration_per_ml, "particle_count": len(self),
+                "box_um": list(self.box_um), "temperature_c": self.temperature_c,
+                "viscosity_mpa_s": self.viscosity_mpa_s, "medium_index": self.medium_index,
+                "drift_um_s": list(self.drift_um_s), "seed": self.seed, "elapsed_s": self.elapsed_s}
+
+
+class SimulatedNTACamera:
+    """A scatter-imaging camera looking at a ``SimulatedSample`` (implements ``Camera``).
+
+    ``illumination_mw()``, called every frame, is the laser power reaching the sample
+    (None: ``reference_power_mw``). ``photons_100nm``: photoelectrons collected in 15 ms
+    from a 100 nm sphere of n = 1.59 at the sheet centre at ``reference_power_mw``.
+    ``realtime``: frames come at the frame rate, and a consumer more than an interval
+    late loses the frames between (``frames_dropped``); else as fast as computed."""
+
+    dtype = np.dtype(np.uint16)
+
+    def __init__(self, sample: SimulatedSample, *, illumination_mw: Callable[[], float] | None = None,
+                 reference_power_mw: float = 40.0, width: int = 640, height: int = 480,
+                 pixel_size_um: float = 0.166, frame_rate_hz: float = 25.0, exposure_ms: float = 15.0,
+                 bit_depth: int = 12, gain_adu_per_e: float = 1.0, offset_adu: float = 100.0,
+                 read_noise_e: float = 2.0, background_e: float = 20.0, sheet_waist_um: float = 5.0,
+                 psf_sigma_um: float = 0.3, depth_of_field_um: float = 4.0, photons_100nm: float = 5000.0,
+                 blur_substeps: int = 8, realtime: bool = True, seed: int | None = None):
+        _check("sample", sample, sample is not None, "a SimulatedSample (see make_simulated_nta)")
+        self.sample, self.illumination_mw = sample, illumination_mw
+        self.reference_power_mw = _positive("reference_power_mw", reference_power_mw)
+        self.width, self.height = _int_in("width", width, 8, 16384), _int_in("height", height, 8, 16384)
+        self.pixel_size_um = _positive("pixel_size_um", pixel_size_um)
+        self.bit_depth = _int_in("bit_depth", bit_depth, 8, 16)
+        self.gain_adu_per_e = _positive("gain_adu_per_e", gain_adu_per_e)
+        self.offset_adu = _positive("offset_adu", offset_adu, zero_ok=True)
+        _check("offset_adu", offset_adu, self.offset_adu < self.max_adu, f"0..{self.max_adu - 1} at {bit_depth} bits")
+        self.read_noise_e = _positive("read_noise_e", read_noise_e, zero_ok=True)
+        self.background_e = _positive("background_e", background_e, zero_ok=True)  # stray light, e/px/exposure
+        self.sheet_waist_um = _positive("sheet_waist_um", sheet_waist_um)
+        self.psf_sigma_um = _positive("psf_sigma_um", psf_sigma_um)
+        self.depth_of_field_um = _positive("depth_of_field_um", depth_of_field_um)
+        self.photons_100nm = _positive("photons_100nm", photons_100nm, zero_ok=True)
+        self.blur_substeps = _int_in("blur_substeps", blur_substeps, 1, 64)
+        self.realtime, self.seed, self.frames_dropped, self._connected = bool(realtime), _seed(seed), 0, False
+        self._rng = np.random.default_rng(self.seed)
+        self._exposure_ms = self._t0_mono = self._truth = self._bg_key = None
+        self.frame_rate_hz = frame_rate_hz
+        self.exposure_ms = exposure_ms
+
+    @property
+    def max_adu(self) -> int:
+        return 2 ** self.bit_depth - 1
+
+    @property
+    def frame_rate_hz(self) -> float:
+        return self._frame_rate_hz
+
+    @frame_rate_hz.setter
+    def frame_rate_hz(self, value: float) -> None:
+        v = _positive("frame_rate_hz", value)
+        if self._exposure_ms is not None:
+            _check("frame_rate_hz", value, v <= 1000.0 / self._exposure_ms,
+                   f"0 < frame_rate_hz <= {1000.0 / self._exposure_ms:g} (1000 / exposure_ms)")
+        if self._t0_mono is not None:  # running: keep the frame clock continuous
+            self._t0_mono, self._t0_unix, self._n = (self._t0_mono + self._n / self._frame_rate_hz,
+                                                     self._t0_unix + self._n / self._frame_rate_hz, 0)
+        self._frame_rate_hz = v
+
+    @property
+    def exposure_ms(self) -> float:
+        return self._exposure_ms
+
+    @exposure_ms.setter
+    def exposure_ms(self, value: float) -> None:
+        interval_ms, v = 1000.0 / self._frame_rate_hz, float(value)
+        _check("exposure_ms", value, math.isfinite(v) and 0.0 < v <= interval_ms,
+               f"0 < exposure_ms <= {interval_ms:g} (the frame interval at {self._frame_rate_hz:g} frames/s)")
+        self._exposure_ms = v
+
+    def connect(self) -> None:
+        """Nothing to open: the simulation is always there."""
+        self._connected = True
+
+    def close(self) -> None:
+        self.stop()
+        self._connected = False
+
+    def start(self) -> None:
+        """Reset the frame clock: frame n's exposure starts n / frame_rate_hz from now."""
+        if not self._connected:
+            raise DeviceError("simulated NTA camera is not connected: call connect() first")
+        self._t0_mono, self._t0_unix, self._n = time.monotonic(), time.time(), 0
+
+    def stop(self) -> None:
+        self._t0_mono = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": "SimulatedNTACamera", "simulated": True, "connected": self._connected,
+                "width_px": self.width, "height_px": self.height, "pixel_size_um": self.pixel_size_um,
+                "field_um": [self.width * self.pixel_size_um, self.height * self.pixel_size_um],
+                "frame_rate_hz": self.frame_rate_hz, "exposure_ms": self.exposure_ms,
+                "bit_depth": self.bit_depth, "gain_adu_per_e": self.gain_adu_per_e,
+                "offset_adu": self.offset_adu, "read_noise_e": self.read_noise_e,
+                "background_e_per_px": self.background_e, "reference_power_mw": self.reference_power_mw,
+                "photons_100nm_e_per_15ms": self.photons_100nm, "sheet_waist_um": self.sheet_waist_um,
+                "psf_sigma_um": self.psf_sigma_um, "depth_of_field_um": self.depth_of_field_um,
+                "blur_substeps": self.blur_substeps, "realtime": self.realtime, "seed": self.seed,
+                "frames_dropped": self.frames_dropped, "sample": self.sample.describe()}
+
+    def _power_mw(self) -> float:
+        p = self.reference_power_mw if self.illumination_mw is None else float(self.illumination_mw())
+        _check("illumination_mw()", p, math.isfinite(p) and p >= 0.0, ">= 0 mW")
+        return p
+
+    def expected_photons(self, diameter_nm: Any, z_um: Any = 0.0, refractive_index: Any = _REFERENCE_INDEX,
+                         power_mw: float | None = None) -> Any:
+        """Expected photoelectrons per exposure: Rayleigh d^6 x polarizability, linear in
+        power (default: ``illumination_mw()`` now) and exposure, Gaussian sheet in z."""
+        power = self._power_mw() if power_mw is None else float(power_mw)
+        m = self.sample.medium_index
+        index = (rayleigh_polarizability_factor(np.asarray(refractive_index, dtype=float), m)
+                 / rayleigh_polarizability_factor(_REFERENCE_INDEX, m))
+        z = np.asarray(z_um, dtype=float)
+        n = (self.photons_100nm * (power / self.reference_power_mw) * (self._exposure_ms / _REFERENCE_EXPOSURE_MS)
+             * (np.asarray(diameter_nm, dtype=float) / 100.0) ** 6 * index
+             * np.exp(-2.0 * z * z / self.sheet_waist_um ** 2))
+        return float(n) if np.ndim(n) == 0 else n
+
+    def fill(self, buffer: np.ndarray) -> float:
+        """Advance the sample one frame interval (dead time, then exposure), render the frame
+        into ``buffer`` (uint16, height x width); return the exposure start as UNIX time."""
+        if not self._connected:
+            raise DeviceError("simulated NTA camera is not connected: call connect() first")
+        if self._t0_mono is None:
+            raise DeviceError("simulated NTA camera is not acquiring: call start() first")
+        if buffer.shape != (self.height, self.width) or buffer.dtype != self.dtype:
+            raise ValueError(f"buffer is {buffer.dtype} {buffer.shape}; needs uint16 ({self.height}, {self.width})")
+        interval, exposure = 1.0 / self._frame_rate_hz, self._exposure_ms * 1e-3
+        if self.realtime:
+            late = time.monotonic() - (self._t0_mono + self._n * interval + exposure)
+            if (missed := int(late // interval) if late > interval else 0):
+                self.sample.step(missed * interval)
+                self._n, self.frames_dropped = self._n + missed, self.frames_dropped + missed
+        start_unix = self._t0_unix + self._n * interval
+        ready_mono = self._t0_mono + self._n * interval + exposure
+        self._render(buffer, interval, exposure)
+        self._n += 1
+        if self.realtime and (wait := ready_mono - time.monotonic()) > 0:
+            time.sleep(wait)
+        return start_unix
+
+    def truth(self) -> dict[str, np.ndarray]:
+        """Every particle of the sample in the last frame: mean position during the
+        exposure (``x_px`` column, ``y_px`` row, pixel centres at integers), ``z_um``,
+        ``diameter_nm``, ``particle_id``, ``photons`` (expected e), ``in_field``."""
+        if self._truth is None:
+            raise DeviceError("no frame rendered yet: truth() describes the last frame")
+        return {k: v.copy() for k, v in self._truth.items()}
+
+    def _render(self, buffer: np.ndarray, interval: float, exposure: float) -> None:
+        s, k, sub = self.sample, self.blur_substeps, exposure / self.blur_substeps
+        s.step(interval - exposure + sub / 2)  # dead time, then to the middle of the first sub-step
+        base, d0 = s.positions_um.copy(), s.displacement_um.copy()
+        traj = np.empty((k,) + base.shape)
+        traj[0] = base
+        for i in range(1, k):
+            s.step(sub)
+            traj[i] = base + (s.displacement_um - d0)  # unwrapped within the exposure
+        s.step(sub / 2)
+        z, power = traj[..., 2], self._power_mw()
+        ph = self.expected_photons(s.diameters_nm, 0.0, s.refractive_index, power) * np.exp(
+            -2.0 * z * z / self.sheet_waist_um ** 2) / k  # (k, N): each sub-step gets 1/k of the exposure
+        xs = traj[..., 0] / self.pixel_size_um + (self.width - 1) / 2
+        ys = traj[..., 1] / self.pixel_size_um + (self.height - 1) / 2
+        sig = (self.psf_sigma_um / self.pixel_size_um) * np.sqrt(1.0 + (z / self.depth_of_field_um) ** 2)
+        total, mx, my = ph.sum(axis=0), xs.mean(axis=0), ys.mean(axis=0)
+        self._truth = {"x_px": mx, "y_px": my, "z_um": z.mean(axis=0), "diameter_nm": s.diameters_nm.copy(),
+                       "particle_id": s.ids.copy(), "photons": total,
+                       "in_field": (mx >= -0.5) & (mx < self.width - 0.5) & (my >= -0.5) & (my < self.height - 0.5)}
+        signal = self._signal(xs, ys, sig, ph, total) if power > 0 and len(s) else None
+        self._detect(buffer, signal)
+
+    def _signal(self, xs, ys, sig, ph, total) -> np.ndarray | None:
+        """Expected photoelectrons per pixel (float32, height x width): each particle's
+        pixel-integrated Gaussian PSF at each sub-position, summed in a small patch."""
+        w, h = self.width, self.height
+        cx, cy = np.rint(xs.mean(axis=0)), np.rint(ys.mean(axis=0))
+        peak = total / (2 * np.pi * sig.min(axis=0) ** 2)
+        nsig = np.clip(np.sqrt(2 * np.log(np.maximum(peak / _TAIL_E, 1.0))), 3.0, 7.0)
+        reach = np.ceil(np.maximum(np.abs(xs - cx).max(axis=0), np.abs(ys - cy).max(axis=0))
+                        + nsig * sig.max(axis=0)).astype(int)
+        show = ((total >= _MIN_PHOTONS) & (cx + reach >= 0) & (cx - reach <= w - 1)
+                & (cy + reach >= 0) & (cy - reach <= h - 1))
+        if (idx := np.flatnonzero(show)).size == 0:
+            return None
+        r = int(reach[idx].max())
+        inside = np.abs(np.arange(-r, r + 1)) <= reach[idx, None]  # (M, P): each particle's own patch
+        edges = np.arange(-r, r + 2) - 0.5
+
+        def profile(pos: np.ndarray, centre: np.ndarray) -> np.ndarray:  # (M, k, P)
+            u = (edges - (pos[:, idx] - centre[idx])[..., None]) / (math.sqrt(2) * sig[:, idx, None])
+            g = np.maximum(0.5 * np.diff(_erf(u), axis=-1), 0.0).transpose(1, 0, 2)
+            return g * inside[:, None, :]
+
+        gy = profile(ys, cy) * ph[:, idx].T[..., None]
+        patches = np.matmul(gy.transpose(0, 2, 1), profile(xs, cx)).astype(np.float32)  # (M, P, P)
+        size, pad = 2 * r + 1, 2 * r
+        canvas = np.zeros((h + 2 * pad, w + 2 * pad), np.float32)
+        for row, col, patch in zip(cy[idx].astype(int) + pad - r, cx[idx].astype(int) + pad - r, patches):
+            canvas[row:row + size, col:col + size] += patch
+        return canvas[pad:pad + h, pad:pad + w]
+
+    def _detect(self, buffer: np.ndarray, signal: np.ndarray | None) -> None:
+        """Shot noise, read noise, gain, offset, rounding, clipping; exact, no normal approximation.
+
+        Stray-light-only pixels: inverse CDF of round(offset + gain (Poisson(background) +
+        read noise)) from a table (searchsorted in the few bins straddling a step). Pixels
+        with signal are drawn again: Poisson(signal + background), read noise, gain."""
+        flat = buffer.reshape(-1) if buffer.flags.c_contiguous else np.empty(buffer.size, self.dtype)
+        table, straddle, cdf, lo = self._background_table()
+        u = self._rng.random(flat.size, dtype=np.float32)
+        j = (u * (1 << _LUT_BITS)).astype(np.intp)
+        np.take(table, j, out=flat, mode="clip")
+        fix = np.flatnonzero(straddle[j])
+        flat[fix] = lo + np.searchsorted(cdf, u[fix], side="right")
+        if signal is not None:
+            pix = np.flatnonzero(mask := signal > 0)
+            electrons = self._rng.poisson(signal[mask].astype(np.float64) + self.background_e)
+            adu = self.offset_adu + self.gain_adu_per_e * (
+                electrons + self.read_noise_e * self._rng.standard_normal(pix.size))
+            flat[pix] = np.clip(np.rint(adu), 0, self.max_adu)
+        if not buffer.flags.c_contiguous:
+            buffer[...] = flat.reshape(buffer.shape)
+
+    def _background_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        key = (self.background_e, self.read_noise_e, self.gain_adu_per_e, self.offset_adu, self.bit_depth)
+        if key != self._bg_key:
+            b, g, s = self.background_e, self.gain_adu_per_e, max(self.gain_adu_per_e * self.read_noise_e, 1e-9)
+            p = np.arange(int(math.ceil(b + 12 * math.sqrt(b) + 15)) + 1)
+            log_fact = np.concatenate([[0.0], np.cumsum(np.log(p[1:]))])
+            pmf = np.exp(p * math.log(b) - b - log_fact) if b > 0 else (p == 0).astype(float)
+            lo = max(0, int(self.offset_adu - 10 * s) - 2)
+            hi = min(self.max_adu, int(self.offset_adu + g * p[-1] + 10 * s) + 2)
+            a = np.arange(lo, hi + 1)[:, None]
+            cdf = (pmf * 0.5 * (1 + _erf((a + 0.5 - self.offset_adu - g * p) / (math.sqrt(2) * s)))).sum(axis=1)
+            cdf = np.minimum(np.maximum.accumulate(cdf), 1.0)
+            cdf[-1] = 1.0  # what lies above hi (< 1e-12) or above max_adu (saturation) lands on hi
+            grid = np.arange((1 << _LUT_BITS) + 1) / (1 << _LUT_BITS)
+            first = np.searchsorted(cdf, grid[:-1], side="right")
+            last = np.searchsorted(cdf, np.nextafter(grid[1:], 0.0), side="right")
+            self._bg = ((lo + first).astype(self.dtype), first != last, cdf, lo)
+            self._bg_key = key
+        return self._bg
+
+
+class SimulatedThermometer:
+    """Reads the simulated sample's temperature, optionally with Gaussian noise (implements ``Thermometer``)."""
+
+    def __init__(self, sample: SimulatedSample, noise_c: float = 0.0, seed: int | None = None):
+        self.sample, self.seed, self._connected = sample, _seed(seed), False
+        self.noise_c = _positive("noise_c", noise_c, zero_ok=True)
+        self._rng = np.random.default_rng(self.seed)
+
+    def connect(self) -> None:
+        self._connected = True
+
+    def close(self) -> None:
+        self._connected = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": "SimulatedThermometer", "simulated": True, "noise_c": self.noise_c, "seed": self.seed}
+
+    def temperature_c(self) -> float:
+        if not self._connected:
+            raise DeviceError("simulated thermometer is not connected: call connect() first")
+        return self.sample.temperature_c + (self.noise_c * float(self._rng.standard_normal()) if self.noise_c else 0.0)
+
+
+def make_simulated_nta(components: Sequence[SampleComponent], concentration_per_ml: float, *,
+                       illumination_mw: Callable[[], float] | None, temperature_c: float = 25.0,
+                       drift_um_s: tuple[float, float] = (0.0, 0.0), medium_index: float = 1.332,
+                       seed: int | None = None, margin_um: float = 10.0, thermometer_noise_c: float = 0.0,
+                       **camera_kwargs: Any) -> tuple[SimulatedNTACamera, SimulatedThermometer, SimulatedSample]:
+    """Camera, thermometer and a sample whose box is the field plus ``margin_um`` on
+    each side in x and y and +-3 sheet waists in z; seeds derived from ``seed``."""
+    geo = {k: p.default for k, p in inspect.signature(SimulatedNTACamera).parameters.items()} | camera_kwargs
+    width, height = _int_in("width", geo["width"], 8, 16384), _int_in("height", geo["height"], 8, 16384)
+    pixel, waist = _positive("pixel_size_um", geo["pixel_size_um"]), _positive("sheet_waist_um", geo["sheet_waist_um"])
+    margin = _positive("margin_um", margin_um, zero_ok=True)
+    s_sample, s_camera, s_thermo = (int(v) for v in np.random.SeedSequence(seed).generate_state(3))
+    box = (width * pixel + 2 * margin, height * pixel + 2 * margin, 6 * waist)
+    sample = SimulatedSample(components, concentration_per_ml, box_um=box, temperature_c=temperature_c,
+                             drift_um_s=drift_um_s, medium_index=medium_index, seed=s_sample)
+    camera = SimulatedNTACamera(sample, illumination_mw=illumination_mw, seed=s_camera, **camera_kwargs)
+    return camera, SimulatedThermometer(sample, thermometer_noise_c, seed=s_thermo), sample

@@ -1,0 +1,5 @@
+import sys
+
+from exoacq.cli import main
+
+sys.exit(main())

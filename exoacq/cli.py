@@ -1,0 +1,242 @@
+"""The ``exoacq`` command line: daemon, clients and the demo.
+
+Every failure the operator can act on ends as one line on stderr,
+``exoacq: error: ...``, and a non-zero exit status; never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from exoacq import __version__
+from exoacq.errors import ConfigError, ExoacqError
+
+DEFAULT_CONTROL = "tcp://127.0.0.1:5555"
+TOPICS = ("run.state", "nta.progress", "nta.result")
+
+
+def _default_control() -> str:
+    return os.environ.get("EXOACQ_CONTROL", DEFAULT_CONTROL)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"exoacq: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="exoacq", description="Acquisition daemon and clients for EV characterization.")
+    parser.add_argument("--version", action="version", version=f"exoacq {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    def client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--control", default=_default_control(),
+                       help="daemon control endpoint (default: $EXOACQ_CONTROL or %(default)s)")
+        return p
+
+    p = sub.add_parser("daemon", help="run the acquisition daemon")
+    p.add_argument("--config", type=Path, help="configuration file (TOML); see `exoacq config example`")
+    p.add_argument("--simulated", action="store_true", help="use simulated instruments")
+    p.add_argument("--data-dir", type=Path, help="where runs are stored (overrides the file)")
+    p.add_argument("--control", help="control endpoint (overrides the file)")
+    p.add_argument("--results", help="results endpoint (overrides the file)")
+    p.add_argument("--frames", help="live frames endpoint (overrides the file)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    p = sub.add_parser("acquire", help="run an acquisition on the daemon and print its result")
+    p.add_argument("method", choices=["nta"], help="measurement method")
+    p.add_argument("--duration", type=_positive_float, default=30.0, help="seconds of video (default %(default)s)")
+    p.add_argument("--sample", default="unnamed", help="sample name")
+    p.add_argument("--dilution", type=_positive_float, default=1.0, help="dilution factor (default %(default)s: neat)")
+    p.add_argument("--json", action="store_true", help="print the final nta.result document alone on stdout")
+    client(p)
+
+    p = client(sub.add_parser("status", help="daemon, instruments and current run"))
+    p.add_argument("--json", action="store_true")
+
+    p = client(sub.add_parser("watch", help="print published documents as JSON lines"))
+    p.add_argument("topics", nargs="*", metavar="TOPIC", help=f"topics (prefixes) to show; default all: {', '.join(TOPICS)}")
+    p.add_argument("--count", type=int, default=None, help="exit after this many documents")
+
+    p = client(sub.add_parser("stop", help="abort the current run"))
+    p.add_argument("--run-id", help="abort this run (queued or current) instead")
+
+    p = client(sub.add_parser("runs", help="list past runs, or `runs show ID`"))
+    p.add_argument("action", nargs="?", choices=["show"], help="show one run")
+    p.add_argument("run_id", nargs="?", help="run id for `show`")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=50)
+
+    p = sub.add_parser("config", help="configuration helpers")
+    p.add_argument("action", choices=["example", "check"], help="print a commented example, or check a file")
+    p.add_argument("file", nargs="?", type=Path, help="file to check")
+
+    p = sub.add_parser("demo", help="simulated instruments, a short acquisition of 100 nm particles, a result table")
+    p.add_argument("--duration", type=_positive_float, default=10.0, help="seconds of video (default %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ExoacqError as exc:
+        for line in str(exc).splitlines() or ["unknown error"]:
+            print(f"exoacq: error: {line}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+# -- commands ------------------------------------------------------------------------
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from exoacq.config import load_config
+    from exoacq.daemon import run_daemon
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(args.config, simulated=args.simulated)
+    if args.config is None and not args.simulated:
+        raise ConfigError("no configuration: give --config FILE, or --simulated for simulated instruments")
+    for name in ("control", "results", "frames", "data_dir"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(config.daemon, name, value)
+    return run_daemon(config)
+
+
+def _client(args: argparse.Namespace):
+    from exoacq.bus import ControlClient
+    return ControlClient(args.control)
+
+
+def cmd_acquire(args: argparse.Namespace) -> int:
+    from exoacq.client import ProgressBar, follow_run, format_result
+
+    request = {"method": args.method, "duration_s": args.duration, "sample": args.sample, "dilution": args.dilution}
+    bar = ProgressBar()
+    with _client(args) as client:
+        try:
+            result = follow_run(client, request, on_document=bar)
+        finally:
+            bar.close()
+    print(json.dumps(result) if args.json else format_result(result))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        status = client.request("status")
+    if args.json:
+        print(json.dumps(status))
+        return 0
+    run = status["current_run"]
+    laser = status["instruments"].get("laser", {})
+    print(f"exoacq daemon {status['version']} (pid {status['pid']}, up {status['uptime_s']:.0f} s, "
+          f"{'simulated' if status['simulated'] else 'hardware'})")
+    for name, address in status["endpoints"].items():
+        print(f"  {name:<8} {address}")
+    print(f"  data     {status['data_dir']}")
+    print(f"  laser    {laser.get('model', '?')}: emission {'on' if laser.get('emission') else 'off'}, "
+          f"{laser.get('power_mw', float('nan')):.1f} mW")
+    print(f"  tracker  pid {status['tracker']['pid']}, {'ready' if status['tracker']['ready'] else 'starting'}")
+    print("  run      " + ("none" if run is None else f"{run['run_id']} {run['state']}, "
+                                                  f"{run.get('frames_acquired', 0)} frames"))
+    if status["queued"]:
+        print(f"  queued   {', '.join(status['queued'])}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from exoacq.bus import subscribe
+
+    with _client(args) as client:
+        endpoints = client.request("status")["endpoints"]
+    socket = subscribe(endpoints["results"], args.topics or None)
+    seen = 0
+    try:
+        while args.count is None or seen < args.count:
+            topic, payload = socket.recv_multipart()
+            sys.stdout.write(payload.decode("utf-8") + "\n")
+            sys.stdout.flush()
+            seen += 1
+    finally:
+        socket.close(linger=0)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reply = client.request("stop", run_id=args.run_id)
+    print(f"run {reply['run_id']}: {reply['state']}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "show":
+            if not args.run_id:
+                raise ExoacqError("`exoacq runs show` needs a run id (see `exoacq runs`)", code="usage")
+            record = client.request("run", run_id=args.run_id)
+            if args.json:
+                print(json.dumps(record))
+            else:
+                from exoacq.client import format_result
+                print(f"{record['run_id']}: {record['state']}  sample '{record['sample']}'  "
+                      f"started {record['started']}  finished {record['finished']}")
+                if record.get("error"):
+                    print(f"  error: {record['error']}")
+                if record.get("result"):
+                    print(format_result(record["result"]))
+            return 0
+        runs = client.request("runs", limit=args.limit)
+    if args.json:
+        print(json.dumps(runs))
+        return 0
+    print(f"{'run_id':<28} {'method':<6} {'state':<10} {'started':<25} sample")
+    for r in runs:
+        print(f"{r['run_id']:<28} {r['method']:<6} {r['state']:<10} {r['started'] or '-':<25} {r['sample']}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from exoacq.config import example_text, load_config
+
+    if args.action == "example":
+        sys.stdout.write(example_text())
+        return 0
+    if args.file is None:
+        raise ExoacqError("`exoacq config check` needs a FILE", code="usage")
+    load_config(args.file)
+    print(f"{args.file}: valid")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from exoacq.demo import run_demo
+    return run_demo(duration_s=args.duration)
+
+
+COMMANDS: dict[str, Any] = {
+    "daemon": cmd_daemon, "acquire": cmd_acquire, "status": cmd_status, "watch": cmd_watch,
+    "stop": cmd_stop, "runs": cmd_runs, "config": cmd_config, "demo": cmd_demo,
+}

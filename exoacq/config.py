@@ -1,0 +1,201 @@
+"""Configuration: one TOML file for the instruments and the daemon.
+
+Units are part of every key name (``power_mw``, ``exposure_ms``). Validation is
+pydantic's; :func:`load_config` turns its report into lines that name the key,
+the value and what is allowed, so that the daemon refuses a bad file at start.
+"""
+from __future__ import annotations
+
+import difflib
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from exoacq.errors import ConfigError
+
+Endpoint = Annotated[str, Field(pattern=r"^(tcp|ipc|inproc)://.+$")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DaemonConfig(_Section):
+    control: Endpoint = "tcp://127.0.0.1:5555"
+    results: Endpoint = "tcp://127.0.0.1:5556"
+    frames: Endpoint = "tcp://127.0.0.1:5557"
+    #: None: the user's state directory (``~/.local/state/exoacq``).
+    data_dir: Path | None = None
+    #: Frames that may wait for the tracking core before new ones are dropped (and counted).
+    frame_queue: int = Field(16, ge=2, le=1024)
+
+    def resolved_data_dir(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else Path(platformdirs.user_state_dir("exoacq"))
+
+
+class LaserConfig(_Section):
+    driver: Literal["obis"] = "obis"
+    #: Serial device (``/dev/ttyUSB0``) or pyserial URL. Ignored when simulated:
+    #: the simulator serves the same protocol on a pseudo-terminal.
+    port: str = "/dev/ttyUSB0"
+    simulated: bool = False
+    power_mw: float = Field(40.0, gt=0.0, le=1000.0)
+    timeout_s: float = Field(1.0, gt=0.0, le=30.0)
+
+
+class CameraConfig(_Section):
+    driver: Literal["simulated-nta"] = "simulated-nta"
+    simulated: bool = True
+    width: int = Field(640, ge=64, le=4096)
+    height: int = Field(480, ge=64, le=4096)
+    frame_rate_hz: float = Field(25.0, gt=0.0, le=1000.0)
+    exposure_ms: float = Field(15.0, gt=0.0, le=1000.0)
+    bit_depth: int = Field(12, ge=8, le=16)
+    #: Object-plane size of one pixel (camera pixel / magnification).
+    pixel_size_um: float = Field(0.166, gt=0.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _exposure_fits(self) -> "CameraConfig":
+        if self.exposure_ms > 1000.0 / self.frame_rate_hz:
+            raise ValueError(
+                f"exposure_ms = {self.exposure_ms} is longer than the frame interval "
+                f"{1000.0 / self.frame_rate_hz:.3g} ms at frame_rate_hz = {self.frame_rate_hz}")
+        return self
+
+
+class ThermometerConfig(_Section):
+    driver: Literal["simulated"] = "simulated"
+    simulated: bool = True
+
+
+class InstrumentsConfig(_Section):
+    laser: LaserConfig = LaserConfig()
+    camera: CameraConfig = CameraConfig()
+    thermometer: ThermometerConfig = ThermometerConfig()
+
+
+class SampleComponentConfig(_Section):
+    diameter_nm: float = Field(gt=0.0, le=5000.0)
+    #: Relative SD of a log-normal size spread; 0 is monodisperse.
+    cv: float = Field(0.0, ge=0.0, le=2.0)
+    number_fraction: float = Field(1.0, gt=0.0)
+    refractive_index: float = Field(1.59, gt=1.0, le=4.0)
+
+
+class SimulationConfig(_Section):
+    """The sample inside the simulated instrument (the 'truth' of a simulation)."""
+
+    components: list[SampleComponentConfig] = [SampleComponentConfig(diameter_nm=100.0)]
+    concentration_per_ml: float = Field(3e8, gt=0.0, le=1e11)
+    temperature_c: float = Field(25.0, gt=0.0, lt=100.0)
+    drift_um_s: tuple[float, float] = (0.0, 0.0)
+    seed: int | None = None
+
+
+class NTAAnalysisConfig(_Section):
+    """Tracking parameters; defaults are right for the default simulated camera."""
+
+    #: trackpy feature diameter, odd, in pixels.
+    feature_diameter_px: int = Field(7, ge=3, le=51)
+    #: Minimum integrated brightness of a feature (trackpy ``minmass``).
+    minmass: float = Field(300.0, ge=0.0)
+    #: Tracks shorter than this many frames are not sized.
+    min_track_length: int = Field(10, ge=3, le=10000)
+    #: Smallest particle expected; sets the link search range from its diffusion.
+    min_diameter_nm: float = Field(30.0, gt=0.0)
+    #: Override of the link search range (pixels); None derives it from min_diameter_nm.
+    search_range_px: float | None = Field(None, gt=0.0)
+    #: Effective detection volume (nL) for concentration; None: no concentration is reported.
+    detection_volume_nl: float | None = Field(None, gt=0.0)
+    #: Where detection_volume_nl came from, stored with each result.
+    detection_volume_source: str = "not calibrated"
+
+    @model_validator(mode="after")
+    def _odd_diameter(self) -> "NTAAnalysisConfig":
+        if self.feature_diameter_px % 2 == 0:
+            raise ValueError(f"feature_diameter_px = {self.feature_diameter_px} must be odd")
+        return self
+
+
+class Config(_Section):
+    daemon: DaemonConfig = DaemonConfig()
+    instruments: InstrumentsConfig = InstrumentsConfig()
+    simulation: SimulationConfig = SimulationConfig()
+    nta: NTAAnalysisConfig = NTAAnalysisConfig()
+
+
+def example_text() -> str:
+    """The commented example configuration (also the embedded simulated default)."""
+    return resources.files("exoacq").joinpath("config_example.toml").read_text(encoding="utf-8")
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            if isinstance(part, int):
+                continue
+            ann = getattr(field, "annotation", None)
+            args = getattr(ann, "__args__", ())
+            sub = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if sub is None:
+                return []
+            model = sub
+            continue
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _describe_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(Config, loc)
+            near = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.5)
+            hint = f" (did you mean '{near[0]}'? units are part of the key name)" if near else ""
+            lines.append(f"{source}: unknown key '{key}'{hint}; allowed here: {', '.join(allowed)}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "string_pattern_mismatch" and "tcp|ipc" in msg:
+                msg = "must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555 or ipc:///run/exoacq/control"
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" = {value!r}"
+            lines.append(f"{source}: {key}{shown}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "configuration") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe_errors(exc, source)) from None
+
+
+def load_config(path: Path | str | None = None, *, simulated: bool = False) -> Config:
+    """Read and validate a configuration file; None means the embedded example.
+
+    ``simulated`` switches every instrument to its simulated twin.
+    """
+    if path is None:
+        text, source = example_text(), "embedded default configuration"
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    config = parse_config(data, source)
+    if simulated:
+        for section in (config.instruments.laser, config.instruments.camera, config.instruments.thermometer):
+            section.simulated = True
+    return config

@@ -1,0 +1,449 @@
+"""The exoacq daemon: control socket, results publisher, run queue, tracker.
+
+Threads and processes:
+
+* main thread: the control ROUTER, the results PUB and the event PULL; it is
+  the only writer of the run store and the only publisher of documents;
+* acquisition thread: runs one queued run at a time through the method's
+  engine (setup, exec, teardown) and owns the frame sockets;
+* tracking core: a child process (:mod:`exoacq.nta.tracker`) fed over a
+  bounded PUSH socket, answering with events.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import zmq
+
+from exoacq import __version__
+from exoacq.bus import dumps, loads, make_document, publish
+from exoacq.config import Config
+from exoacq.errors import DeviceError, ExoacqError, ProtocolError
+from exoacq.instruments import Instruments, connect_instruments
+from exoacq.nta.acquisition import NTAAcquisition, Run, validate_request
+from exoacq.storage import FINAL_STATES, RunStore
+
+log = logging.getLogger("exoacq.daemon")
+
+PROGRESS_INTERVAL_S = 0.5
+TRACKER_START_TIMEOUT_S = 60.0
+#: After the last frame, how long the tracker may take per queued frame, plus a floor.
+PROCESSING_TIMEOUT_S = 30.0
+
+
+class _RunStatus:
+    """What the main thread knows of the run in progress."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.state = "queued"
+        self.acquisition: dict[str, Any] = {"frames_acquired": 0, "frames_dropped": 0}
+        self.tracker: dict[str, Any] = {}
+        self.instrument_settings: dict[str, Any] = {}
+        self.tracking: dict[str, Any] = {}
+        self.processing_since: float | None = None
+
+
+class Daemon:
+    def __init__(self, config: Config):
+        self.config = config
+        self.ctx = zmq.Context()
+        self.store = RunStore(config.daemon.resolved_data_dir())
+        for run_id in self.store.fail_unfinished("the daemon stopped during this run"):
+            log.warning("run %s was left unfinished by a previous daemon: marked failed", run_id)
+        self._stopping = threading.Event()
+        self._queue: queue.Queue[Run | None] = queue.Queue()
+        self._runs: dict[str, _RunStatus] = {}
+        self._current: _RunStatus | None = None
+        self._started = time.time()
+        self.instruments: Instruments | None = None
+        self.tracker_process: subprocess.Popen | None = None
+        self.tracker_ready = False
+        self._bind_sockets()
+
+    # -- set-up ----------------------------------------------------------------
+    def _bind(self, kind: int, address: str, what: str) -> zmq.Socket:
+        socket = self.ctx.socket(kind)
+        socket.setsockopt(zmq.LINGER, 0)
+        try:
+            socket.bind(address)
+        except zmq.ZMQError as exc:
+            socket.close()
+            self.ctx.term()
+            raise ExoacqError(f"cannot bind the {what} socket to {address}: {exc.strerror} "
+                              "(another daemon on this port? use --{what} to choose another)",
+                              code="bind_failed") from None
+        return socket
+
+    def _bind_sockets(self) -> None:
+        d = self.config.daemon
+        self.control = self._bind(zmq.ROUTER, d.control, "control")
+        self.results = self._bind(zmq.PUB, d.results, "results")
+        self.live_frames = self._bind(zmq.PUB, d.frames, "frames")
+        self.live_frames.setsockopt(zmq.SNDHWM, 4)
+        self.events = self.ctx.socket(zmq.PULL)
+        self.events.bind("inproc://events")
+        tracker_events_port = self.events.bind_to_random_port("tcp://127.0.0.1")
+        self.tracker_events_address = f"tcp://127.0.0.1:{tracker_events_port}"
+        self.tracker_frames = self.ctx.socket(zmq.PUSH)
+        self.tracker_frames.setsockopt(zmq.SNDHWM, d.frame_queue)
+        self.tracker_frames.setsockopt(zmq.LINGER, 0)
+        port = self.tracker_frames.bind_to_random_port("tcp://127.0.0.1")
+        self.tracker_frames_address = f"tcp://127.0.0.1:{port}"
+
+    def start(self) -> None:
+        """Connect instruments, start the tracker and the acquisition thread."""
+        self.instruments = connect_instruments(self.config)  # fail fast on a bad port
+        self._start_tracker()
+        emit_socket = self.ctx.socket(zmq.PUSH)
+        emit_socket.connect("inproc://events")
+        self._emit_lock = threading.Lock()
+
+        def emit(event: dict[str, Any]) -> None:
+            with self._emit_lock:
+                emit_socket.send(dumps(event))
+
+        self._emit_socket = emit_socket
+        self.engine = NTAAcquisition(self.config, self.instruments, self.tracker_frames, self.live_frames, emit)
+        self._emit = emit
+        self._worker = threading.Thread(target=self._acquisition_loop, name="acquisition", daemon=True)
+        self._worker.start()
+        deadline = time.monotonic() + TRACKER_START_TIMEOUT_S
+        while not self.tracker_ready:
+            if time.monotonic() > deadline or self.tracker_process.poll() is not None:
+                raise ExoacqError("the tracking core did not start (see the log above)", code="tracker_failed")
+            if self.events.poll(100):
+                self._on_event(loads(self.events.recv()))
+
+    def _start_tracker(self) -> None:
+        self.tracker_ready = False
+        self.tracker_process = subprocess.Popen(
+            [sys.executable, "-m", "exoacq.nta.tracker", "--frames", self.tracker_frames_address,
+             "--events", self.tracker_events_address, "--parent-pid", str(os.getpid())])
+
+    # -- the acquisition thread --------------------------------------------------
+    def _acquisition_loop(self) -> None:
+        while True:
+            run = self._queue.get()
+            if run is None:
+                return
+            if run.abort.is_set():
+                continue  # aborted while queued: the main thread has recorded it
+            self._execute(run)
+
+    def _execute(self, run: Run) -> None:
+        emit = self._emit
+        emit({"event": "state", "run_id": run.run_id, "state": "preparing"})
+        counters: dict[str, Any] = {}
+        try:
+            try:
+                self.engine.setup(run)
+                emit({"event": "state", "run_id": run.run_id, "state": "acquiring"})
+                counters = self.engine.exec(run)
+            finally:
+                self.engine.teardown(run)
+        except ExoacqError as exc:
+            emit({"event": "state", "run_id": run.run_id, "state": "failed", "error": str(exc)})
+            return
+        except Exception as exc:  # a bug: record it on the run, keep the daemon alive
+            log.exception("run %s failed", run.run_id)
+            emit({"event": "state", "run_id": run.run_id, "state": "failed",
+                  "error": f"internal error: {type(exc).__name__}: {exc}"})
+            return
+        if run.abort.is_set():
+            emit({"event": "state", "run_id": run.run_id, "state": "aborted", "counters": counters,
+                  "settings": run.settings, "error": run.abort_reason})
+            return
+        emit({"event": "state", "run_id": run.run_id, "state": "processing", "counters": counters,
+              "settings": run.settings})
+        run.finished.wait()  # the main thread sets it on the result, a failure or shutdown
+
+    # -- the main loop -----------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        self._stopping.set()
+
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        poller.register(self.events, zmq.POLLIN)
+        last_progress = 0.0
+        while not self._stopping.is_set():
+            ready = dict(poller.poll(100))
+            if self.control in ready:
+                self._on_control(self.control.recv_multipart())
+            while self.events.poll(0):
+                self._on_event(loads(self.events.recv()))
+            now = time.monotonic()
+            if now - last_progress >= PROGRESS_INTERVAL_S:
+                last_progress = now
+                self._publish_progress()
+                self._check_tracker()
+
+    def shutdown(self) -> None:
+        """Abort the run in progress, switch the laser off, stop the tracker. Fast (< 5 s)."""
+        current = self._current
+        while True:  # drain the queue: queued runs are aborted too
+            try:
+                queued = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if queued is not None:
+                self._set_state(queued.run_id, "aborted", error="the daemon was stopped")
+        if current is not None and current.state not in FINAL_STATES:
+            current.run.request_abort("the daemon was stopped")
+        self._queue.put(None)
+        if hasattr(self, "_worker"):
+            self._worker.join(timeout=3.0)
+            if self._worker.is_alive():
+                frame = sys._current_frames().get(self._worker.ident)
+                log.error("the acquisition thread did not stop within 3 s:\n%s",
+                          "".join(traceback.format_stack(frame)) if frame else "?")
+        while self.events.poll(0):
+            self._on_event(loads(self.events.recv()))
+        if current is not None and current.state not in FINAL_STATES:
+            self._set_state(current.run.run_id, "aborted", error="the daemon was stopped")
+            current.run.finished.set()
+        if self.instruments is not None:
+            self.instruments.close()
+        if self.tracker_process is not None and self.tracker_process.poll() is None:
+            try:
+                self.tracker_frames.send_multipart([b"shutdown"], flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            try:
+                self.tracker_process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                self.tracker_process.kill()
+                self.tracker_process.wait()
+        self.store.close()
+        if hasattr(self, "_emit_socket"):
+            self._emit_socket.close(linger=0)
+        for socket in (self.control, self.results, self.live_frames, self.events, self.tracker_frames):
+            socket.close(linger=0)
+        self.ctx.term()
+
+    # -- control requests ----------------------------------------------------------
+    def _on_control(self, parts: list[bytes]) -> None:
+        envelope, payload = parts[:-1], parts[-1]
+        try:
+            try:
+                request = loads(payload)
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise ProtocolError(f"the request is not valid JSON ({exc})", code="bad_json") from None
+            if not isinstance(request, dict) or not isinstance(request.get("command"), str):
+                raise ProtocolError('a request is a JSON object with a "command" string', code="bad_request")
+            command = request.pop("command")
+            handler = getattr(self, f"_cmd_{command}", None)
+            if handler is None:
+                known = sorted(n.removeprefix("_cmd_") for n in dir(self) if n.startswith("_cmd_"))
+                raise ProtocolError(f"unknown command {command!r}; known: {', '.join(known)}",
+                                    code="unknown_command")
+            reply = {"ok": True, "result": handler(**request)}
+        except TypeError as exc:
+            reply = {"ok": False, "error": {"code": "bad_request", "message": f"bad parameters: {exc}"}}
+        except ExoacqError as exc:
+            reply = {"ok": False, "error": {"code": exc.code, "message": str(exc)}}
+        except Exception as exc:  # a bug: answer, log, keep serving
+            log.exception("control request failed")
+            reply = {"ok": False, "error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}
+        self.control.send_multipart([*envelope, dumps(reply)])
+
+    def _cmd_ping(self) -> dict[str, Any]:
+        return {"version": __version__, "pid": os.getpid()}
+
+    def _cmd_status(self) -> dict[str, Any]:
+        d = self.config.daemon
+        current = self._current
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": time.time() - self._started,
+            "data_dir": str(self.store.data_dir),
+            "endpoints": {name: _connectable(getattr(d, name)) for name in ("control", "results", "frames")},
+            "simulated": bool(self.instruments and self.instruments.simulated),
+            "instruments": self.instruments.describe() if self.instruments else {},
+            "tracker": {"pid": self.tracker_process.pid if self.tracker_process else None,
+                        "ready": self.tracker_ready},
+            "current_run": None if current is None else {
+                "run_id": current.run.run_id, "state": current.state, **current.acquisition},
+            "queued": [r.run.run_id for r in self._runs.values() if r.state == "queued"],
+        }
+
+    def _cmd_acquire(self, method: str = "nta", **params: Any) -> dict[str, Any]:
+        if method != "nta":
+            raise ProtocolError(f"unknown method {method!r}; this daemon runs: nta", code="unknown_method")
+        settings = validate_request(params)
+        run_id = self.store.create("nta", settings["sample"], settings)
+        run = Run(run_id, settings, self.store.run_dir(run_id))
+        self._runs[run_id] = _RunStatus(run)
+        self._set_state(run_id, "queued")
+        self._queue.put(run)
+        return {"run_id": run_id, "state": "queued"}
+
+    def _cmd_stop(self, run_id: str | None = None) -> dict[str, Any]:
+        target = self._runs.get(run_id) if run_id else self._current
+        if run_id and target is None:
+            raise ExoacqError(f"no active or queued run {run_id!r}", code="unknown_run")
+        if target is None or target.state in FINAL_STATES:
+            raise ExoacqError("no run in progress", code="no_run")
+        if target.state == "processing":
+            raise ExoacqError(f"run {target.run.run_id} has finished acquiring and is being analysed; "
+                              "it cannot be aborted now", code="too_late")
+        target.run.request_abort("stopped by the operator")
+        if target.state == "queued":
+            self._set_state(target.run.run_id, "aborted", error="stopped by the operator before it started")
+        return {"run_id": target.run.run_id, "state": "aborted" if target.state == "aborted" else "aborting"}
+
+    def _cmd_runs(self, limit: int = 100) -> list[dict[str, Any]]:
+        if not isinstance(limit, int) or limit < 1:
+            raise ProtocolError(f"limit = {limit!r}: must be a positive integer")
+        return self.store.list(limit)
+
+    def _cmd_run(self, run_id: str) -> dict[str, Any]:
+        return self.store.get(run_id)
+
+    # -- events from the acquisition thread and the tracker ---------------------------
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event.pop("event")
+        if kind == "ready":
+            self.tracker_ready = True
+            return
+        status = self._runs.get(event.get("run_id"))
+        if kind == "error":
+            log.error("tracking core: %s\n%s", event.get("message"), event.get("detail", ""))
+            if status is not None and status.state not in FINAL_STATES:
+                status.run.request_abort("the tracking core failed")
+                self._set_state(status.run.run_id, "failed", error=f"tracking core: {event.get('message')}")
+            return
+        if status is None:
+            return
+        if kind == "state":
+            status.acquisition.update(event.get("counters") or {})
+            if "settings" in event:
+                status.run.settings.update(event["settings"])
+            if event["state"] == "processing":
+                status.processing_since = time.monotonic()
+            if status.state not in FINAL_STATES:
+                self._set_state(status.run.run_id, event["state"], error=event.get("error"))
+        elif kind == "settings":
+            status.tracking, status.instrument_settings = event["tracking"], event["instruments"]
+        elif kind == "acquisition":
+            status.acquisition.update(event)
+        elif kind == "progress":
+            status.tracker = event
+        elif kind == "result":
+            self._on_result(status, event)
+
+    def _on_result(self, status: _RunStatus, event: dict[str, Any]) -> None:
+        run, summary = status.run, event["summary"]
+        acq = status.acquisition
+        frames = {"planned": acq.get("frames_planned"), "acquired": acq.get("frames_acquired", 0),
+                  "processed": event["frames_processed"], "dropped": acq.get("frames_dropped", 0)}
+        warnings = list(summary.pop("warnings"))
+        if frames["dropped"]:
+            warnings.append(f"{frames['dropped']} of {frames['acquired']} frames were dropped: the tracking core "
+                            "fell behind the camera; results use the frames it processed")
+        tracking = status.tracking
+        document = make_document(
+            "nta.result", run.run_id, method="nta", complete=status.state != "aborted",
+            sample=run.settings["sample"], dilution=run.settings["dilution"],
+            duration_s=run.settings["duration_s"], **summary,
+            temperature_c=tracking.get("temperature_c"), viscosity_mpa_s=tracking.get("viscosity_mpa_s"),
+            frames=frames, warnings=warnings,
+            detection_volume={"nl": tracking.get("detection_volume_nl"),
+                              "source": self.config.nta.detection_volume_source},
+            settings={"acquisition": run.settings, "tracking": tracking,
+                      "instruments": status.instrument_settings},
+            files=event.get("files", {}),
+        )
+        self.store.save_result(run.run_id, document)
+        if status.state == "processing":
+            publish(self.results, "nta.result", document)
+            self._set_state(run.run_id, "done")
+        run.finished.set()
+
+    def _set_state(self, run_id: str, state: str, error: str | None = None) -> None:
+        status = self._runs.get(run_id)
+        previous = status.state if status else None
+        self.store.set_state(run_id, state, error=error)
+        if status is not None:
+            status.state = state
+            if state in ("preparing", "acquiring", "processing"):
+                self._current = status
+            if state in FINAL_STATES:
+                if self._current is status:
+                    self._current = None
+                status.run.finished.set()
+        record = self.store.get(run_id)
+        publish(self.results, "run.state", make_document(
+            "run.state", run_id, state=state, previous=previous, method=record["method"],
+            sample=record["sample"], error=error))
+
+    def _publish_progress(self) -> None:
+        status = self._current
+        if status is None or status.state not in ("acquiring", "processing"):
+            return
+        acq, tracker = status.acquisition, status.tracker
+        summary = tracker.get("summary", {})
+        size = summary.get("size_nm") or {}
+        publish(self.results, "nta.progress", make_document(
+            "nta.progress", status.run.run_id, state=status.state,
+            duration_s=status.run.settings["duration_s"],
+            elapsed_s=acq.get("elapsed_s", 0.0),
+            frames={"planned": acq.get("frames_planned"), "acquired": acq.get("frames_acquired", 0),
+                    "processed": tracker.get("frames_processed", 0), "dropped": acq.get("frames_dropped", 0)},
+            particles_per_frame=summary.get("particles_per_frame"),
+            tracks=summary.get("tracks", {"total": 0, "used": 0}),
+            size_nm={k: size.get(k) for k in ("mean", "mode", "sd", "d10", "d50", "d90")},
+            concentration_per_ml=summary.get("concentration_per_ml"),
+            temperature_c=status.tracking.get("temperature_c"),
+            last_frame_timestamp=tracker.get("last_frame_timestamp"),
+        ))
+
+    def _check_tracker(self) -> None:
+        status = self._current
+        code = self.tracker_process.poll() if self.tracker_process else None
+        if code is not None:
+            log.error("the tracking core exited with code %s; restarting it", code)
+            if status is not None and status.state not in FINAL_STATES:
+                status.run.request_abort("the tracking core exited")
+                self._set_state(status.run.run_id, "failed", error=f"the tracking core exited with code {code}")
+            self._start_tracker()
+            return
+        if status is not None and status.state == "processing" and status.processing_since is not None:
+            backlog = status.acquisition.get("frames_acquired", 0) - status.tracker.get("frames_processed", 0)
+            limit = PROCESSING_TIMEOUT_S + backlog / max(self.instruments.camera.frame_rate_hz, 1.0)
+            if time.monotonic() - status.processing_since > limit:
+                self._set_state(status.run.run_id, "failed",
+                                error=f"the tracking core gave no result within {limit:.0f} s of the last frame")
+
+
+def _connectable(address: str) -> str:
+    """An address a local client can connect to (a wildcard bind becomes loopback)."""
+    return address.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
+
+
+def run_daemon(config: Config) -> int:
+    """Run until SIGTERM/SIGINT; exit status 0 on a clean stop."""
+    daemon = Daemon(config)
+    signal.signal(signal.SIGTERM, daemon.request_stop)
+    signal.signal(signal.SIGINT, daemon.request_stop)
+    try:
+        daemon.start()
+        d = config.daemon
+        log.info("exoacq daemon %s ready: control %s, results %s, frames %s, data %s",
+                 __version__, d.control, d.results, d.frames, daemon.store.data_dir)
+        daemon.serve()
+    finally:
+        daemon.shutdown()
+    log.info("exoacq daemon stopped")
+    return 0

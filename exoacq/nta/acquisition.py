@@ -1,0 +1,155 @@
+"""The NTA acquisition engine: setup, exec, teardown, driven by the daemon.
+
+It owns the hardware during a run: laser on, camera frames into fresh
+buffers, each frame sent without copying to the tracking core over a bounded
+PUSH socket (never blocking: a full queue drops the frame and counts it) and
+to the live-frames PUB for viewers. It reports through ``emit`` (a callable
+taking one event dict) and never touches the run store or the results socket.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+
+from exoacq.bus import dumps, send_frame
+from exoacq.config import Config
+from exoacq.errors import DeviceError, ProtocolError
+from exoacq.instruments import Instruments
+from exoacq.nta.analysis import TrackingParameters, search_range_px
+from exoacq.physics import water_viscosity_iapws_mpa_s
+
+#: Acquisition counters are reported this often.
+REPORT_INTERVAL_S = 0.25
+MAX_DURATION_S = 3600.0
+
+
+def validate_request(params: dict[str, Any]) -> dict[str, Any]:
+    """Check an ``acquire`` request for NTA; return the run settings (units in keys)."""
+    allowed = {"duration_s", "sample", "dilution"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise ProtocolError(f"unknown parameter(s) for an NTA acquisition: {', '.join(sorted(unknown))}; "
+                            f"allowed: {', '.join(sorted(allowed))}")
+    settings = {"duration_s": 30.0, "sample": "unnamed", "dilution": 1.0}
+    settings.update({k: v for k, v in params.items() if v is not None})
+    duration, dilution, sample = settings["duration_s"], settings["dilution"], settings["sample"]
+    if not isinstance(duration, (int, float)) or isinstance(duration, bool) or not 0 < duration <= MAX_DURATION_S:
+        raise ProtocolError(f"duration_s = {duration!r}: must be a number of seconds in (0, {MAX_DURATION_S:g}]")
+    if not isinstance(dilution, (int, float)) or isinstance(dilution, bool) or not 1 <= dilution <= 1e9:
+        raise ProtocolError(f"dilution = {dilution!r}: must be a dilution factor from 1 (neat) to 1e9")
+    if not isinstance(sample, str) or not 0 < len(sample) <= 200:
+        raise ProtocolError(f"sample = {sample!r}: must be a name of 1 to 200 characters")
+    settings["duration_s"], settings["dilution"] = float(duration), float(dilution)
+    return settings
+
+
+@dataclass
+class Run:
+    run_id: str
+    settings: dict[str, Any]
+    output_dir: Path
+    abort: threading.Event = field(default_factory=threading.Event)
+    abort_reason: str = ""
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    def request_abort(self, reason: str) -> None:
+        """Ask the acquisition to stop at the next frame; the first reason given is kept."""
+        self.abort_reason = self.abort_reason or reason
+        self.abort.set()
+
+
+class NTAAcquisition:
+    method = "nta"
+
+    def __init__(self, config: Config, instruments: Instruments, tracker_socket: zmq.Socket,
+                 live_socket: zmq.Socket, emit: Callable[[dict[str, Any]], None]):
+        self.config = config
+        self.instruments = instruments
+        self.tracker_socket = tracker_socket
+        self.live_socket = live_socket
+        self.emit = emit
+
+    # -- the three steps ---------------------------------------------------
+    def setup(self, run: Run) -> TrackingParameters:
+        laser, camera = self.instruments.laser, self.instruments.camera
+        faults = laser.faults()
+        if faults:
+            raise DeviceError(f"laser reports faults: {', '.join(faults)}")
+        laser.set_power_mw(self.config.instruments.laser.power_mw)
+        laser.set_emission(True)
+        temperature_c = self.instruments.thermometer.temperature_c()
+        params = self.tracking_parameters(temperature_c, run.settings["dilution"])
+        run.settings["temperature_start_c"] = temperature_c
+        self.emit({"event": "settings", "run_id": run.run_id, "tracking": params.to_dict(),
+                   "instruments": self.instruments.describe()})
+        self.tracker_socket.send_multipart(
+            [b"run.begin", dumps({"run_id": run.run_id, "params": params.to_dict(),
+                                  "output_dir": str(run.output_dir)})])
+        camera.start()
+        return params
+
+    def exec(self, run: Run) -> dict[str, Any]:
+        camera = self.instruments.camera
+        n_frames = max(1, math.ceil(run.settings["duration_s"] * camera.frame_rate_hz))
+        acquired = dropped = 0
+        t_start = time.monotonic()
+        last_report = 0.0
+        while acquired < n_frames and not run.abort.is_set():
+            frame = np.empty((camera.height, camera.width), dtype=camera.dtype)
+            timestamp = camera.fill(frame)
+            header = {"run_id": run.run_id, "frame_number": acquired, "timestamp": timestamp,
+                      "exposure_ms": camera.exposure_ms}
+            try:
+                send_frame(self.tracker_socket, header, frame, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                dropped += 1
+            try:
+                send_frame(self.live_socket, header, frame, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # a slow viewer never slows the instrument
+            acquired += 1
+            now = time.monotonic()
+            if now - last_report >= REPORT_INTERVAL_S or acquired == n_frames:
+                last_report = now
+                self.emit({"event": "acquisition", "run_id": run.run_id, "frames_acquired": acquired,
+                           "frames_dropped": dropped, "frames_planned": n_frames,
+                           "elapsed_s": now - t_start})
+        return {"frames_acquired": acquired, "frames_dropped": dropped, "frames_planned": n_frames,
+                "elapsed_s": time.monotonic() - t_start}
+
+    def teardown(self, run: Run) -> None:
+        """Leave the hardware safe whatever happened; tell the tracker the run is over."""
+        errors = []
+        for step in (lambda: self.instruments.laser.set_emission(False), self.instruments.camera.stop):
+            try:
+                step()
+            except DeviceError as exc:
+                errors.append(str(exc))
+        try:
+            run.settings["temperature_end_c"] = self.instruments.thermometer.temperature_c()
+        except DeviceError as exc:
+            errors.append(str(exc))
+        self.tracker_socket.send_multipart(
+            [b"run.end", dumps({"run_id": run.run_id, "aborted": run.abort.is_set()})])
+        if errors:
+            raise DeviceError("; ".join(errors))
+
+    # -- helpers -------------------------------------------------------------
+    def tracking_parameters(self, temperature_c: float, dilution: float) -> TrackingParameters:
+        cam, nta = self.instruments.camera, self.config.nta
+        viscosity = water_viscosity_iapws_mpa_s(temperature_c)
+        search = nta.search_range_px or search_range_px(
+            nta.min_diameter_nm, temperature_c, viscosity, cam.frame_rate_hz, cam.pixel_size_um)
+        return TrackingParameters(
+            frame_rate_hz=cam.frame_rate_hz, exposure_ms=cam.exposure_ms, pixel_size_um=cam.pixel_size_um,
+            temperature_c=temperature_c, viscosity_mpa_s=viscosity,
+            feature_diameter_px=nta.feature_diameter_px, minmass=nta.minmass,
+            min_track_length=nta.min_track_length, search_range_px=search,
+            detection_volume_nl=nta.detection_volume_nl, dilution=dilution)

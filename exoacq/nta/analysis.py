@@ -1,0 +1,265 @@
+"""NTA analysis: plain functions and one streaming tracker over trackpy.
+
+The same code serves the daemon's tracking core (frame by frame, as frames
+arrive) and offline analysis. Methods:
+
+* detection: trackpy.locate (Crocker & Grier 1996, J. Colloid Interface Sci.
+  179:298) with its bandpass and centroid refinement;
+* linking: trackpy's incremental ``Linker`` (Crocker-Grier), one frame at a
+  time; a missing frame ends every track, so steps always span one interval;
+* per-track diffusion from the mean squared one-frame step in 2-D with the
+  motion-blur correction for an exposure t_E (Savin & Doyle 2005, Biophys. J.
+  88:623; Michalet 2010): <r^2> = 4 D (dt - t_E / 3) (+ 4 sigma^2, neglected);
+* per-track diameter by Stokes-Einstein, with 1/D made unbiased for the
+  track's length: for k Gaussian coordinate steps, E[1/chi^2_k] = 1/(k - 2),
+  so (k - 2)/k * 1/D_hat is unbiased for 1/D.
+
+The size distribution reported is the distribution of these per-track
+estimates (no deconvolution of their statistical spread).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import trackpy as tp
+from scipy.stats import gaussian_kde
+from trackpy.linking import Linker
+from trackpy.linking.utils import SubnetOversizeException
+
+from exoacq.physics import (
+    BOLTZMANN_J_K,
+    celsius_to_kelvin,
+    stokes_einstein_diffusion_um2_s,
+)
+
+tp.quiet()
+
+#: Tracks needed for a size distribution worth reporting without comment.
+MIN_TRACKS_FOR_DISTRIBUTION = 50
+#: Rayleigh tail: a 2-D step exceeds a * sigma with probability exp(-a^2 / 2); 3.5 -> 0.2 %.
+SEARCH_RANGE_SIGMAS = 3.5
+HISTOGRAM_BIN_NM = 5.0
+
+
+@dataclass(frozen=True)
+class TrackingParameters:
+    """Everything the tracking core needs to turn frames into sizes; units in names."""
+
+    frame_rate_hz: float
+    exposure_ms: float
+    pixel_size_um: float
+    temperature_c: float
+    viscosity_mpa_s: float
+    feature_diameter_px: int = 7
+    minmass: float = 300.0
+    min_track_length: int = 10
+    search_range_px: float = 20.0
+    detection_volume_nl: float | None = None
+    dilution: float = 1.0
+    invert: bool = False
+
+    @property
+    def frame_interval_s(self) -> float:
+        return 1.0 / self.frame_rate_hz
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def search_range_px(min_diameter_nm: float, temperature_c: float, viscosity_mpa_s: float,
+                    frame_rate_hz: float, pixel_size_um: float) -> float:
+    """Link search range covering all but 0.2 % of one-frame steps of the smallest particle."""
+    d = stokes_einstein_diffusion_um2_s(min_diameter_nm, temperature_c, viscosity_mpa_s)
+    sigma_um = math.sqrt(2.0 * d / frame_rate_hz)
+    return SEARCH_RANGE_SIGMAS * sigma_um / pixel_size_um
+
+
+def locate_features(frame: np.ndarray, params: TrackingParameters) -> pd.DataFrame:
+    """Features of one frame (columns y, x, mass, ... as trackpy.locate)."""
+    return tp.locate(frame, params.feature_diameter_px, minmass=params.minmass,
+                     invert=params.invert, engine="numba")
+
+
+def diffusion_um2_s(n_steps: np.ndarray, sum_sq_um2: np.ndarray, params: TrackingParameters) -> np.ndarray:
+    """Per-track D from the summed squared 2-D one-frame steps (motion-blur corrected)."""
+    effective_s = params.frame_interval_s - params.exposure_ms * 1e-3 / 3.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(sum_sq_um2, float) / (4.0 * np.asarray(n_steps, float) * effective_s)
+
+
+def diameters_nm(n_steps: np.ndarray, d_um2_s: np.ndarray, params: TrackingParameters) -> np.ndarray:
+    """Stokes-Einstein diameter with 1/D unbiased for a track of n steps (k = 2n coordinate steps)."""
+    k = 2.0 * np.asarray(n_steps, float)
+    c = BOLTZMANN_J_K * celsius_to_kelvin(params.temperature_c) / (3.0 * math.pi * params.viscosity_mpa_s * 1e-3)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inverse_d = (k - 2.0) / k / (np.asarray(d_um2_s, float) * 1e-12)
+    return c * inverse_d * 1e9
+
+
+def size_statistics(diameters: np.ndarray) -> dict[str, float | None]:
+    """Mean, mode (peak of a Gaussian kernel density, Scott's bandwidth), SD, D10, D50, D90 in nm."""
+    d = np.asarray(diameters, float)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return dict.fromkeys(("mean", "mode", "sd", "d10", "d50", "d90"))
+    d10, d50, d90 = np.percentile(d, [10, 50, 90])
+    mode = float(d50)
+    if d.size >= 3 and np.ptp(d) > 0:
+        grid = np.arange(max(d.min(), 0.0), d.max() + 1.0, 0.5)
+        mode = float(grid[np.argmax(gaussian_kde(d)(grid))])
+    return {"mean": float(d.mean()), "mode": mode, "sd": float(d.std(ddof=1)) if d.size > 1 else 0.0,
+            "d10": float(d10), "d50": float(d50), "d90": float(d90)}
+
+
+def histogram(diameters: np.ndarray, concentration_per_ml: float | None) -> dict[str, list]:
+    """Number distribution in 5 nm bins from 0 nm to past the largest size (counts and, if known, per mL)."""
+    d = np.asarray(diameters, float)
+    d = d[np.isfinite(d)]
+    top = HISTOGRAM_BIN_NM * math.ceil(max(500.0, float(d.max()) if d.size else 0.0) / HISTOGRAM_BIN_NM + 1)
+    edges = np.arange(0.0, top + HISTOGRAM_BIN_NM / 2, HISTOGRAM_BIN_NM)
+    counts, _ = np.histogram(d, edges)
+    result: dict[str, list] = {"bin_width_nm": HISTOGRAM_BIN_NM,
+                               "bin_centres_nm": ((edges[:-1] + edges[1:]) / 2).tolist(),
+                               "counts": counts.tolist()}
+    if concentration_per_ml is not None and d.size:
+        result["concentration_per_ml"] = (counts / d.size * concentration_per_ml).tolist()
+    return result
+
+
+@dataclass
+class _Track:
+    first_frame: int
+    last_frame: int
+    x_px: float
+    y_px: float
+    n_points: int = 1
+    n_steps: int = 0
+    sum_sq_um2: float = 0.0
+
+
+@dataclass
+class StreamingTracker:
+    """Links features frame by frame and keeps per-track step sums (O(1) per feature).
+
+    Feed :meth:`add_frame` in frame order; :meth:`summary` gives running or
+    final statistics; :meth:`tracks_table` the per-track table.
+    """
+
+    params: TrackingParameters
+    _linker: Linker | None = None
+    _id_offset: int = 0
+    _ids_used: int = 0
+    _last_frame: int | None = None
+    _tracks: dict[int, _Track] = field(default_factory=dict)
+    _rows: list[np.ndarray] = field(default_factory=list)
+    features_per_frame: list[int] = field(default_factory=list)
+    linking_resets: int = 0
+
+    def add_frame(self, frame_number: int, features: pd.DataFrame) -> None:
+        self.features_per_frame.append(len(features))
+        gap = self._last_frame is not None and frame_number != self._last_frame + 1
+        self._last_frame = frame_number
+        if len(features) == 0 or gap:
+            self._end_linking()
+            if len(features) == 0:
+                return
+        coords = features[["y", "x"]].to_numpy(float)
+        try:
+            if self._linker is None:
+                self._linker = Linker(self.params.search_range_px, memory=0,
+                                      adaptive_stop=0.5, adaptive_step=0.8)
+                self._linker.init_level(coords, frame_number)
+            else:
+                self._linker.next_level(coords, frame_number)
+        except SubnetOversizeException:
+            self.linking_resets += 1
+            self._end_linking()
+            self._linker = Linker(self.params.search_range_px, memory=0)
+            self._linker.init_level(coords, frame_number)
+        ids = np.asarray(self._linker.particle_ids, dtype=np.int64) + self._id_offset
+        self._ids_used = max(self._ids_used, int(ids.max()) + 1 - self._id_offset) if ids.size else self._ids_used
+        px2 = self.params.pixel_size_um**2
+        xs, ys = coords[:, 1], coords[:, 0]
+        for pid, x, y in zip(ids.tolist(), xs.tolist(), ys.tolist()):
+            track = self._tracks.get(pid)
+            if track is None:
+                self._tracks[pid] = _Track(frame_number, frame_number, x, y)
+                continue
+            if track.last_frame == frame_number - 1:
+                track.sum_sq_um2 += ((x - track.x_px) ** 2 + (y - track.y_px) ** 2) * px2
+                track.n_steps += 1
+            track.n_points += 1
+            track.last_frame, track.x_px, track.y_px = frame_number, x, y
+        mass = features["mass"].to_numpy(float)
+        self._rows.append(np.column_stack([np.full(len(ids), frame_number), ids, xs, ys, mass]))
+
+    def _end_linking(self) -> None:
+        """Close every open track: the next features start new particle ids."""
+        self._linker = None
+        self._id_offset += self._ids_used
+        self._ids_used = 0
+
+    def tracks_table(self) -> pd.DataFrame:
+        """One row per track: length, steps, D (um^2/s), diameter (nm), and whether it is sized."""
+        if not self._tracks:
+            return pd.DataFrame(columns=["particle", "first_frame", "length_frames", "n_steps",
+                                         "diffusion_um2_s", "diameter_nm", "used"])
+        pids = np.fromiter(self._tracks.keys(), dtype=np.int64)
+        tracks = list(self._tracks.values())
+        n_steps = np.array([t.n_steps for t in tracks], float)
+        sum_sq = np.array([t.sum_sq_um2 for t in tracks], float)
+        used = np.array([t.n_points for t in tracks]) >= self.params.min_track_length
+        used &= (n_steps >= 2) & (sum_sq > 0)
+        d = diffusion_um2_s(n_steps, sum_sq, self.params)
+        diam = np.where(used, diameters_nm(n_steps, d, self.params), np.nan)
+        return pd.DataFrame({
+            "particle": pids,
+            "first_frame": [t.first_frame for t in tracks],
+            "length_frames": [t.n_points for t in tracks],
+            "n_steps": n_steps.astype(int),
+            "diffusion_um2_s": np.where(n_steps > 0, d, np.nan),
+            "diameter_nm": diam,
+            "used": used,
+        })
+
+    def positions_table(self) -> pd.DataFrame:
+        """Every linked feature: frame, particle, x_px, y_px, mass."""
+        data = np.concatenate(self._rows) if self._rows else np.empty((0, 5))
+        table = pd.DataFrame(data, columns=["frame", "particle", "x_px", "y_px", "mass"])
+        return table.astype({"frame": np.int64, "particle": np.int64})
+
+    def summary(self) -> dict[str, Any]:
+        """Size statistics, concentration and counts from what has been seen so far."""
+        table = self.tracks_table()
+        used = table[table["used"]]
+        p = self.params
+        frames = len(self.features_per_frame)
+        ppf = float(np.mean(self.features_per_frame)) if frames else 0.0
+        concentration = None
+        if p.detection_volume_nl:
+            concentration = ppf / (p.detection_volume_nl * 1e-6) * p.dilution
+        warnings = []
+        if len(used) < MIN_TRACKS_FOR_DISTRIBUTION:
+            warnings.append(f"only {len(used)} tracks of >= {p.min_track_length} frames were sized; "
+                            f"a size distribution needs >= {MIN_TRACKS_FOR_DISTRIBUTION}")
+        if concentration is None:
+            warnings.append("no detection volume configured: concentration not reported")
+        if self.linking_resets:
+            warnings.append(f"linking gave up {self.linking_resets} times on crowded frames; "
+                            "dilute the sample or lower search_range_px")
+        diffusion = used["diffusion_um2_s"].to_numpy(float)
+        return {
+            "size_nm": size_statistics(used["diameter_nm"].to_numpy(float)),
+            "concentration_per_ml": concentration,
+            "particles_per_frame": ppf,
+            "tracks": {"total": int(len(table)), "used": int(len(used))},
+            "diffusion_um2_s": {"mean": float(diffusion.mean()) if diffusion.size else None,
+                                "median": float(np.median(diffusion)) if diffusion.size else None},
+            "frames_analysed": frames,
+            "histogram": histogram(used["diameter_nm"].to_numpy(float), concentration),
+            "warnings": warnings,
+        }

@@ -1,0 +1,45 @@
+"""Shared fixtures: a real daemon with simulated instruments, on free loopback ports."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exoacq.demo import start_daemon, stop_daemon
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMAS = ROOT / "docs" / "schemas"
+TESTDATA = ROOT.parent / "shared" / "testdata"
+
+
+def load_schema(topic: str) -> dict:
+    return json.loads((SCHEMAS / f"{topic}.json").read_text())
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exoacq", *args], capture_output=True, text=True, timeout=timeout)
+
+
+class RunningDaemon:
+    def __init__(self, tmp: Path):
+        self.data_dir = tmp / "data"
+        self.log = tmp / "daemon.log"
+        self.process, self.control = start_daemon(self.data_dir, self.log)
+        from exoacq.bus import ControlClient
+        with ControlClient(self.control) as client:
+            self.endpoints = client.request("status")["endpoints"]
+
+    def stop(self) -> int:
+        return stop_daemon(self.process)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    d = RunningDaemon(tmp_path_factory.mktemp("daemon"))
+    yield d
+    if d.process.poll() is None:
+        assert d.stop() == 0, d.log.read_text()
+    assert "Traceback" not in d.log.read_text(), d.log.read_text()

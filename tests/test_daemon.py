@@ -1,0 +1,218 @@
+"""The daemon end to end: subprocess daemon, plain pyzmq subscriber, the CLI as an operator runs it."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import jsonschema
+import pytest
+import zmq
+
+from conftest import RunningDaemon, load_schema, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def plain_subscriber(address: str) -> tuple[zmq.Context, zmq.Socket]:
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(address)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    time.sleep(0.3)  # let the subscription reach the publisher
+    return ctx, sub
+
+
+def plain_request(address: str, payload: bytes, timeout_ms: int = 5000) -> dict:
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(address)
+    dealer.send_multipart([b"", payload])
+    assert dealer.poll(timeout_ms), "no reply from the daemon"
+    reply = json.loads(dealer.recv_multipart()[-1])
+    dealer.close()
+    ctx.term()
+    return reply
+
+
+def test_acquire_nta_publishes_documents_matching_the_protocol(daemon):
+    ctx, sub = plain_subscriber(daemon.endpoints["results"])
+    received: list[tuple[str, dict, float]] = []
+    stop = threading.Event()
+
+    def collect():
+        while not stop.is_set():
+            if sub.poll(100):
+                topic, payload = sub.recv_multipart()
+                received.append((topic.decode(), json.loads(payload), time.monotonic()))
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    try:
+        proc = run_cli("acquire", "nta", "--duration", "5", "--json", "--sample", "beads-100",
+                       "--control", daemon.control)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        collector.join()
+        sub.close()
+        ctx.term()
+    assert proc.returncode == 0, proc.stderr
+    cli_result = json.loads(proc.stdout)  # stdout holds the document alone
+    run_id = cli_result["run_id"]
+
+    mine = [(t, d, ts) for t, d, ts in received if d["run_id"] == run_id]
+    schemas = {topic: load_schema(topic) for topic in ("run.state", "nta.progress", "nta.result")}
+    for topic, document, _ in mine:
+        jsonschema.validate(document, schemas[topic])
+        assert document["schema"] == f"exoacq.{topic}/1"
+        assert document["time"].endswith("Z")
+
+    states = [d["state"] for t, d, _ in mine if t == "run.state"]
+    assert states == ["queued", "preparing", "acquiring", "processing", "done"]
+
+    progress = [(d, ts) for t, d, ts in mine if t == "nta.progress" and d["state"] == "acquiring"]
+    assert len(progress) >= 5
+    gaps = [b - a for (_, a), (_, b) in zip(progress, progress[1:])]
+    assert max(gaps) <= 1.0, gaps  # at least once a second
+    last = progress[-1][0]
+    assert last["frames"]["acquired"] > 0 and last["particles_per_frame"] > 0
+
+    results = [d for t, d, _ in mine if t == "nta.result"]
+    assert len(results) == 1
+    assert results[0] == cli_result
+    assert cli_result["sample"] == "beads-100"
+    assert cli_result["frames"]["acquired"] == 125 and cli_result["frames"]["dropped"] == 0
+    assert cli_result["frames"]["processed"] == 125
+    assert cli_result["temperature_c"] == pytest.approx(25.0)
+    assert cli_result["viscosity_mpa_s"] == pytest.approx(0.8900, rel=1e-3)
+    # 5 s of a 100 nm sample: tens of tracks; the mean is within 15 % (a 10 s demo is held to 10 %)
+    assert cli_result["size_nm"]["mean"] == pytest.approx(100.0, rel=0.15)
+
+
+def test_runs_lists_and_shows_stored_runs(daemon):
+    proc = run_cli("acquire", "nta", "--duration", "2", "--json", "--sample", "stored", "--dilution", "10",
+                   "--control", daemon.control)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+
+    listing = run_cli("runs", "--json", "--control", daemon.control)
+    assert listing.returncode == 0, listing.stderr
+    runs = json.loads(listing.stdout)
+    mine = next(r for r in runs if r["run_id"] == result["run_id"])
+    assert {"run_id", "method", "sample", "state", "started", "finished"} <= set(mine)
+    assert (mine["method"], mine["sample"], mine["state"]) == ("nta", "stored", "done")
+
+    shown = run_cli("runs", "show", result["run_id"], "--json", "--control", daemon.control)
+    assert shown.returncode == 0, shown.stderr
+    record = json.loads(shown.stdout)
+    assert record["result"] == result
+    assert record["settings"]["dilution"] == 10.0
+
+    # the catalog and the files are real: SQLite row and tracks on disk
+    db = sqlite3.connect(daemon.data_dir / "runs.sqlite")
+    (state,) = db.execute("SELECT state FROM runs WHERE run_id = ?", (result["run_id"],)).fetchone()
+    assert state == "done"
+    tracks = (daemon.data_dir / "runs" / result["run_id"] / "tracks.csv").read_text().splitlines()
+    assert tracks[0] == "frame,particle,x_px,y_px,mass" and len(tracks) > 100
+
+    missing = run_cli("runs", "show", "nta-nope", "--json", "--control", daemon.control)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "exoacq: error: no run with id 'nta-nope'"
+
+
+def test_control_socket_refuses_bad_requests_and_keeps_serving(daemon):
+    reply = plain_request(daemon.control, b"{not json")
+    assert reply["ok"] is False and reply["error"]["code"] == "bad_json"
+    reply = plain_request(daemon.control, b'{"command": "fly"}')
+    assert reply["ok"] is False and reply["error"]["code"] == "unknown_command"
+    assert "acquire" in reply["error"]["message"]
+    reply = plain_request(daemon.control, b"[1, 2]")
+    assert reply["error"]["code"] == "bad_request"
+    reply = plain_request(daemon.control, b'{"command": "acquire", "method": "nta", "dilution": 0}')
+    assert reply["error"]["code"] == "bad_request" and "dilution = 0" in reply["error"]["message"]
+    reply = plain_request(daemon.control, b'{"command": "acquire", "method": "nta", "exposure": 3}')
+    assert reply["error"]["code"] == "bad_request" and "exposure" in reply["error"]["message"]
+    reply = plain_request(daemon.control, b'{"command": "ping"}')
+    assert reply["ok"] is True and reply["result"]["pid"] == daemon.process.pid
+
+
+def test_status_json_tells_endpoints_and_instruments(daemon):
+    proc = run_cli("status", "--json", "--control", daemon.control)
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert status["endpoints"]["control"] == daemon.control
+    assert status["simulated"] is True
+    assert status["instruments"]["laser"]["emission"] is False
+    assert status["instruments"]["camera"]["frame_rate_hz"] == 25.0
+
+
+def test_stop_aborts_the_run_and_switches_the_laser_off(daemon):
+    from exoacq.bus import ControlClient
+    ctx, sub = plain_subscriber(daemon.endpoints["results"])
+    sub.setsockopt(zmq.UNSUBSCRIBE, b"")
+    sub.setsockopt(zmq.SUBSCRIBE, b"run.state")
+    with ControlClient(daemon.control) as client:
+        run_id = client.request("acquire", method="nta", duration_s=60, sample="to-stop")["run_id"]
+        deadline = time.monotonic() + 20
+        while client.request("status")["current_run"] is None or \
+                client.request("status")["current_run"]["state"] != "acquiring":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert client.request("status")["instruments"]["laser"]["emission"] is True
+        proc = run_cli("stop", "--control", daemon.control)
+        assert proc.returncode == 0 and f"run {run_id}: aborting" in proc.stdout
+        states = []
+        while "aborted" not in states:
+            assert sub.poll(10_000)
+            _, payload = sub.recv_multipart()
+            doc = json.loads(payload)
+            if doc["run_id"] == run_id:
+                states.append(doc["state"])
+                if doc["state"] == "aborted":
+                    assert doc["error"] == "stopped by the operator"
+        assert client.request("status")["instruments"]["laser"]["emission"] is False
+        assert client.request("run", run_id=run_id)["state"] == "aborted"
+        again = run_cli("stop", "--control", daemon.control)
+        assert again.returncode == 1 and again.stderr.strip() == "exoacq: error: no run in progress"
+    sub.close()
+    ctx.term()
+
+
+def test_watch_prints_documents_as_json_lines(daemon):
+    watcher = subprocess.Popen([sys.executable, "-m", "exoacq", "watch", "run.state", "--count", "3",
+                                "--control", daemon.control], stdout=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    proc = run_cli("acquire", "nta", "--duration", "1", "--json", "--control", daemon.control)
+    assert proc.returncode == 0, proc.stderr
+    out, _ = watcher.communicate(timeout=30)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [d["state"] for d in lines] == ["queued", "preparing", "acquiring"]
+    assert all(d["schema"] == "exoacq.run.state/1" for d in lines)
+
+
+def test_sigterm_aborts_the_run_and_exits_cleanly(tmp_path):
+    d = RunningDaemon(tmp_path)
+    from exoacq.bus import ControlClient
+    with ControlClient(d.control) as client:
+        run_id = client.request("acquire", method="nta", duration_s=60, sample="sigterm")["run_id"]
+        deadline = time.monotonic() + 20
+        while (client.request("status")["current_run"] or {}).get("state") != "acquiring":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    t0 = time.monotonic()
+    d.process.terminate()
+    code = d.process.wait(timeout=10)
+    elapsed = time.monotonic() - t0
+    assert code == 0, d.log.read_text()
+    assert elapsed < 5.0
+    log = d.log.read_text()
+    assert "Traceback" not in log and "Assertion" not in log, log
+    db = sqlite3.connect(d.data_dir / "runs.sqlite")
+    state, error = db.execute("SELECT state, error FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    assert (state, error) == ("aborted", "the daemon was stopped")
