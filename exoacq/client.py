@@ -98,7 +98,7 @@ class ProgressBar:
             ppf = document.get("particles_per_frame")
             text = (f"[{bar}] {document['elapsed_s']:5.1f}/{document['duration_s']:g} s  "
                     f"frames {frames['acquired']} ({frames['dropped']} dropped)  "
-                    f"{ppf if ppf is None else round(ppf, 1)} particles/frame  "
+                    f"{'-' if ppf is None else round(ppf, 1)} particles/frame  "
                     f"{document['tracks']['used']} tracks  mean {mean}")
             self._line(text, final=False)
 

@@ -29,6 +29,7 @@ from exoacq.bus import dumps, loads, make_document, publish
 from exoacq.config import Config
 from exoacq.errors import DeviceError, ExoacqError, ProtocolError
 from exoacq.instruments import Instruments, connect_instruments
+from exoacq.sdnotify import notify
 from exoacq.nta.acquisition import NTAAcquisition, Run, validate_request
 from exoacq.storage import FINAL_STATES, RunStore
 
@@ -442,8 +443,10 @@ def run_daemon(config: Config) -> int:
         d = config.daemon
         log.info("exoacq daemon %s ready: control %s, results %s, frames %s, data %s",
                  __version__, d.control, d.results, d.frames, daemon.store.data_dir)
+        notify(f"READY=1\nSTATUS=serving on {d.control}")
         daemon.serve()
     finally:
+        notify("STOPPING=1")
         daemon.shutdown()
     log.info("exoacq daemon stopped")
     return 0

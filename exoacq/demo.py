@@ -27,14 +27,15 @@ def free_tcp_endpoint() -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def start_daemon(data_dir: Path, log_path: Path, extra: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+def start_daemon(data_dir: Path, log_path: Path, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """Start ``exoacq daemon --simulated`` on free ports; return it and its control endpoint once it answers."""
     control = free_tcp_endpoint()
     command = [sys.executable, "-m", "exoacq", "daemon", "--simulated", "--data-dir", str(data_dir),
                "--control", control, "--results", free_tcp_endpoint(), "--frames", free_tcp_endpoint(),
                *(extra or [])]
     log = open(log_path, "wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
     deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
     with ControlClient(control, timeout_s=1.0) as client:

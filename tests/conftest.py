@@ -24,10 +24,10 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 class RunningDaemon:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None):
         self.data_dir = tmp / "data"
         self.log = tmp / "daemon.log"
-        self.process, self.control = start_daemon(self.data_dir, self.log)
+        self.process, self.control = start_daemon(self.data_dir, self.log, env=env)
         from exoacq.bus import ControlClient
         with ControlClient(self.control) as client:
             self.endpoints = client.request("status")["endpoints"]

@@ -1,0 +1,40 @@
+"""The systemd unit parses, and the daemon speaks the notify protocol on a real socket."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, RunningDaemon
+
+
+def test_unit_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed on this machine")
+    exoacq = Path(sys.executable).parent / "exoacq"
+    unit = (ROOT / "systemd" / "exoacq.service").read_text()
+    assert "/opt/exoacq/.venv/bin/exoacq daemon --config" in unit
+    path = tmp_path / "exoacq.service"
+    path.write_text(unit.replace("/opt/exoacq/.venv/bin/exoacq", str(exoacq)))
+    proc = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True)
+    # systemd-analyze exits 0 on some parse errors ("ignoring"): any output is a failure.
+    assert proc.returncode == 0 and proc.stderr == "" and proc.stdout == "", proc.stderr
+
+
+@pytest.mark.slow
+def test_daemon_notifies_ready_and_stopping(tmp_path):
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(10)
+        daemon = RunningDaemon(tmp_path, env={**os.environ, "NOTIFY_SOCKET": address})
+        ready = sock.recv(4096).decode()
+        assert ready.startswith("READY=1\n") and "STATUS=serving on tcp://127.0.0.1:" in ready
+        assert daemon.stop() == 0
+        assert sock.recv(4096).decode() == "STOPPING=1"
