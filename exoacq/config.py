@@ -100,7 +100,7 @@ class NTAAnalysisConfig(_Section):
     """Tracking parameters; defaults are right for the default simulated camera."""
 
     #: trackpy feature diameter, odd, in pixels.
-    feature_diameter_px: int = Field(7, ge=3, le=51)
+    feature_diameter_px: int = Field(11, ge=3, le=51)
     #: Minimum integrated brightness of a feature (trackpy ``minmass``).
     minmass: float = Field(300.0, ge=0.0)
     #: Tracks shorter than this many frames are not sized.
@@ -109,7 +109,11 @@ class NTAAnalysisConfig(_Section):
     min_diameter_nm: float = Field(30.0, gt=0.0)
     #: Override of the link search range (pixels); None derives it from min_diameter_nm.
     search_range_px: float | None = Field(None, gt=0.0)
-    #: Effective detection volume (nL) for concentration; None: no concentration is reported.
+    #: Detection-volume calibration file (calibrations/nta/*.toml); relative paths are
+    #: taken from the configuration file's folder (the project root for the embedded default).
+    calibration: Path | None = None
+    #: Effective detection volume (nL), when given directly instead of a calibration file;
+    #: None and no calibration: no concentration is reported.
     detection_volume_nl: float | None = Field(None, gt=0.0)
     #: Where detection_volume_nl came from, stored with each result.
     detection_volume_source: str = "not calibrated"
@@ -195,7 +199,28 @@ def load_config(path: Path | str | None = None, *, simulated: bool = False) -> C
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     config = parse_config(data, source)
+    _apply_calibration(config, None if path is None else Path(path).resolve().parent, source)
     if simulated:
         for section in (config.instruments.laser, config.instruments.camera, config.instruments.thermometer):
             section.simulated = True
     return config
+
+
+def _apply_calibration(config: Config, relative_to: Path | None, source: str) -> None:
+    """Read nta.calibration, check it fits the optics, and take its detection volume."""
+    from exoacq.calibration import check_optics, load_nta_calibration, resolve
+
+    nta = config.nta
+    if nta.calibration is None:
+        return
+    if nta.detection_volume_nl is not None:
+        raise ConfigError(f"{source}: give nta.calibration or nta.detection_volume_nl, not both")
+    path = resolve(nta.calibration, relative_to)
+    calibration = load_nta_calibration(path)
+    camera = config.instruments.camera
+    check_optics(calibration, path, pixel_size_um=camera.pixel_size_um, frame_rate_hz=camera.frame_rate_hz,
+                 exposure_ms=camera.exposure_ms, laser_power_mw=config.instruments.laser.power_mw,
+                 feature_diameter_px=nta.feature_diameter_px, minmass=nta.minmass)
+    nta.calibration = path
+    nta.detection_volume_nl = calibration.result.detection_volume_nl
+    nta.detection_volume_source = calibration.source(path)

@@ -271,6 +271,8 @@ class Daemon:
             "data_dir": str(self.store.data_dir),
             "endpoints": {name: _connectable(getattr(d, name)) for name in ("control", "results", "frames")},
             "simulated": bool(self.instruments and self.instruments.simulated),
+            "simulation": self.config.simulation.model_dump() if self.instruments and self.instruments.simulated
+            else None,
             "instruments": self.instruments.describe() if self.instruments else {},
             "tracker": {"pid": self.tracker_process.pid if self.tracker_process else None,
                         "ready": self.tracker_ready},
@@ -348,11 +350,16 @@ class Daemon:
         run, summary = status.run, event["summary"]
         acq = status.acquisition
         frames = {"planned": acq.get("frames_planned"), "acquired": acq.get("frames_acquired", 0),
-                  "processed": event["frames_processed"], "dropped": acq.get("frames_dropped", 0)}
+                  "processed": event["frames_processed"], "dropped": acq.get("frames_dropped", 0),
+                  "dropped_by": acq.get("frames_dropped_by", {"camera": 0, "tracker": 0})}
         warnings = list(summary.pop("warnings"))
-        if frames["dropped"]:
-            warnings.append(f"{frames['dropped']} of {frames['acquired']} frames were dropped: the tracking core "
+        by = frames["dropped_by"]
+        if by["tracker"]:
+            warnings.append(f"{by['tracker']} of {frames['acquired']} frames were dropped: the tracking core "
                             "fell behind the camera; results use the frames it processed")
+        if by["camera"]:
+            warnings.append(f"the camera lost {by['camera']} frames: the acquisition fell behind its frame "
+                            "clock (machine overloaded?)")
         tracking = status.tracking
         document = make_document(
             "nta.result", run.run_id, method="nta", complete=status.state != "aborted",
@@ -401,7 +408,8 @@ class Daemon:
             duration_s=status.run.settings["duration_s"],
             elapsed_s=acq.get("elapsed_s", 0.0),
             frames={"planned": acq.get("frames_planned"), "acquired": acq.get("frames_acquired", 0),
-                    "processed": tracker.get("frames_processed", 0), "dropped": acq.get("frames_dropped", 0)},
+                    "processed": tracker.get("frames_processed", 0), "dropped": acq.get("frames_dropped", 0),
+                    "dropped_by": acq.get("frames_dropped_by", {"camera": 0, "tracker": 0})},
             particles_per_frame=summary.get("particles_per_frame"),
             tracks=summary.get("tracks", {"total": 0, "used": 0}),
             size_nm={k: size.get(k) for k in ("mean", "mode", "sd", "d10", "d50", "d90")},

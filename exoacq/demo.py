@@ -71,9 +71,13 @@ def run_demo(duration_s: float = 10.0) -> int:
     process, control = start_daemon(data_dir, log_path)
     try:
         with ControlClient(control) as client:
-            truth = client.request("status")
-            print(f"exoacq demo: simulated sample: 100 nm polystyrene spheres in water; "
-                  f"laser {truth['instruments']['laser'].get('model', '?')}", file=sys.stderr)
+            status = client.request("status")
+            truth = status["simulation"]
+            component = truth["components"][0]
+            print(f"exoacq demo: simulated sample: {component['diameter_nm']:g} nm spheres (n = "
+                  f"{component['refractive_index']:g}) in water at {truth['temperature_c']:g} C, "
+                  f"{truth['concentration_per_ml']:.3g} particles/mL; "
+                  f"laser {status['instruments']['laser'].get('model', '?')}", file=sys.stderr)
             bar = ProgressBar()
             try:
                 result = follow_run(client, {"method": "nta", "duration_s": duration_s, "sample": "demo 100 nm beads"},
@@ -83,9 +87,13 @@ def run_demo(duration_s: float = 10.0) -> int:
     finally:
         code = stop_daemon(process)
     print(format_result(result))
-    mean = result["size_nm"]["mean"]
+    mean, true_nm = result["size_nm"]["mean"], component["diameter_nm"]
     if mean is not None:
-        print(f"\nSimulated truth: 100.0 nm; measured mean {mean:.1f} nm ({(mean - 100.0):+.1f} %)")
+        print(f"\nSimulated truth: {true_nm:.1f} nm, {truth['concentration_per_ml']:.3g} particles/mL; "
+              f"measured mean {mean:.1f} nm ({100 * (mean / true_nm - 1):+.1f} %)"
+              + ("" if result["concentration_per_ml"] is None else
+                 f", concentration {result['concentration_per_ml']:.3g} particles/mL "
+                 f"({100 * (result['concentration_per_ml'] / truth['concentration_per_ml'] - 1):+.0f} %)"))
     if code != 0:
         raise ExoacqError(f"the daemon exited with code {code}; its log: {log_path}")
     return 0

@@ -59,6 +59,8 @@ class Camera(Device, Protocol):
     frame_rate_hz: float
     exposure_ms: float
     pixel_size_um: float
+    #: Frames lost inside the camera because fill() came too late (a ring buffer overrun); cumulative.
+    frames_dropped: int
 
     def start(self) -> None:
         """Start the frame clock (a real camera starts streaming)."""

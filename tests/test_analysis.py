@@ -121,3 +121,13 @@ def test_search_range_covers_the_smallest_particle():
 def test_unbiased_inverse_needs_at_least_two_steps():
     p = params()
     assert diameters_nm(np.array([1.0]), np.array([4.91]), p)[0] == 0.0
+
+
+def test_summary_of_a_run_without_tracks():
+    tracker = StreamingTracker(params())
+    tracker.add_frame(0, pd.DataFrame({"y": [], "x": [], "mass": []}))
+    summary = tracker.summary()
+    assert summary["tracks"] == {"total": 0, "used": 0}
+    assert summary["size_nm"]["mean"] is None and summary["diffusion_um2_s"]["mean"] is None
+    assert summary["particles_per_frame"] == 0.0
+    assert tracker.tracks_table().empty and tracker.positions_table().empty

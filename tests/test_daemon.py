@@ -216,3 +216,29 @@ def test_sigterm_aborts_the_run_and_exits_cleanly(tmp_path):
     db = sqlite3.connect(d.data_dir / "runs.sqlite")
     state, error = db.execute("SELECT state, error FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     assert (state, error) == ("aborted", "the daemon was stopped")
+
+
+def test_frames_the_tracker_cannot_take_are_counted_not_hidden(tmp_path):
+    # A camera far faster than the tracking core (100 frames/s) and a two-frame queue.
+    config = tmp_path / "fast.toml"
+    config.write_text("[daemon]\nframe_queue = 2\n"
+                      "[instruments.laser]\nsimulated = true\n"
+                      "[instruments.camera]\nframe_rate_hz = 100.0\nexposure_ms = 2.0\n")
+    d = RunningDaemon.__new__(RunningDaemon)
+    from exoacq.demo import start_daemon
+    d.data_dir, d.log = tmp_path / "data", tmp_path / "daemon.log"
+    d.process, d.control = start_daemon(d.data_dir, d.log, extra=["--config", str(config)])
+    try:
+        proc = run_cli("acquire", "nta", "--duration", "2", "--json", "--control", d.control)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+    finally:
+        assert d.stop() == 0
+    frames = result["frames"]
+    assert frames["planned"] == 200
+    assert frames["dropped_by"]["tracker"] > 0
+    assert frames["dropped"] == frames["dropped_by"]["tracker"] + frames["dropped_by"]["camera"]
+    # the camera may lose several frames in one late call, so it can end just past the plan
+    assert frames["planned"] <= frames["acquired"] + frames["dropped_by"]["camera"] <= frames["planned"] + 10
+    assert frames["processed"] + frames["dropped_by"]["tracker"] == frames["acquired"]
+    assert any("fell behind the camera" in w for w in result["warnings"])

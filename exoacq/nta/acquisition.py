@@ -98,31 +98,41 @@ class NTAAcquisition:
     def exec(self, run: Run) -> dict[str, Any]:
         camera = self.instruments.camera
         n_frames = max(1, math.ceil(run.settings["duration_s"] * camera.frame_rate_hz))
-        acquired = dropped = 0
+        acquired = tracker_drops = 0
+        camera_drops_before = camera.frames_dropped
+        camera_drops = 0
         t_start = time.monotonic()
         last_report = 0.0
-        while acquired < n_frames and not run.abort.is_set():
+
+        def counters() -> dict[str, Any]:
+            return {"frames_acquired": acquired, "frames_planned": n_frames,
+                    "frames_dropped": tracker_drops + camera_drops,
+                    "frames_dropped_by": {"camera": camera_drops, "tracker": tracker_drops},
+                    "elapsed_s": time.monotonic() - t_start}
+
+        while acquired + camera_drops < n_frames and not run.abort.is_set():
             frame = np.empty((camera.height, camera.width), dtype=camera.dtype)
             timestamp = camera.fill(frame)
-            header = {"run_id": run.run_id, "frame_number": acquired, "timestamp": timestamp,
+            camera_drops = camera.frames_dropped - camera_drops_before
+            # Frames the camera lost leave a gap in the numbering: the tracker ends its tracks there.
+            header = {"run_id": run.run_id, "frame_number": acquired + camera_drops, "timestamp": timestamp,
                       "exposure_ms": camera.exposure_ms}
             try:
                 send_frame(self.tracker_socket, header, frame, flags=zmq.NOBLOCK)
             except zmq.Again:
-                dropped += 1
+                tracker_drops += 1
             try:
                 send_frame(self.live_socket, header, frame, flags=zmq.NOBLOCK)
             except zmq.Again:
                 pass  # a slow viewer never slows the instrument
             acquired += 1
             now = time.monotonic()
-            if now - last_report >= REPORT_INTERVAL_S or acquired == n_frames:
+            if now - last_report >= REPORT_INTERVAL_S:
                 last_report = now
-                self.emit({"event": "acquisition", "run_id": run.run_id, "frames_acquired": acquired,
-                           "frames_dropped": dropped, "frames_planned": n_frames,
-                           "elapsed_s": now - t_start})
-        return {"frames_acquired": acquired, "frames_dropped": dropped, "frames_planned": n_frames,
-                "elapsed_s": time.monotonic() - t_start}
+                self.emit({"event": "acquisition", "run_id": run.run_id, **counters()})
+        final = counters()
+        self.emit({"event": "acquisition", "run_id": run.run_id, **final})
+        return final
 
     def teardown(self, run: Run) -> None:
         """Leave the hardware safe whatever happened; tell the tracker the run is over."""

@@ -54,7 +54,7 @@ class TrackingParameters:
     pixel_size_um: float
     temperature_c: float
     viscosity_mpa_s: float
-    feature_diameter_px: int = 7
+    feature_diameter_px: int = 11
     minmass: float = 300.0
     min_track_length: int = 10
     search_range_px: float = 20.0
@@ -205,21 +205,18 @@ class StreamingTracker:
 
     def tracks_table(self) -> pd.DataFrame:
         """One row per track: length, steps, D (um^2/s), diameter (nm), and whether it is sized."""
-        if not self._tracks:
-            return pd.DataFrame(columns=["particle", "first_frame", "length_frames", "n_steps",
-                                         "diffusion_um2_s", "diameter_nm", "used"])
-        pids = np.fromiter(self._tracks.keys(), dtype=np.int64)
+        pids = np.fromiter(self._tracks.keys(), dtype=np.int64, count=len(self._tracks))
         tracks = list(self._tracks.values())
         n_steps = np.array([t.n_steps for t in tracks], float)
         sum_sq = np.array([t.sum_sq_um2 for t in tracks], float)
-        used = np.array([t.n_points for t in tracks]) >= self.params.min_track_length
+        used = np.array([t.n_points for t in tracks], dtype=int) >= self.params.min_track_length
         used &= (n_steps >= 2) & (sum_sq > 0)
         d = diffusion_um2_s(n_steps, sum_sq, self.params)
         diam = np.where(used, diameters_nm(n_steps, d, self.params), np.nan)
         return pd.DataFrame({
             "particle": pids,
-            "first_frame": [t.first_frame for t in tracks],
-            "length_frames": [t.n_points for t in tracks],
+            "first_frame": np.array([t.first_frame for t in tracks], dtype=np.int64),
+            "length_frames": np.array([t.n_points for t in tracks], dtype=np.int64),
             "n_steps": n_steps.astype(int),
             "diffusion_um2_s": np.where(n_steps > 0, d, np.nan),
             "diameter_nm": diam,
@@ -235,7 +232,7 @@ class StreamingTracker:
     def summary(self) -> dict[str, Any]:
         """Size statistics, concentration and counts from what has been seen so far."""
         table = self.tracks_table()
-        used = table[table["used"]]
+        used = table.loc[table["used"].to_numpy(bool)]
         p = self.params
         frames = len(self.features_per_frame)
         ppf = float(np.mean(self.features_per_frame)) if frames else 0.0

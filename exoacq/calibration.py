@@ -1,0 +1,100 @@
+"""Calibration files: versioned TOML with provenance (``calibrations/``).
+
+An NTA detection-volume calibration states the optics it was measured with;
+the daemon refuses to use it with different optics, since the effective
+detection volume depends on magnification, exposure, laser power and the
+detection threshold (and on particle size and refractive index: it is valid
+for particles like its standard).
+"""
+from __future__ import annotations
+
+import tomllib
+from datetime import date
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from exoacq.errors import ConfigError
+
+#: Project root, for the relative paths of the embedded default configuration.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CalibrationInfo(_Strict):
+    kind: str
+    version: int = Field(ge=1)
+    date: date
+    instrument: str
+    method: str
+    operator: str = ""
+
+
+class NTAOptics(_Strict):
+    pixel_size_um: float = Field(gt=0)
+    frame_rate_hz: float = Field(gt=0)
+    exposure_ms: float = Field(gt=0)
+    laser_power_mw: float = Field(gt=0)
+    feature_diameter_px: int = Field(ge=3)
+    minmass: float = Field(ge=0)
+
+
+class BeadStandard(_Strict):
+    description: str
+    diameter_nm: float = Field(gt=0)
+    refractive_index: float = Field(gt=1)
+    lot: str = ""
+
+
+class DetectionVolume(_Strict):
+    detection_volume_nl: float = Field(gt=0)
+    uncertainty_nl: float = Field(ge=0)
+    measurements: int = Field(ge=1)
+
+
+class NTACalibration(_Strict):
+    calibration: CalibrationInfo
+    optics: NTAOptics
+    standard: BeadStandard
+    result: DetectionVolume
+
+    def source(self, path: Path) -> str:
+        c = self.calibration
+        return (f"{path.name} v{c.version} ({c.date}, {self.standard.description}: "
+                f"{self.result.detection_volume_nl:.4g} +/- {self.result.uncertainty_nl:.2g} nL)")
+
+
+def resolve(path: Path | str, relative_to: Path | None) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else (relative_to or PROJECT_ROOT) / path
+
+
+def load_nta_calibration(path: Path) -> NTACalibration:
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read calibration {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"calibration {path}: not valid TOML: {exc}") from None
+    try:
+        calibration = NTACalibration.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"calibration {path}: {key}: {err['msg']}") from None
+    if calibration.calibration.kind != "nta.detection_volume":
+        raise ConfigError(f"calibration {path}: kind = {calibration.calibration.kind!r}, "
+                          "expected 'nta.detection_volume'")
+    return calibration
+
+
+def check_optics(calibration: NTACalibration, path: Path, **actual: float) -> None:
+    """Refuse a calibration measured with other optics (relative tolerance 0.1 %)."""
+    recorded = calibration.optics.model_dump()
+    for key, value in actual.items():
+        if abs(recorded[key] - value) > 1e-3 * max(abs(value), 1e-12):
+            raise ConfigError(f"calibration {path} was measured with {key} = {recorded[key]:g}, "
+                              f"but the instrument is set to {value:g}: recalibrate or change the setting")
