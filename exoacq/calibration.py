@@ -68,8 +68,16 @@ class NTACalibration(_Strict):
 
 
 def resolve(path: Path | str, relative_to: Path | None) -> Path:
+    """A relative path is looked up beside the configuration file, then in the project root
+    (where ``calibrations/`` ships); the first that exists wins."""
     path = Path(path)
-    return path if path.is_absolute() else (relative_to or PROJECT_ROOT) / path
+    if path.is_absolute():
+        return path
+    candidates = [base / path for base in (relative_to, PROJECT_ROOT) if base is not None]
+    found = next((c for c in candidates if c.exists()), None)
+    if found is None:
+        raise ConfigError(f"calibration {path} not found (looked in: {', '.join(str(c) for c in candidates)})")
+    return found
 
 
 def load_nta_calibration(path: Path) -> NTACalibration:

@@ -109,8 +109,8 @@ class NTAAnalysisConfig(_Section):
     min_diameter_nm: float = Field(30.0, gt=0.0)
     #: Override of the link search range (pixels); None derives it from min_diameter_nm.
     search_range_px: float | None = Field(None, gt=0.0)
-    #: Detection-volume calibration file (calibrations/nta/*.toml); relative paths are
-    #: taken from the configuration file's folder (the project root for the embedded default).
+    #: Detection-volume calibration file (calibrations/nta/*.toml); a relative path is looked
+    #: up beside the configuration file, then in the project root.
     calibration: Path | None = None
     #: Effective detection volume (nL), when given directly instead of a calibration file;
     #: None and no calibration: no concentration is reported.

@@ -11,6 +11,7 @@ Threads and processes:
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import queue
@@ -52,6 +53,8 @@ class _RunStatus:
         self.instrument_settings: dict[str, Any] = {}
         self.tracking: dict[str, Any] = {}
         self.processing_since: float | None = None
+        #: Why the main thread failed this run while the acquisition thread still held the hardware.
+        self.failure: str | None = None
 
 
 class Daemon:
@@ -80,8 +83,9 @@ class Daemon:
         except zmq.ZMQError as exc:
             socket.close()
             self.ctx.term()
-            raise ExoacqError(f"cannot bind the {what} socket to {address}: {exc.strerror} "
-                              "(another daemon on this port? use --{what} to choose another)",
+            hint = (f"another daemon on this port? use --{what} to choose another" if exc.errno == zmq.EADDRINUSE
+                    else "give an address of this host, e.g. tcp://127.0.0.1:5555")
+            raise ExoacqError(f"cannot bind the {what} socket to {address}: {zmq.strerror(exc.errno)} ({hint})",
                               code="bind_failed") from None
         return socket
 
@@ -98,6 +102,8 @@ class Daemon:
         self.tracker_frames = self.ctx.socket(zmq.PUSH)
         self.tracker_frames.setsockopt(zmq.SNDHWM, d.frame_queue)
         self.tracker_frames.setsockopt(zmq.LINGER, 0)
+        # Frames go out without blocking (drops are counted); run.begin/run.end wait at most this long.
+        self.tracker_frames.setsockopt(zmq.SNDTIMEO, 5000)
         port = self.tracker_frames.bind_to_random_port("tcp://127.0.0.1")
         self.tracker_frames_address = f"tcp://127.0.0.1:{port}"
 
@@ -248,9 +254,11 @@ class Daemon:
                 known = sorted(n.removeprefix("_cmd_") for n in dir(self) if n.startswith("_cmd_"))
                 raise ProtocolError(f"unknown command {command!r}; known: {', '.join(known)}",
                                     code="unknown_command")
+            try:
+                inspect.signature(handler).bind(**request)
+            except TypeError as exc:
+                raise ProtocolError(f"bad parameters for {command!r}: {exc}") from None
             reply = {"ok": True, "result": handler(**request)}
-        except TypeError as exc:
-            reply = {"ok": False, "error": {"code": "bad_request", "message": f"bad parameters: {exc}"}}
         except ExoacqError as exc:
             reply = {"ok": False, "error": {"code": exc.code, "message": str(exc)}}
         except Exception as exc:  # a bug: answer, log, keep serving
@@ -323,9 +331,8 @@ class Daemon:
         status = self._runs.get(event.get("run_id"))
         if kind == "error":
             log.error("tracking core: %s\n%s", event.get("message"), event.get("detail", ""))
-            if status is not None and status.state not in FINAL_STATES:
-                status.run.request_abort("the tracking core failed")
-                self._set_state(status.run.run_id, "failed", error=f"tracking core: {event.get('message')}")
+            if status is not None:
+                self._fail(status, f"tracking core: {event.get('message')}")
             return
         if status is None:
             return
@@ -335,8 +342,11 @@ class Daemon:
                 status.run.settings.update(event["settings"])
             if event["state"] == "processing":
                 status.processing_since = time.monotonic()
+            state, error = event["state"], event.get("error")
+            if status.failure is not None and state in ("aborted", "failed", "processing"):
+                state, error = "failed", status.failure  # the hardware is safe now: record the real cause
             if status.state not in FINAL_STATES:
-                self._set_state(status.run.run_id, event["state"], error=event.get("error"))
+                self._set_state(status.run.run_id, state, error=error)
         elif kind == "settings":
             status.tracking, status.instrument_settings = event["tracking"], event["instruments"]
         elif kind == "acquisition":
@@ -423,17 +433,26 @@ class Daemon:
         code = self.tracker_process.poll() if self.tracker_process else None
         if code is not None:
             log.error("the tracking core exited with code %s; restarting it", code)
-            if status is not None and status.state not in FINAL_STATES:
-                status.run.request_abort("the tracking core exited")
-                self._set_state(status.run.run_id, "failed", error=f"the tracking core exited with code {code}")
+            if status is not None:
+                self._fail(status, f"the tracking core exited with code {code}")
             self._start_tracker()
             return
         if status is not None and status.state == "processing" and status.processing_since is not None:
             backlog = status.acquisition.get("frames_acquired", 0) - status.tracker.get("frames_processed", 0)
             limit = PROCESSING_TIMEOUT_S + backlog / max(self.instruments.camera.frame_rate_hz, 1.0)
             if time.monotonic() - status.processing_since > limit:
-                self._set_state(status.run.run_id, "failed",
-                                error=f"the tracking core gave no result within {limit:.0f} s of the last frame")
+                self._fail(status, f"the tracking core gave no result within {limit:.0f} s of the last frame")
+
+    def _fail(self, status: _RunStatus, reason: str) -> None:
+        """Fail a run. While the acquisition thread holds the hardware, ask it to stop first:
+        the run becomes 'failed' when it reports back, with the laser already off."""
+        if status.state in FINAL_STATES or status.failure is not None:
+            return
+        if status.state in ("preparing", "acquiring"):
+            status.failure = reason
+            status.run.request_abort(reason)
+        else:
+            self._set_state(status.run.run_id, "failed", error=reason)
 
 
 def _connectable(address: str) -> str:

@@ -92,3 +92,69 @@ def test_config_example_command_prints_a_valid_file(tmp_path):
     path.write_text(proc.stdout)
     check = _run_cli("config", "check", str(path))
     assert check.returncode == 0 and "valid" in check.stdout
+
+
+CALIBRATION = """
+[calibration]
+kind = "nta.detection_volume"
+version = 3
+date = 2026-11-20
+instrument = "test bench"
+method = "beads of known concentration"
+
+[optics]
+pixel_size_um = 0.166
+frame_rate_hz = 25.0
+exposure_ms = 15.0
+laser_power_mw = 40.0
+feature_diameter_px = 11
+minmass = 300.0
+
+[standard]
+description = "100 nm polystyrene"
+diameter_nm = 100.0
+refractive_index = 1.59
+lot = "L123"
+
+[result]
+detection_volume_nl = 0.075
+uncertainty_nl = 0.002
+measurements = 20
+"""
+
+
+def test_calibration_file_gives_the_detection_volume(tmp_path):
+    (tmp_path / "cal.toml").write_text(CALIBRATION)
+    (tmp_path / "lab.toml").write_text('[nta]\ncalibration = "cal.toml"\n')
+    config = load_config(tmp_path / "lab.toml")
+    assert config.nta.detection_volume_nl == 0.075
+    assert config.nta.detection_volume_source.startswith("cal.toml v3 (2026-11-20, 100 nm polystyrene")
+
+
+def test_calibration_for_other_optics_is_refused(tmp_path):
+    (tmp_path / "cal.toml").write_text(CALIBRATION)
+    (tmp_path / "lab.toml").write_text('[nta]\ncalibration = "cal.toml"\n[instruments.camera]\nexposure_ms = 20.0\n')
+    with pytest.raises(ConfigError, match=r"measured with exposure_ms = 15, but the instrument is set to 20"):
+        load_config(tmp_path / "lab.toml")
+
+
+def test_broken_calibration_files_are_named(tmp_path):
+    (tmp_path / "cal.toml").write_text(CALIBRATION.replace("detection_volume_nl = 0.075", "detection_volume_nl = -1"))
+    (tmp_path / "lab.toml").write_text('[nta]\ncalibration = "cal.toml"\n')
+    with pytest.raises(ConfigError, match=r"cal.toml: result.detection_volume_nl: Input should be greater than 0"):
+        load_config(tmp_path / "lab.toml")
+    (tmp_path / "lab.toml").write_text('[nta]\ncalibration = "missing.toml"\n')
+    with pytest.raises(ConfigError, match=r"calibration missing.toml not found \(looked in: "):
+        load_config(tmp_path / "lab.toml")
+
+
+def test_second_daemon_on_a_busy_port_says_so(tmp_path):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _run_cli("daemon", "--simulated", "--data-dir", str(tmp_path), "--control", f"tcp://127.0.0.1:{port}")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"exoacq: error: cannot bind the control socket to tcp://127.0.0.1:{port}: "
+                                   "Address already in use (another daemon on this port? use --control to choose another)")

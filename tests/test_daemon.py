@@ -93,6 +93,13 @@ def test_acquire_nta_publishes_documents_matching_the_protocol(daemon):
     assert cli_result["viscosity_mpa_s"] == pytest.approx(0.8900, rel=1e-3)
     # 5 s of a 100 nm sample: tens of tracks; the mean is within 15 % (a 10 s demo is held to 10 %)
     assert cli_result["size_nm"]["mean"] == pytest.approx(100.0, rel=0.15)
+    # Concentration from the shipped calibration: a 5 s video samples the light sheet's
+    # population only about once (SD ~ 25 %), so this checks units and plumbing, not accuracy.
+    assert cli_result["detection_volume"]["source"].startswith("simulated-camera.toml v1")
+    assert 0.5 < cli_result["concentration_per_ml"] / 3e8 < 2.0
+    hist = cli_result["histogram"]
+    assert sum(hist["counts"]) == cli_result["tracks"]["used"]
+    assert sum(hist["concentration_per_ml"]) == pytest.approx(cli_result["concentration_per_ml"])
 
 
 def test_runs_lists_and_shows_stored_runs(daemon):
@@ -242,3 +249,38 @@ def test_frames_the_tracker_cannot_take_are_counted_not_hidden(tmp_path):
     assert frames["planned"] <= frames["acquired"] + frames["dropped_by"]["camera"] <= frames["planned"] + 10
     assert frames["processed"] + frames["dropped_by"]["tracker"] == frames["acquired"]
     assert any("fell behind the camera" in w for w in result["warnings"])
+
+
+def test_a_crashed_tracking_core_fails_the_run_and_is_restarted(tmp_path):
+    import os
+    import signal as signals
+
+    from exoacq.bus import ControlClient
+    d = RunningDaemon(tmp_path)
+    try:
+        with ControlClient(d.control) as client:
+            old_pid = client.request("status")["tracker"]["pid"]
+            run_id = client.request("acquire", method="nta", duration_s=60, sample="crash")["run_id"]
+            deadline = time.monotonic() + 20
+            while (client.request("status")["current_run"] or {}).get("state") != "acquiring":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            os.kill(old_pid, signals.SIGKILL)
+            deadline = time.monotonic() + 20
+            while client.request("run", run_id=run_id)["state"] != "failed":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            record = client.request("run", run_id=run_id)
+            assert record["error"] == "the tracking core exited with code -9"
+            status = client.request("status")
+            assert status["instruments"]["laser"]["emission"] is False
+            deadline = time.monotonic() + 60
+            while not client.request("status")["tracker"]["ready"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            assert client.request("status")["tracker"]["pid"] != old_pid
+        proc = run_cli("acquire", "nta", "--duration", "2", "--json", "--control", d.control)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["frames"]["processed"] == 50
+    finally:
+        assert d.stop() == 0

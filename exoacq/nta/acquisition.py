@@ -89,9 +89,8 @@ class NTAAcquisition:
         run.settings["temperature_start_c"] = temperature_c
         self.emit({"event": "settings", "run_id": run.run_id, "tracking": params.to_dict(),
                    "instruments": self.instruments.describe()})
-        self.tracker_socket.send_multipart(
-            [b"run.begin", dumps({"run_id": run.run_id, "params": params.to_dict(),
-                                  "output_dir": str(run.output_dir)})])
+        self._to_tracker(b"run.begin", {"run_id": run.run_id, "params": params.to_dict(),
+                                        "output_dir": str(run.output_dir)})
         camera.start()
         return params
 
@@ -146,12 +145,22 @@ class NTAAcquisition:
             run.settings["temperature_end_c"] = self.instruments.thermometer.temperature_c()
         except DeviceError as exc:
             errors.append(str(exc))
-        self.tracker_socket.send_multipart(
-            [b"run.end", dumps({"run_id": run.run_id, "aborted": run.abort.is_set()})])
+        try:
+            self._to_tracker(b"run.end", {"run_id": run.run_id, "aborted": run.abort.is_set()})
+        except DeviceError as exc:
+            errors.append(str(exc))
         if errors:
             raise DeviceError("; ".join(errors))
 
     # -- helpers -------------------------------------------------------------
+    def _to_tracker(self, topic: bytes, message: dict[str, Any]) -> None:
+        """A control message to the tracking core, in order with the frames; never lost silently."""
+        try:
+            self.tracker_socket.send_multipart([topic, dumps(message)])
+        except zmq.Again:
+            raise DeviceError(f"the tracking core is not taking messages ({topic.decode()} not sent); "
+                              "is it running? (see `exoacq status`)") from None
+
     def tracking_parameters(self, temperature_c: float, dilution: float) -> TrackingParameters:
         cam, nta = self.instruments.camera, self.config.nta
         viscosity = water_viscosity_iapws_mpa_s(temperature_c)
