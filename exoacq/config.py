@@ -99,6 +99,8 @@ class SimulationConfig(_Section):
 class NTAAnalysisConfig(_Section):
     """Tracking parameters; defaults are right for the default simulated camera."""
 
+    #: "fast" (exoacq's compiled Crocker-Grier locate) or "trackpy" (trackpy.locate): the same method.
+    detector: Literal["fast", "trackpy"] = "fast"
     #: trackpy feature diameter, odd, in pixels.
     feature_diameter_px: int = Field(11, ge=3, le=51)
     #: Minimum integrated brightness of a feature (trackpy ``minmass``).
@@ -125,8 +127,20 @@ class NTAAnalysisConfig(_Section):
         return self
 
 
+class TrackingConfig(_Section):
+    """The tracking core's processes: a linker and locate workers (docs/protocol.md, Frames)."""
+
+    #: Locate worker processes the daemon starts on this host (0: only workers on other hosts).
+    workers: int = Field(1, ge=0, le=64)
+    #: Frame endpoint the workers pull from; a random loopback port unless workers run elsewhere.
+    frames: Endpoint = "tcp://127.0.0.1:*"
+    #: Feature endpoint the linker binds for the workers' results.
+    features: Endpoint = "tcp://127.0.0.1:*"
+
+
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
+    tracking: TrackingConfig = TrackingConfig()
     instruments: InstrumentsConfig = InstrumentsConfig()
     simulation: SimulationConfig = SimulationConfig()
     nta: NTAAnalysisConfig = NTAAnalysisConfig()

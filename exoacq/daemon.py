@@ -1,4 +1,4 @@
-"""The exoacq daemon: control socket, results publisher, run queue, tracker.
+"""The exoacq daemon: control socket, results publisher, run queue, tracking core.
 
 Threads and processes:
 
@@ -6,8 +6,8 @@ Threads and processes:
   the only writer of the run store and the only publisher of documents;
 * acquisition thread: runs one queued run at a time through the method's
   engine (setup, exec, teardown) and owns the frame sockets;
-* tracking core: a child process (:mod:`exoacq.nta.tracker`) fed over a
-  bounded PUSH socket, answering with events.
+* tracking core (:mod:`exoacq.nta.pipeline`): locate workers fed over a
+  bounded PUSH socket, and a linker process answering with events.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import logging
 import os
 import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -32,10 +31,14 @@ from exoacq.errors import DeviceError, ExoacqError, ProtocolError
 from exoacq.instruments import Instruments, connect_instruments
 from exoacq.sdnotify import notify
 from exoacq.nta.acquisition import NTAAcquisition, Run, validate_request
+from exoacq.nta.pipeline import TrackingPipeline
 from exoacq.storage import FINAL_STATES, RunStore
 
 log = logging.getLogger("exoacq.daemon")
 
+#: nta.progress is published when the tracking core reports (at most this often) and at least every
+#: PROGRESS_INTERVAL_S while a run acquires or processes.
+MIN_PROGRESS_INTERVAL_S = 0.1
 PROGRESS_INTERVAL_S = 0.5
 TRACKER_START_TIMEOUT_S = 60.0
 #: After the last frame, how long the tracker may take per queued frame, plus a floor.
@@ -69,21 +72,23 @@ class Daemon:
         self._runs: dict[str, _RunStatus] = {}
         self._current: _RunStatus | None = None
         self._started = time.time()
+        self._last_progress = 0.0
         self.instruments: Instruments | None = None
-        self.tracker_process: subprocess.Popen | None = None
-        self.tracker_ready = False
         self._bind_sockets()
 
     # -- set-up ----------------------------------------------------------------
-    def _bind(self, kind: int, address: str, what: str) -> zmq.Socket:
+    def _bind(self, kind: int, address: str, what: str, option: str | None = None, hwm: int | None = None) -> zmq.Socket:
         socket = self.ctx.socket(kind)
         socket.setsockopt(zmq.LINGER, 0)
+        if hwm is not None:  # before bind: a high-water mark applies to connections made after it is set
+            socket.setsockopt(zmq.SNDHWM, hwm)
         try:
             socket.bind(address)
         except zmq.ZMQError as exc:
             socket.close()
             self.ctx.term()
-            hint = (f"another daemon on this port? use --{what} to choose another" if exc.errno == zmq.EADDRINUSE
+            hint = (f"another daemon on this port? use {option or '--' + what} to choose another"
+                    if exc.errno == zmq.EADDRINUSE
                     else "give an address of this host, e.g. tcp://127.0.0.1:5555")
             raise ExoacqError(f"cannot bind the {what} socket to {address}: {zmq.strerror(exc.errno)} ({hint})",
                               code="bind_failed") from None
@@ -93,24 +98,22 @@ class Daemon:
         d = self.config.daemon
         self.control = self._bind(zmq.ROUTER, d.control, "control")
         self.results = self._bind(zmq.PUB, d.results, "results")
-        self.live_frames = self._bind(zmq.PUB, d.frames, "frames")
-        self.live_frames.setsockopt(zmq.SNDHWM, 4)
+        self.live_frames = self._bind(zmq.PUB, d.frames, "frames", hwm=4)
         self.events = self.ctx.socket(zmq.PULL)
         self.events.bind("inproc://events")
-        tracker_events_port = self.events.bind_to_random_port("tcp://127.0.0.1")
-        self.tracker_events_address = f"tcp://127.0.0.1:{tracker_events_port}"
-        self.tracker_frames = self.ctx.socket(zmq.PUSH)
-        self.tracker_frames.setsockopt(zmq.SNDHWM, d.frame_queue)
-        self.tracker_frames.setsockopt(zmq.LINGER, 0)
-        # Frames go out without blocking (drops are counted); run.begin/run.end wait at most this long.
-        self.tracker_frames.setsockopt(zmq.SNDTIMEO, 5000)
-        port = self.tracker_frames.bind_to_random_port("tcp://127.0.0.1")
-        self.tracker_frames_address = f"tcp://127.0.0.1:{port}"
+        events_port = self.events.bind_to_random_port("tcp://127.0.0.1")
+        # Frames for the locate workers: never blocking, a full queue drops (and counts) the frame.
+        self.worker_frames = self._bind(zmq.PUSH, self.config.tracking.frames, "tracking frames",
+                                        "[tracking] frames in the configuration", hwm=d.frame_queue)
+        self.tracking = TrackingPipeline(
+            self.ctx, workers=self.config.tracking.workers,
+            frames_endpoint=_connectable(self.worker_frames.getsockopt(zmq.LAST_ENDPOINT).decode()),
+            events_endpoint=f"tcp://127.0.0.1:{events_port}", features_bind=self.config.tracking.features)
 
     def start(self) -> None:
-        """Connect instruments, start the tracker and the acquisition thread."""
+        """Connect instruments, start the tracking core and the acquisition thread."""
         self.instruments = connect_instruments(self.config)  # fail fast on a bad port
-        self._start_tracker()
+        self.tracking.start()
         emit_socket = self.ctx.socket(zmq.PUSH)
         emit_socket.connect("inproc://events")
         self._emit_lock = threading.Lock()
@@ -120,22 +123,16 @@ class Daemon:
                 emit_socket.send(dumps(event))
 
         self._emit_socket = emit_socket
-        self.engine = NTAAcquisition(self.config, self.instruments, self.tracker_frames, self.live_frames, emit)
+        self.engine = NTAAcquisition(self.config, self.instruments, self.worker_frames, self.live_frames, emit)
         self._emit = emit
         self._worker = threading.Thread(target=self._acquisition_loop, name="acquisition", daemon=True)
         self._worker.start()
         deadline = time.monotonic() + TRACKER_START_TIMEOUT_S
-        while not self.tracker_ready:
-            if time.monotonic() > deadline or self.tracker_process.poll() is not None:
+        while not self.tracking.ready:
+            if time.monotonic() > deadline or self.tracking.check() is not None:
                 raise ExoacqError("the tracking core did not start (see the log above)", code="tracker_failed")
             if self.events.poll(100):
                 self._on_event(loads(self.events.recv()))
-
-    def _start_tracker(self) -> None:
-        self.tracker_ready = False
-        self.tracker_process = subprocess.Popen(
-            [sys.executable, "-m", "exoacq.nta.tracker", "--frames", self.tracker_frames_address,
-             "--events", self.tracker_events_address, "--parent-pid", str(os.getpid())])
 
     # -- the acquisition thread --------------------------------------------------
     def _acquisition_loop(self) -> None:
@@ -182,7 +179,6 @@ class Daemon:
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.events, zmq.POLLIN)
-        last_progress = 0.0
         while not self._stopping.is_set():
             ready = dict(poller.poll(100))
             if self.control in ready:
@@ -190,8 +186,7 @@ class Daemon:
             while self.events.poll(0):
                 self._on_event(loads(self.events.recv()))
             now = time.monotonic()
-            if now - last_progress >= PROGRESS_INTERVAL_S:
-                last_progress = now
+            if now - self._last_progress >= PROGRESS_INTERVAL_S:
                 self._publish_progress()
                 self._check_tracker()
 
@@ -221,20 +216,11 @@ class Daemon:
             current.run.finished.set()
         if self.instruments is not None:
             self.instruments.close()
-        if self.tracker_process is not None and self.tracker_process.poll() is None:
-            try:
-                self.tracker_frames.send_multipart([b"shutdown"], flags=zmq.NOBLOCK)
-            except zmq.Again:
-                pass
-            try:
-                self.tracker_process.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                self.tracker_process.kill()
-                self.tracker_process.wait()
+        self.tracking.stop()
         self.store.close()
         if hasattr(self, "_emit_socket"):
             self._emit_socket.close(linger=0)
-        for socket in (self.control, self.results, self.live_frames, self.events, self.tracker_frames):
+        for socket in (self.control, self.results, self.live_frames, self.events, self.worker_frames):
             socket.close(linger=0)
         self.ctx.term()
 
@@ -282,8 +268,7 @@ class Daemon:
             "simulation": self.config.simulation.model_dump() if self.instruments and self.instruments.simulated
             else None,
             "instruments": self.instruments.describe() if self.instruments else {},
-            "tracker": {"pid": self.tracker_process.pid if self.tracker_process else None,
-                        "ready": self.tracker_ready},
+            "tracker": self.tracking.describe(),
             "current_run": None if current is None else {
                 "run_id": current.run.run_id, "state": current.state, **current.acquisition},
             "queued": [r.run.run_id for r in self._runs.values() if r.state == "queued"],
@@ -324,9 +309,14 @@ class Daemon:
 
     # -- events from the acquisition thread and the tracker ---------------------------
     def _on_event(self, event: dict[str, Any]) -> None:
+        if self.tracking.on_event(event):
+            return
         kind = event.pop("event")
-        if kind == "ready":
-            self.tracker_ready = True
+        if kind == "to_tracker":  # from the acquisition thread: this thread owns the linker's socket
+            if not self.tracking.send(event["topic"], event["message"]):
+                status = self._runs.get(event["message"]["run_id"])
+                if status is not None:
+                    self._fail(status, f"the tracking core did not take {event['topic']} (is it running?)")
             return
         status = self._runs.get(event.get("run_id"))
         if kind == "error":
@@ -353,6 +343,9 @@ class Daemon:
             status.acquisition.update(event)
         elif kind == "progress":
             status.tracker = event
+            now = time.monotonic()
+            if now - self._last_progress >= MIN_PROGRESS_INTERVAL_S:  # fresh frames: publish now
+                self._publish_progress()
         elif kind == "result":
             self._on_result(status, event)
 
@@ -370,7 +363,7 @@ class Daemon:
         if by["camera"]:
             warnings.append(f"the camera lost {by['camera']} frames: the acquisition fell behind its frame "
                             "clock (machine overloaded?)")
-        tracking = status.tracking
+        tracking = event.get("tracking") or status.tracking  # with the run's mean temperature
         document = make_document(
             "nta.result", run.run_id, method="nta", complete=status.state != "aborted",
             sample=run.settings["sample"], dilution=run.settings["dilution"],
@@ -407,6 +400,7 @@ class Daemon:
             sample=record["sample"], error=error))
 
     def _publish_progress(self) -> None:
+        self._last_progress = time.monotonic()
         status = self._current
         if status is None or status.state not in ("acquiring", "processing"):
             return
@@ -430,12 +424,10 @@ class Daemon:
 
     def _check_tracker(self) -> None:
         status = self._current
-        code = self.tracker_process.poll() if self.tracker_process else None
-        if code is not None:
-            log.error("the tracking core exited with code %s; restarting it", code)
+        failure = self.tracking.check()
+        if failure is not None:
             if status is not None:
-                self._fail(status, f"the tracking core exited with code {code}")
-            self._start_tracker()
+                self._fail(status, failure)
             return
         if status is not None and status.state == "processing" and status.processing_since is not None:
             backlog = status.acquisition.get("frames_acquired", 0) - status.tracker.get("frames_processed", 0)

@@ -49,7 +49,7 @@ def measure_one(seed: int, duration_s: float) -> float:
     frame = np.empty((camera.height, camera.width), camera.dtype)
     for i in range(int(round(duration_s * camera.frame_rate_hz))):
         camera.fill(frame)
-        tracker.add_frame(i, locate_features(frame, params))
+        tracker.add_frame(i, locate_features(frame, **params.locate_options()))
     box_ml = float(np.prod(sample.box_um)) * 1e-12
     true_per_ml = len(sample) / box_ml
     return float(np.mean(tracker.features_per_frame)) / true_per_ml * 1e6

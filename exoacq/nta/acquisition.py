@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from exoacq.bus import dumps, send_frame
+from exoacq.bus import send_frame
 from exoacq.config import Config
 from exoacq.errors import DeviceError, ProtocolError
 from exoacq.instruments import Instruments
@@ -57,6 +57,10 @@ class Run:
     output_dir: Path
     abort: threading.Event = field(default_factory=threading.Event)
     abort_reason: str = ""
+    #: Detection parameters sent with every frame (the workers are stateless).
+    locate: dict[str, Any] = field(default_factory=dict)
+    #: Frames handed to the tracking core (its sequence numbers run 0 .. frames_sent - 1).
+    frames_sent: int = 0
     finished: threading.Event = field(default_factory=threading.Event)
 
     def request_abort(self, reason: str) -> None:
@@ -68,11 +72,11 @@ class Run:
 class NTAAcquisition:
     method = "nta"
 
-    def __init__(self, config: Config, instruments: Instruments, tracker_socket: zmq.Socket,
+    def __init__(self, config: Config, instruments: Instruments, frames_socket: zmq.Socket,
                  live_socket: zmq.Socket, emit: Callable[[dict[str, Any]], None]):
         self.config = config
         self.instruments = instruments
-        self.tracker_socket = tracker_socket
+        self.frames_socket = frames_socket
         self.live_socket = live_socket
         self.emit = emit
 
@@ -89,15 +93,16 @@ class NTAAcquisition:
         run.settings["temperature_start_c"] = temperature_c
         self.emit({"event": "settings", "run_id": run.run_id, "tracking": params.to_dict(),
                    "instruments": self.instruments.describe()})
-        self._to_tracker(b"run.begin", {"run_id": run.run_id, "params": params.to_dict(),
-                                        "output_dir": str(run.output_dir)})
+        self._to_tracker("run.begin", {"run_id": run.run_id, "params": params.to_dict(),
+                                       "output_dir": str(run.output_dir)})
+        run.locate = params.locate_options()
         camera.start()
         return params
 
     def exec(self, run: Run) -> dict[str, Any]:
         camera = self.instruments.camera
         n_frames = max(1, math.ceil(run.settings["duration_s"] * camera.frame_rate_hz))
-        acquired = tracker_drops = 0
+        acquired = tracker_drops = sent = 0
         camera_drops_before = camera.frames_dropped
         camera_drops = 0
         t_start = time.monotonic()
@@ -117,7 +122,9 @@ class NTAAcquisition:
             header = {"run_id": run.run_id, "frame_number": acquired + camera_drops, "timestamp": timestamp,
                       "exposure_ms": camera.exposure_ms}
             try:
-                send_frame(self.tracker_socket, header, frame, flags=zmq.NOBLOCK)
+                send_frame(self.frames_socket, {**header, "seq": sent, "locate": run.locate}, frame,
+                           flags=zmq.NOBLOCK)
+                sent += 1
             except zmq.Again:
                 tracker_drops += 1
             try:
@@ -129,6 +136,7 @@ class NTAAcquisition:
             if now - last_report >= REPORT_INTERVAL_S:
                 last_report = now
                 self.emit({"event": "acquisition", "run_id": run.run_id, **counters()})
+        run.frames_sent = sent
         final = counters()
         self.emit({"event": "acquisition", "run_id": run.run_id, **final})
         return final
@@ -141,25 +149,21 @@ class NTAAcquisition:
                 step()
             except DeviceError as exc:
                 errors.append(str(exc))
+        temperature_c = None
         try:
             run.settings["temperature_end_c"] = self.instruments.thermometer.temperature_c()
-        except DeviceError as exc:
-            errors.append(str(exc))
-        try:
-            self._to_tracker(b"run.end", {"run_id": run.run_id, "aborted": run.abort.is_set()})
-        except DeviceError as exc:
-            errors.append(str(exc))
+            temperature_c = (run.settings["temperature_start_c"] + run.settings["temperature_end_c"]) / 2
+        except (DeviceError, KeyError) as exc:
+            errors.append(str(exc)) if isinstance(exc, DeviceError) else None
+        self._to_tracker("run.end", {"run_id": run.run_id, "frames_sent": run.frames_sent,
+                                     "aborted": run.abort.is_set(), "temperature_c": temperature_c})
         if errors:
             raise DeviceError("; ".join(errors))
 
     # -- helpers -------------------------------------------------------------
-    def _to_tracker(self, topic: bytes, message: dict[str, Any]) -> None:
-        """A control message to the tracking core, in order with the frames; never lost silently."""
-        try:
-            self.tracker_socket.send_multipart([topic, dumps(message)])
-        except zmq.Again:
-            raise DeviceError(f"the tracking core is not taking messages ({topic.decode()} not sent); "
-                              "is it running? (see `exoacq status`)") from None
+    def _to_tracker(self, topic: str, message: dict[str, Any]) -> None:
+        """A run message for the linker, forwarded by the daemon's main thread (the socket's owner)."""
+        self.emit({"event": "to_tracker", "topic": topic, "message": message})
 
     def tracking_parameters(self, temperature_c: float, dilution: float) -> TrackingParameters:
         cam, nta = self.instruments.camera, self.config.nta
@@ -171,4 +175,4 @@ class NTAAcquisition:
             temperature_c=temperature_c, viscosity_mpa_s=viscosity,
             feature_diameter_px=nta.feature_diameter_px, minmass=nta.minmass,
             min_track_length=nta.min_track_length, search_range_px=search,
-            detection_volume_nl=nta.detection_volume_nl, dilution=dilution)
+            detection_volume_nl=nta.detection_volume_nl, dilution=dilution, detector=nta.detector)

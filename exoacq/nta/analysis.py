@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ from scipy.stats import gaussian_kde
 from trackpy.linking import Linker
 from trackpy.linking.utils import SubnetOversizeException
 
+from exoacq.nta.detect import locate_fast
 from exoacq.physics import (
     BOLTZMANN_J_K,
     celsius_to_kelvin,
@@ -61,10 +62,17 @@ class TrackingParameters:
     detection_volume_nl: float | None = None
     dilution: float = 1.0
     invert: bool = False
+    #: "fast" (exoacq.nta.detect, compiled) or "trackpy" (trackpy.locate, numba engine): same method.
+    detector: str = "fast"
 
     @property
     def frame_interval_s(self) -> float:
         return 1.0 / self.frame_rate_hz
+
+    def locate_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`locate_features`."""
+        return {"diameter_px": self.feature_diameter_px, "minmass": self.minmass,
+                "invert": self.invert, "detector": self.detector}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,10 +86,23 @@ def search_range_px(min_diameter_nm: float, temperature_c: float, viscosity_mpa_
     return SEARCH_RANGE_SIGMAS * sigma_um / pixel_size_um
 
 
-def locate_features(frame: np.ndarray, params: TrackingParameters) -> pd.DataFrame:
-    """Features of one frame (columns y, x, mass, ... as trackpy.locate)."""
-    return tp.locate(frame, params.feature_diameter_px, minmass=params.minmass,
-                     invert=params.invert, engine="numba")
+def locate_features(frame: np.ndarray, *, diameter_px: int, minmass: float, invert: bool = False,
+                    detector: str = "fast") -> pd.DataFrame:
+    """Features of one frame (columns y, x, mass, size, signal, ... as trackpy.locate)."""
+    if detector == "fast":
+        return locate_fast(frame, diameter_px, minmass, invert=invert)
+    if detector == "trackpy":
+        return tp.locate(frame, diameter_px, minmass=minmass, invert=invert, engine="numba")
+    raise ValueError(f"detector = {detector!r}; allowed: 'fast', 'trackpy'")
+
+
+def warm_up() -> None:
+    """Compile the numba kernels of both detectors before the first frame needs them."""
+    rng = np.random.default_rng(0)
+    frame = rng.poisson(20, (64, 64)).astype(np.uint16)
+    frame[30:33, 30:33] += 500
+    for detector in ("fast", "trackpy"):
+        locate_features(frame, diameter_px=7, minmass=100, detector=detector)
 
 
 def diffusion_um2_s(n_steps: np.ndarray, sum_sq_um2: np.ndarray, params: TrackingParameters) -> np.ndarray:
@@ -115,7 +136,7 @@ def size_statistics(diameters: np.ndarray) -> dict[str, float | None]:
             "d10": float(d10), "d50": float(d50), "d90": float(d90)}
 
 
-def histogram(diameters: np.ndarray, concentration_per_ml: float | None) -> dict[str, list]:
+def size_histogram(diameters: np.ndarray, concentration_per_ml: float | None) -> dict[str, list]:
     """Number distribution in 5 nm bins from 0 nm to past the largest size (counts and, if known, per mL)."""
     d = np.asarray(diameters, float)
     d = d[np.isfinite(d)]
@@ -159,15 +180,17 @@ class StreamingTracker:
     features_per_frame: list[int] = field(default_factory=list)
     linking_resets: int = 0
 
-    def add_frame(self, frame_number: int, features: pd.DataFrame) -> None:
-        self.features_per_frame.append(len(features))
+    def add_frame(self, frame_number: int, features: Mapping[str, Any]) -> None:
+        """Link one frame's features (a DataFrame or a mapping of arrays with y, x, mass in px)."""
+        count = len(features["x"])
+        self.features_per_frame.append(count)
         gap = self._last_frame is not None and frame_number != self._last_frame + 1
         self._last_frame = frame_number
-        if len(features) == 0 or gap:
+        if count == 0 or gap:
             self._end_linking()
-            if len(features) == 0:
+            if count == 0:
                 return
-        coords = features[["y", "x"]].to_numpy(float)
+        coords = np.column_stack([np.asarray(features["y"], float), np.asarray(features["x"], float)])
         try:
             if self._linker is None:
                 self._linker = Linker(self.params.search_range_px, memory=0,
@@ -194,7 +217,7 @@ class StreamingTracker:
                 track.n_steps += 1
             track.n_points += 1
             track.last_frame, track.x_px, track.y_px = frame_number, x, y
-        mass = features["mass"].to_numpy(float)
+        mass = np.asarray(features["mass"], float)
         self._rows.append(np.column_stack([np.full(len(ids), frame_number), ids, xs, ys, mass]))
 
     def _end_linking(self) -> None:
@@ -229,7 +252,7 @@ class StreamingTracker:
         table = pd.DataFrame(data, columns=["frame", "particle", "x_px", "y_px", "mass"])
         return table.astype({"frame": np.int64, "particle": np.int64})
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, histogram: bool = True) -> dict[str, Any]:
         """Size statistics, concentration and counts from what has been seen so far."""
         table = self.tracks_table()
         used = table.loc[table["used"].to_numpy(bool)]
@@ -257,6 +280,5 @@ class StreamingTracker:
             "diffusion_um2_s": {"mean": float(diffusion.mean()) if diffusion.size else None,
                                 "median": float(np.median(diffusion)) if diffusion.size else None},
             "frames_analysed": frames,
-            "histogram": histogram(used["diameter_nm"].to_numpy(float), concentration),
             "warnings": warnings,
-        }
+        } | ({"histogram": size_histogram(used["diameter_nm"].to_numpy(float), concentration)} if histogram else {})

@@ -119,7 +119,7 @@ def _bandpass(raw, gk, box, trunc, thr, b, cols, out):
                 a, c, d = cur[:m], cur[p:p + m], nxt[:m]
                 for x in range(m):
                     d[x] = a[x] + c[x]
-                cur, nxt, off, p = nxt, (s2 if nxt is s1 else s1), off // 2 * 2 if False else off, 2 * p
+                cur, nxt, p = nxt, (s2 if nxt is s1 else s1), 2 * p
             o, zr = out[y], runs[y % (r + 1)]
             pr = runs[(y - 1) % (r + 1)]
             for x in range(W):
@@ -154,6 +154,88 @@ def _bandpass(raw, gk, box, trunc, thr, b, cols, out):
     return bmax, barg, stats
 
 
+@numba.njit(**_JIT)
+def _maxima(bp, bmax, barg, b, lo, hi, thr, margin):
+    """Block maxima that are the maximum of their window [p - lo, p + hi] (trackpy's grey
+    dilation, ties kept); a block lies inside any window of its pixels, so only its maximum
+    can be one, and the window reaches into the 8 neighbouring blocks only."""
+    H, W = bp.shape
+    nby, nbx = bmax.shape
+    found = np.empty((nby * nbx, 2), np.int64)
+    n = 0
+    for i in range(nby):
+        for j in range(nbx):
+            v, py, px = bmax[i, j], barg[i, j, 0], barg[i, j, 1]
+            if v <= thr or min(py, px) < margin or py > H - 1 - margin or px > W - 1 - margin:
+                continue
+            y0, y1, x0, x1 = max(py - lo, 0), min(py + hi, H - 1), max(px - lo, 0), min(px + hi, W - 1)
+            ok = True
+            for ii in range(max(i - 1, 0), min(i + 2, nby)):
+                for jj in range(max(j - 1, 0), min(j + 2, nbx)):
+                    if not ok or bmax[ii, jj] <= v:
+                        continue
+                    qy, qx = barg[ii, jj, 0], barg[ii, jj, 1]
+                    if y0 <= qy <= y1 and x0 <= qx <= x1:
+                        ok = False
+                        continue
+                    for yy in range(max(y0, ii * b), min(y1, ii * b + b - 1) + 1):
+                        for xx in range(max(x0, jj * b), min(x1, jj * b + b - 1) + 1):
+                            ok = ok and bp[yy, xx] <= v
+            if ok:
+                found[n, 0], found[n, 1] = py, px
+                n += 1
+    return found[:n]
+
+
+@numba.njit(**_JIT)
+def _refine(bp, coords, r, spans, max_iter, shift):
+    """trackpy's refine_com: centroid in the disc (rows r + dy, columns spans[dy]), the disc
+    moved a pixel while the centroid is > shift off; y, x, mass and the final disc origin."""
+    H, W = bp.shape
+    res, origin = np.empty((len(coords), 3)), np.empty((len(coords), 2), np.int64)
+    for f in range(len(coords)):
+        cy, cx = coords[f, 0], coords[f, 1]
+        for _ in range(max_iter):
+            sy, sx, mass, oy, ox = cy - r, cx - r, 0.0, 0.0, 0.0
+            for i in range(2 * r + 1):
+                row = bp[sy + i, sx + spans[i, 0]:sx + spans[i, 1] + 1]
+                t, tx = np.float32(0.0), np.float32(0.0)
+                for k in range(len(row)):
+                    t += row[k]
+                    tx += row[k] * np.float32(k)
+                mass += t
+                oy += t * i
+                ox += tx + t * spans[i, 0]
+            oy, ox = oy / mass - r, ox / mass - r
+            res[f, 0], res[f, 1], res[f, 2], origin[f, 0], origin[f, 1] = oy + cy, ox + cx, mass, sy, sx
+            if abs(oy) < shift and abs(ox) < shift:
+                break
+            cy += 1 if oy > shift else (-1 if oy < -shift else 0)
+            cx += 1 if ox > shift else (-1 if ox < -shift else 0)
+            cy, cx = min(max(cy, r), H - 1 - r), min(max(cx, r), W - 1 - r)
+    return res, origin
+
+
+@numba.njit(**_JIT)
+def _characterize(raw, bp, origin, mass, mask_y, mask_x, r2, cmask, smask):
+    """size (radius of gyration), ecc, signal and raw_mass in each final disc, as trackpy."""
+    out = np.empty((len(origin), 4))
+    for f in range(len(origin)):
+        sy, sx = origin[f, 0], origin[f, 1]
+        rg = e1 = e2 = sig = rm = 0.0
+        for i in range(len(mask_y)):
+            px = np.float64(bp[sy + mask_y[i], sx + mask_x[i]])
+            rg += r2[i] * px
+            e1 += cmask[i] * px
+            e2 += smask[i] * px
+            sig = max(sig, px)
+            rm += np.float64(raw[sy + mask_y[i], sx + mask_x[i]])
+        centre = bp[sy + mask_y[len(mask_y) // 2], sx + mask_x[len(mask_y) // 2]]
+        out[f, 0], out[f, 1] = math.sqrt(rg / mass[f]), math.sqrt(e1 ** 2 + e2 ** 2) / (mass[f] - centre + 1e-6)
+        out[f, 2], out[f, 3] = sig, rm
+    return out
+
+
 def locate_fast(frame: np.ndarray, diameter: int, minmass: float = 0.0, *, invert: bool = False,
                 separation: float | None = None, noise_size: float = 1.0, smoothing_size: int | None = None,
                 threshold: float | None = None) -> pd.DataFrame:
@@ -180,19 +262,18 @@ def locate_fast(frame: np.ndarray, diameter: int, minmass: float = 0.0, *, inver
     lo, hi = (size - 1) // 2, size // 2
     b = max(min(lo, hi) + 1, 1)
     margin = max(r, int(sep // 2 - 1), box // 2)
+    mask = _masks(r)
     bp = np.empty(raw.shape, np.float32)
-    bmax, barg, nz4 = _bandpass(raw, (gk / gk.sum()).astype(np.float32), box, is_int, np.float32(thr), b, bp)
-    sample = bp[::8]
+    bmax, barg, (n_bg, s_bg, s2_bg) = _bandpass(raw, (gk / gk.sum()).astype(np.float32), box, is_int,
+                                                np.float32(thr), b, mask["cols"], bp)
+    sample = bp[::max(1, raw.shape[0] // 32)]  # the percentile from about 32 rows
     sample = sample[sample > 0]
-    empty = pd.DataFrame({c: pd.Series(dtype=np.float64) for c in COLUMNS})
     if sample.size == 0 or min(raw.shape) <= 2 * margin:
-        return empty
-    coords = _maxima(bp, bmax, barg, b, lo, hi, np.float32(np.percentile(sample, 64)), margin, margin)
-    if len(coords) == 0:
-        return empty
-    m = _masks(r)
-    res = _refine(raw, bp, coords, r, *m[:5], 10, 0.6)
-    res = res[res[:, 2] > minmass]
+        return pd.DataFrame({c: pd.Series(dtype=np.float64) for c in COLUMNS})
+    coords = _maxima(bp, bmax, barg, b, lo, hi, np.float32(np.percentile(sample, 64)), margin)
+    res, origin = _refine(bp, coords, r, mask["spans"], 10, 0.6)
+    keep = res[:, 2] > minmass
+    res, origin = res[keep], origin[keep]
     if len(res) > 1:  # the dimmer of two features closer than separation (trackpy's where_close)
         scaled = res[:, :2] / sep
         pairs = cKDTree(scaled).query_pairs(1 - 1e-7, output_type="ndarray")
@@ -201,24 +282,27 @@ def locate_fast(frame: np.ndarray, diameter: int, minmass: float = 0.0, *, inver
             tie = res[i, 2] == res[j, 2]
             drop = np.where(res[i, 2] > res[j, 2], j, i)
             drop[tie] = np.where(scaled[i[tie]].sum(1) > scaled[j[tie]].sum(1), j[tie], i[tie])
-            res = np.delete(res, np.unique(drop), axis=0)
-    black, noise = _noise(bp, raw, nz4, *m[5:7]) if len(res) else (np.nan, np.nan)
-    ep = noise / (res[:, 6] - len(m[0]) * black) * noise_size * m[7]
-    return pd.DataFrame(np.column_stack([res, ep]), columns=COLUMNS)
+            res, origin = np.delete(res, np.unique(drop), axis=0), np.delete(origin, np.unique(drop), axis=0)
+    extra = _characterize(raw, bp, origin, res[:, 2], *mask["disc"])
+    black = s_bg / n_bg if n_bg else np.nan
+    noise = math.sqrt(max(s2_bg / n_bg - black ** 2, 0.0)) if n_bg > 1 else np.nan
+    ep = noise / (extra[:, 3] - mask["npx"] * black) * noise_size * mask["moment"]  # trackpy's static error
+    return pd.DataFrame(np.column_stack([res, extra, ep]), columns=COLUMNS)
 
 
-_MASKS: dict[int, tuple] = {}
+_MASKS: dict[int, dict] = {}
 
 
-def _masks(r: int) -> tuple:
-    """Disc offsets (mask order as trackpy), r^2, cos/sin 2 theta, disc offsets by distance, sqrt(sum x^2)."""
+def _masks(r: int) -> dict:
+    """trackpy's disc of radius r: its pixels in row-major order with r^2, cos and sin of 2 theta;
+    column spans per row; half-heights per column; pixel count; sqrt(sum of x^2)."""
     if r not in _MASKS:
         yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
         inside = (yy / max(r, 1)) ** 2 + (xx / max(r, 1)) ** 2 <= 1
         theta = np.arctan2(yy, xx)[inside]
-        my, mx = (np.asarray(a[inside] + r, np.int64) for a in (yy, xx))
-        order = np.argsort(yy[inside] ** 2 + xx[inside] ** 2, kind="stable")
-        _MASKS[r] = (my, mx, (yy ** 2 + xx ** 2)[inside].astype(np.float64), np.cos(2 * theta), np.sin(2 * theta),
-                     yy[inside][order].astype(np.int64), xx[inside][order].astype(np.int64),
-                     math.sqrt(float((xx[inside] ** 2).sum())))
+        spans = np.array([[np.flatnonzero(row).min(), np.flatnonzero(row).max()] for row in inside], np.int64)
+        _MASKS[r] = {"disc": (*(np.asarray(a[inside] + r, np.int64) for a in (yy, xx)),
+                              (yy ** 2 + xx ** 2)[inside].astype(np.float64), np.cos(2 * theta), np.sin(2 * theta)),
+                     "spans": spans, "cols": (inside.sum(axis=0) // 2).astype(np.int64), "npx": int(inside.sum()),
+                     "moment": math.sqrt(float((xx[inside] ** 2).sum()))}
     return _MASKS[r]

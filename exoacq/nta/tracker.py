@@ -1,16 +1,23 @@
-"""The NTA tracking core: its own process, fed frames over ZeroMQ.
+"""The NTA tracking core's linker: its own process, fed feature tables by locate workers.
 
-It PULLs, in order, ``run.begin`` (JSON: run_id, tracking parameters,
-output directory), then ``frame`` messages (topic, JSON header, raw pixels)
-and finally ``run.end``; it PUSHes JSON events back to the daemon:
-``ready`` once warmed up, ``progress`` about twice a second, ``result`` at the
-end of a run (after writing the tracks files) and ``error``. Run as
-``python -m exoacq.nta.tracker --frames ADDR --events ADDR``.
+It binds one PULL socket (``--bind``; a random loopback port by default) where
+the locate workers (:mod:`exoacq.nta.worker`) PUSH ``features`` and the daemon
+PUSHes ``run.begin`` (run_id, tracking parameters, output directory) and
+``run.end`` (run_id, ``frames_sent``, measured temperature). Workers finish
+frames out of order; the linker puts them back in sequence (``seq``) before
+linking, and finishes a run when all ``frames_sent`` have arrived. It PUSHes
+JSON events to the daemon: ``ready`` (with the bound ``features`` endpoint),
+``worker`` (a worker said hello), ``progress`` (every 0.1 s while frames
+arrive), ``result`` (after writing the tracks files) and ``error``.
+
+    python -m exoacq.nta.tracker --events ADDR [--bind tcp://0.0.0.0:5561]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import signal
 import sys
 import time
 import traceback
@@ -20,18 +27,13 @@ from typing import Any
 import numpy as np
 import zmq
 
-from exoacq.bus import FRAME_TOPIC, decode_frame, dumps, loads
-from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features
+from exoacq.bus import dumps, loads
+from exoacq.nta.analysis import StreamingTracker, TrackingParameters
+from exoacq.physics import water_viscosity_iapws_mpa_s
 
-PROGRESS_INTERVAL_S = 0.5
-
-
-def warm_up() -> None:
-    """Compile trackpy's numba kernels before the first run needs them."""
-    rng = np.random.default_rng(0)
-    frame = rng.poisson(20, (64, 64)).astype(np.uint16)
-    frame[30:33, 30:33] += 500
-    locate_features(frame, TrackingParameters(25, 10, 0.1, 25, 0.89))
+PROGRESS_INTERVAL_S = 0.1
+#: Features of a run whose run.begin has not arrived yet are kept for at most this many frames.
+MAX_EARLY_FRAMES = 1000
 
 
 def write_tracks(tracker: StreamingTracker, output_dir: Path) -> dict[str, str]:
@@ -43,101 +45,135 @@ def write_tracks(tracker: StreamingTracker, output_dir: Path) -> dict[str, str]:
     return {"tracks": str(positions), "track_summary": str(per_track)}
 
 
-class TrackingCore:
-    def __init__(self, frames_address: str, events_address: str, context: zmq.Context | None = None):
+@dataclasses.dataclass
+class _Run:
+    run_id: str
+    tracker: StreamingTracker
+    output_dir: Path
+    next_seq: int = 0
+    pending: dict[int, tuple[int, float | None, dict[str, np.ndarray]]] = dataclasses.field(default_factory=dict)
+    frames_sent: int | None = None
+    temperature_c: float | None = None
+    last_frame_timestamp: float | None = None
+
+
+class Linker:
+    def __init__(self, events_address: str, bind: str = "tcp://127.0.0.1:*", context: zmq.Context | None = None):
         self.ctx = context or zmq.Context.instance()
-        self.frames = self.ctx.socket(zmq.PULL)
-        self.frames.setsockopt(zmq.RCVHWM, 4)
-        self.frames.setsockopt(zmq.LINGER, 0)
-        self.frames.connect(frames_address)
+        self.inbox = self.ctx.socket(zmq.PULL)
+        self.inbox.setsockopt(zmq.LINGER, 0)
+        self.inbox.bind(bind)
+        self.endpoint = self.inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.events = self.ctx.socket(zmq.PUSH)
         self.events.setsockopt(zmq.LINGER, 2000)
         self.events.connect(events_address)
-        self.run_id: str | None = None
-        self.output_dir: Path | None = None
-        self.tracker: StreamingTracker | None = None
+        self.run: _Run | None = None
+        self.early: dict[str, list[list]] = {}
         self.last_progress = 0.0
-        self.last_frame_timestamp: float | None = None
 
     def send(self, event: str, **payload: Any) -> None:
         self.events.send(dumps({"event": event, **payload}))
 
     def serve(self, parent_pid: int | None = None) -> None:
-        warm_up()
-        self.send("ready", pid=os.getpid())
-        while True:
-            if not self.frames.poll(500):
+        stopping: list[bool] = []
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+        self.send("ready", pid=os.getpid(), features=self.endpoint)
+        while not stopping:
+            if not self.inbox.poll(250):
                 if parent_pid is not None and os.getppid() != parent_pid:
-                    return  # the daemon is gone
-                continue
-            parts = self.frames.recv_multipart(copy=False)
-            topic = parts[0].bytes
-            try:
-                if topic == FRAME_TOPIC:
-                    self.on_frame(parts)
-                elif topic == b"run.begin":
-                    self.on_begin(loads(parts[1].bytes))
-                elif topic == b"run.end":
-                    self.on_end(loads(parts[1].bytes))
-                elif topic == b"shutdown":
                     return
+                continue
+            parts = self.inbox.recv_multipart(copy=False)
+            topic = parts[0].bytes
+            if topic == b"shutdown":
+                return
+            try:
+                self.dispatch(topic, parts)
             except Exception as exc:  # report, forget the run, keep serving
-                self.send("error", run_id=self.run_id, message=f"{type(exc).__name__}: {exc}",
-                          detail=traceback.format_exc(limit=5))
-                self.tracker = None
-                self.run_id = None
+                self.send("error", run_id=self.run.run_id if self.run else None,
+                          message=f"{type(exc).__name__}: {exc}", detail=traceback.format_exc(limit=5))
+                self.run = None
+
+    def dispatch(self, topic: bytes, parts: list) -> None:
+        if topic == b"features":
+            header = loads(parts[1].bytes)
+            data = np.frombuffer(parts[2].buffer, dtype=np.float64).reshape(header["n"], len(header["columns"]))
+            self.on_features(header, {c: data[:, i] for i, c in enumerate(header["columns"])})
+        elif topic == b"run.begin":
+            self.on_begin(loads(parts[1].bytes))
+        elif topic == b"run.end":
+            self.on_end(loads(parts[1].bytes))
+        elif topic == b"hello":
+            self.send("worker", **loads(parts[1].bytes))
 
     def on_begin(self, message: dict[str, Any]) -> None:
-        self.run_id = message["run_id"]
-        self.output_dir = Path(message["output_dir"])
-        self.tracker = StreamingTracker(TrackingParameters(**message["params"]))
+        params = TrackingParameters(**message["params"])
+        self.run = _Run(message["run_id"], StreamingTracker(params), Path(message["output_dir"]))
         self.last_progress = time.monotonic()
-        self.last_frame_timestamp = None
+        for header, columns in self.early.pop(self.run.run_id, []):
+            self.on_features(header, columns)
+        self.early.clear()
 
-    def on_frame(self, parts: list) -> None:
-        header, frame = decode_frame(parts)
-        if self.tracker is None or header.get("run_id") != self.run_id:
-            return  # a frame of an abandoned run
-        self.tracker.add_frame(int(header["frame_number"]), locate_features(frame, self.tracker.params))
-        self.last_frame_timestamp = header.get("timestamp")
+    def on_features(self, header: dict[str, Any], columns: dict[str, np.ndarray]) -> None:
+        run = self.run
+        if run is None or header["run_id"] != run.run_id:
+            early = self.early.setdefault(header["run_id"], [])
+            if len(early) < MAX_EARLY_FRAMES:  # run.begin may arrive after a fast worker's first features
+                early.append([header, {k: v.copy() for k, v in columns.items()}])
+            return
+        run.pending[header["seq"]] = (header["frame_number"], header.get("timestamp"), columns)
+        while run.next_seq in run.pending:
+            frame_number, timestamp, cols = run.pending.pop(run.next_seq)
+            run.tracker.add_frame(frame_number, cols)
+            run.next_seq += 1
+            run.last_frame_timestamp = timestamp
         now = time.monotonic()
         if now - self.last_progress >= PROGRESS_INTERVAL_S:
             self.last_progress = now
-            self.send_progress()
-
-    def send_progress(self) -> None:
-        summary = self.tracker.summary()
-        summary.pop("histogram")
-        self.send("progress", run_id=self.run_id, frames_processed=len(self.tracker.features_per_frame),
-                  last_frame_timestamp=self.last_frame_timestamp, summary=summary)
+            summary = run.tracker.summary(histogram=False)
+            self.send("progress", run_id=run.run_id, frames_processed=run.next_seq,
+                      last_frame_timestamp=run.last_frame_timestamp, summary=summary)
+        self.maybe_finish()
 
     def on_end(self, message: dict[str, Any]) -> None:
-        if self.tracker is None or message.get("run_id") != self.run_id:
+        if self.run is None or message["run_id"] != self.run.run_id:
             return
-        files = write_tracks(self.tracker, self.output_dir)
-        self.send("result", run_id=self.run_id, frames_processed=len(self.tracker.features_per_frame),
-                  summary=self.tracker.summary(), files=files)
-        self.tracker = None
-        self.run_id = None
+        self.run.frames_sent = int(message["frames_sent"])
+        self.run.temperature_c = message.get("temperature_c")
+        self.maybe_finish()
+
+    def maybe_finish(self) -> None:
+        run = self.run
+        if run is None or run.frames_sent is None or run.next_seq < run.frames_sent:
+            return
+        if run.temperature_c is not None:  # size at the mean of the start and end readings
+            t = run.temperature_c
+            run.tracker.params = dataclasses.replace(run.tracker.params, temperature_c=t,
+                                                     viscosity_mpa_s=water_viscosity_iapws_mpa_s(t))
+        files = write_tracks(run.tracker, run.output_dir)
+        self.send("result", run_id=run.run_id, frames_processed=run.next_seq,
+                  tracking=run.tracker.params.to_dict(), summary=run.tracker.summary(), files=files)
+        self.run = None
 
     def close(self) -> None:
-        self.frames.close(linger=0)
+        self.inbox.close(linger=0)
         self.events.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exoacq.nta.tracker", description=__doc__)
-    parser.add_argument("--frames", required=True, help="address of the daemon's frame PUSH socket")
-    parser.add_argument("--events", required=True, help="address of the daemon's event PULL socket")
+    parser = argparse.ArgumentParser(prog="python -m exoacq.nta.tracker", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", required=True, help="the daemon's event endpoint (PULL) to connect to")
+    parser.add_argument("--bind", default="tcp://127.0.0.1:*", help="feature endpoint to bind (default %(default)s)")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     args = parser.parse_args(argv)
-    core = TrackingCore(args.frames, args.events)
+    linker = Linker(args.events, args.bind)
     try:
-        core.serve(args.parent_pid)
+        linker.serve(args.parent_pid)
     except KeyboardInterrupt:
         pass
     finally:
-        core.close()
+        linker.close()
     return 0
 
 

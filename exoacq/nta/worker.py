@@ -1,0 +1,78 @@
+"""A locate worker: frames in, feature tables out. Stateless; run as many as there are cores.
+
+PULLs frame messages from the daemon (topic, JSON header, pixels: see
+docs/protocol.md; the header carries ``seq``, the run's frame sequence number,
+and ``locate``, the detection parameters) and PUSHes to the linker
+``[b"features", JSON header, float64 buffer]`` with the header's run_id, seq,
+frame_number and timestamp, the ``columns`` and the feature count ``n``.
+Workers may run on other hosts: they only connect.
+
+    python -m exoacq.nta.worker --frames tcp://daemon:5560 --features tcp://daemon:5561
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+import numpy as np
+import zmq
+
+from exoacq.bus import FRAME_TOPIC, decode_frame, dumps
+from exoacq.nta.analysis import locate_features, warm_up
+
+#: Feature columns sent to the linker (trackpy names; positions in pixels).
+COLUMNS = ("y", "x", "mass", "size", "signal")
+
+
+def serve(frames_address: str, features_address: str, parent_pid: int | None = None) -> None:
+    ctx = zmq.Context()
+    frames = ctx.socket(zmq.PULL)
+    frames.setsockopt(zmq.RCVHWM, 2)  # a worker holds few frames: the others get the rest
+    frames.setsockopt(zmq.LINGER, 0)
+    frames.connect(frames_address)
+    features = ctx.socket(zmq.PUSH)
+    features.setsockopt(zmq.LINGER, 1000)
+    features.connect(features_address)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    warm_up()
+    features.send_multipart([b"hello", dumps({"pid": os.getpid()})])
+    try:
+        while not stopping:
+            if not frames.poll(250):
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    return  # the daemon that started us is gone
+                continue
+            parts = frames.recv_multipart(copy=False)
+            if parts[0].bytes != FRAME_TOPIC:
+                continue
+            header, frame = decode_frame(parts)
+            table = locate_features(frame, **header["locate"])
+            data = np.ascontiguousarray(table[list(COLUMNS)].to_numpy(np.float64))
+            reply = {k: header[k] for k in ("run_id", "seq", "frame_number", "timestamp")}
+            features.send_multipart([b"features", dumps({**reply, "columns": COLUMNS, "n": len(data)}), data],
+                                    copy=False)
+    finally:
+        frames.close(linger=0)
+        features.close()
+        ctx.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m exoacq.nta.worker", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", required=True, help="the daemon's frame endpoint (PUSH) to connect to")
+    parser.add_argument("--features", required=True, help="the linker's feature endpoint (PULL) to connect to")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    args = parser.parse_args(argv)
+    try:
+        serve(args.frames, args.features, args.parent_pid)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
