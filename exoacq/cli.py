@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=50)
 
+    p = sub.add_parser("worker", help="run a locate worker of a daemon's tracking core (this or another host)")
+    p.add_argument("--frames", required=True, help="the daemon's tracking frames endpoint (`exoacq status --json`)")
+    p.add_argument("--features", required=True, help="the daemon's tracking features endpoint")
+
     p = sub.add_parser("config", help="configuration helpers")
     p.add_argument("action", choices=["example", "check"], help="print a commented example, or check a file")
     p.add_argument("file", nargs="?", type=Path, help="file to check")
@@ -231,6 +235,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from exoacq.nta.worker import serve
+    serve(args.frames, args.features)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from exoacq.demo import run_demo
     return run_demo(duration_s=args.duration)
@@ -238,5 +248,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Any] = {
     "daemon": cmd_daemon, "acquire": cmd_acquire, "status": cmd_status, "watch": cmd_watch,
-    "stop": cmd_stop, "runs": cmd_runs, "config": cmd_config, "demo": cmd_demo,
+    "stop": cmd_stop, "runs": cmd_runs, "config": cmd_config, "demo": cmd_demo, "worker": cmd_worker,
 }

@@ -13,14 +13,16 @@ import pytest
 from conftest import ROOT, RunningDaemon
 
 
-def test_unit_verifies(tmp_path):
+@pytest.mark.parametrize("name, command", [("exoacq.service", "daemon --config"),
+                                           ("exoacq-tracker@.service", "worker --frames")])
+def test_unit_verifies(tmp_path, name, command):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed on this machine")
     exoacq = Path(sys.executable).parent / "exoacq"
-    unit = (ROOT / "systemd" / "exoacq.service").read_text()
-    assert "/opt/exoacq/.venv/bin/exoacq daemon --config" in unit
-    path = tmp_path / "exoacq.service"
+    unit = (ROOT / "systemd" / name).read_text()
+    assert f"/opt/exoacq/.venv/bin/exoacq {command}" in unit
+    path = tmp_path / name.replace("@.service", "@1.service")
     path.write_text(unit.replace("/opt/exoacq/.venv/bin/exoacq", str(exoacq)))
     proc = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True)
     # systemd-analyze exits 0 on some parse errors ("ignoring"): any output is a failure.

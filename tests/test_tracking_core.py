@@ -1,0 +1,106 @@
+"""The tracking core's parts: the linker's ordering, and workers local or 'remote' (separate processes)."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from conftest import run_cli
+from exoacq.bus import ControlClient, loads
+from exoacq.demo import start_daemon, stop_daemon
+from exoacq.nta.analysis import TrackingParameters
+from exoacq.nta.tracker import Linker
+
+
+def _params() -> dict:
+    return TrackingParameters(25.0, 0.0, 0.166, 25.0, 0.89, min_track_length=3, search_range_px=5.0).to_dict()
+
+
+def test_linker_orders_features_from_several_workers(tmp_path):
+    ctx = zmq.Context()
+    events = ctx.socket(zmq.PULL)
+    port = events.bind_to_random_port("tcp://127.0.0.1")
+    linker = Linker(f"tcp://127.0.0.1:{port}", context=ctx)
+    try:
+        # a fast worker's first features may arrive before run.begin; later frames out of order
+        frames = [(seq, {"y": np.array([10.0 + seq]), "x": np.array([20.0]), "mass": np.array([500.0])})
+                  for seq in range(6)]
+        order = [1, 0, 3, 2, 5, 4]
+        first = frames[order[0]]
+        linker.on_features({"run_id": "r1", "seq": first[0], "frame_number": first[0], "timestamp": 1.0}, first[1])
+        linker.on_begin({"run_id": "r1", "params": _params(), "output_dir": str(tmp_path)})
+        for seq in order[1:]:
+            linker.on_features({"run_id": "r1", "seq": seq, "frame_number": seq, "timestamp": 1.0 + seq}, frames[seq][1])
+        assert linker.run.next_seq == 6
+        linker.on_end({"run_id": "r1", "frames_sent": 6, "temperature_c": 30.0})
+        assert linker.run is None
+        received = []
+        while events.poll(1000):
+            received.append(loads(events.recv()))
+            if received[-1]["event"] == "result":
+                break
+        result = received[-1]
+        assert result["event"] == "result" and result["frames_processed"] == 6
+        # one particle moving 1 px per frame: one track of six points, linked in frame order
+        assert result["summary"]["tracks"] == {"total": 1, "used": 1}
+        assert result["tracking"]["temperature_c"] == 30.0
+        tracks = (tmp_path / "tracks.csv").read_text().splitlines()
+        assert [line.split(",")[0] for line in tracks[1:]] == ["0", "1", "2", "3", "4", "5"]
+    finally:
+        linker.close()
+        events.close(linger=0)
+        ctx.term()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_local_workers_share_the_frames(tmp_path):
+    config = tmp_path / "two.toml"
+    config.write_text("[tracking]\nworkers = 2\n[instruments.laser]\nsimulated = true\n")
+    process, control = start_daemon(tmp_path / "data", tmp_path / "daemon.log", extra=["--config", str(config)])
+    try:
+        with ControlClient(control) as client:
+            assert len(client.request("status")["tracker"]["workers"]["local"]) == 2
+        proc = run_cli("acquire", "nta", "--duration", "3", "--json", "--control", control)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+    finally:
+        assert stop_daemon(process) == 0
+    assert result["frames"]["processed"] == result["frames"]["acquired"] == 75
+    assert result["tracks"]["used"] > 20
+    assert result["size_nm"]["mean"] == pytest.approx(100.0, rel=0.15)
+
+
+@pytest.mark.slow
+def test_a_worker_started_elsewhere_serves_the_daemon(tmp_path):
+    frames, features = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    config = tmp_path / "remote.toml"
+    config.write_text(f'[tracking]\nworkers = 0\nframes = "{frames}"\nfeatures = "{features}"\n'
+                      "[instruments.laser]\nsimulated = true\n")
+    process, control = start_daemon(tmp_path / "data", tmp_path / "daemon.log", extra=["--config", str(config)])
+    worker = subprocess.Popen([sys.executable, "-m", "exoacq", "worker", "--frames", frames, "--features", features])
+    try:
+        with ControlClient(control) as client:
+            deadline = time.monotonic() + 60
+            while client.request("status")["tracker"]["workers"]["ready"] < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        proc = run_cli("acquire", "nta", "--duration", "2", "--json", "--control", control)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["frames"]["processed"] == result["frames"]["acquired"] == 50
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=5) == 0
+        assert stop_daemon(process) == 0
