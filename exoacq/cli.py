@@ -84,6 +84,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=50)
 
+    p = sub.add_parser("analyze", help="analyse a recorded video offline (same code as the daemon)")
+    p.add_argument("method", choices=["nta"], help="measurement method")
+    p.add_argument("video", type=Path, help="video (AVI, MOV, MP4, ...), multi-page TIFF or folder of PNG/TIFF frames")
+    add_analysis_options(p)
+    p.add_argument("--json", action="store_true", help="print the result document alone on stdout")
+
+    p = sub.add_parser("simulate", help="write test data from the simulated instrument")
+    p.add_argument("what", choices=["video"], help="what to write")
+    p.add_argument("output", type=Path, help="output .avi (uncompressed 8-bit, as NTA instruments record)")
+    p.add_argument("--frames", type=int, default=450)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--fps", type=_positive_float, default=25.0)
+    p.add_argument("--diameter-nm", type=_positive_float, default=100.0)
+    p.add_argument("--concentration-per-ml", type=_positive_float, default=3e8)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("bench", help="benchmarks, exoacq and its baseline side by side (JSON)")
+    bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK", parser_class=_Parser)
+    b = bench.add_parser("locate", help="detection speed and accuracy: exoacq vs trackpy.locate")
+    b.add_argument("--frames", type=int, default=20, help="frames per case (default %(default)s)")
+    b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
+    b = bench.add_parser("realtime", help="the daemon with a simulated camera: drops and latency")
+    b.add_argument("--width", type=int, default=1280)
+    b.add_argument("--height", type=int, default=1024)
+    b.add_argument("--fps", type=_positive_float, default=30.0)
+    b.add_argument("--duration", type=_positive_float, default=30.0)
+    b.add_argument("--workers", type=int, default=1)
+    b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
+    b = bench.add_parser("analyze", help="`exoacq analyze nta` against a plain trackpy pipeline")
+    b.add_argument("video", type=Path)
+    add_analysis_options(b)
+    b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
+
     p = sub.add_parser("worker", help="run a locate worker of a daemon's tracking core (this or another host)")
     p.add_argument("--frames", required=True, help="the daemon's tracking frames endpoint (`exoacq status --json`)")
     p.add_argument("--features", required=True, help="the daemon's tracking features endpoint")
@@ -97,6 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_analysis_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fps", type=_positive_float, help="frame rate (default: the container's)")
+    p.add_argument("--pixel-size-um", type=_positive_float, help="object-plane pixel size (required unless in --calibration)")
+    p.add_argument("--temperature-c", type=float, help="sample temperature (default 25 C, with a warning)")
+    p.add_argument("--viscosity-mpa-s", type=_positive_float, help="medium viscosity (default: water, IAPWS 2008)")
+    p.add_argument("--exposure-ms", type=float, default=0.0, help="exposure, for the motion-blur correction (default 0)")
+    p.add_argument("--dilution", type=_positive_float, default=1.0)
+    p.add_argument("--calibration", type=Path, help="detection-volume calibration (TOML) for concentrations")
+    p.add_argument("--invert", action="store_true", help="dark particles on a light background")
+    p.add_argument("--feature-diameter-px", type=int, default=11, help="odd (default %(default)s)")
+    p.add_argument("--minmass", type=float, default=300.0, help="detection threshold (default %(default)s)")
+    p.add_argument("--min-track-length", type=int, default=10, help="frames (default %(default)s)")
+    p.add_argument("--search-range-px", type=_positive_float, help="link search range (default: from --min-diameter-nm)")
+    p.add_argument("--min-diameter-nm", type=_positive_float, default=30.0)
+    p.add_argument("--detector", choices=["fast", "trackpy"], default="fast")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -104,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExoacqError as exc:
         for line in str(exc).splitlines() or ["unknown error"]:
             print(f"exoacq: error: {line}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+        return 2 if isinstance(exc, ConfigError) or exc.code == "usage" else 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -235,6 +286,100 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]]:
+    """TrackingParameters for an offline analysis from the command line; with warnings."""
+    from exoacq.calibration import check_optics, load_nta_calibration
+    from exoacq.nta.analysis import TrackingParameters, search_range_px
+    from exoacq.physics import water_viscosity_iapws_mpa_s
+
+    warnings = []
+    fps = args.fps or video.fps
+    if fps is None:
+        raise ExoacqError(f"{video.path} has no frame rate: give --fps", code="usage")
+    calibration = load_nta_calibration(args.calibration) if args.calibration else None
+    pixel = args.pixel_size_um or (calibration.optics.pixel_size_um if calibration else None)
+    if pixel is None:
+        raise ExoacqError("--pixel-size-um is required: the object-plane size of one pixel (um)", code="usage")
+    if args.feature_diameter_px < 3 or args.feature_diameter_px % 2 == 0:
+        raise ExoacqError(f"--feature-diameter-px {args.feature_diameter_px}: must be odd and >= 3", code="usage")
+    if args.min_track_length < 3:
+        raise ExoacqError(f"--min-track-length {args.min_track_length}: must be >= 3 frames", code="usage")
+    if args.exposure_ms < 0 or args.exposure_ms > 1000.0 / fps:
+        raise ExoacqError(f"--exposure-ms {args.exposure_ms:g}: must be from 0 to the frame interval "
+                          f"{1000.0 / fps:.3g} ms", code="usage")
+    temperature = args.temperature_c
+    if temperature is None:
+        temperature = 25.0
+        warnings.append("no --temperature-c given: 25 C assumed (sizes scale with T / viscosity)")
+    if not 0.0 < temperature < 100.0:
+        raise ExoacqError(f"--temperature-c {temperature:g}: must be above 0 and below 100 C (liquid water)",
+                          code="usage")
+    viscosity = args.viscosity_mpa_s or water_viscosity_iapws_mpa_s(temperature)
+    volume = None
+    if calibration is not None:
+        check_optics(calibration, args.calibration, pixel_size_um=pixel, frame_rate_hz=fps,
+                     feature_diameter_px=args.feature_diameter_px, minmass=args.minmass)
+        volume = calibration.result.detection_volume_nl
+    search = args.search_range_px or search_range_px(args.min_diameter_nm, temperature, viscosity, fps, pixel)
+    params = TrackingParameters(
+        frame_rate_hz=fps, exposure_ms=args.exposure_ms, pixel_size_um=pixel, temperature_c=temperature,
+        viscosity_mpa_s=viscosity, feature_diameter_px=args.feature_diameter_px, minmass=args.minmass,
+        min_track_length=args.min_track_length, search_range_px=search, detection_volume_nl=volume,
+        dilution=args.dilution, invert=args.invert, detector=args.detector)
+    return params, warnings
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from exoacq.client import format_summary
+    from exoacq.nta.offline import StderrProgress, analyze_video
+    from exoacq.nta.video import open_video
+
+    video = open_video(args.video)
+    params, warnings = analysis_parameters(args, video)
+    progress = StderrProgress()
+    try:
+        summary = analyze_video(video, params, progress=progress)
+    finally:
+        progress.close()
+    document = {"schema": "exoacq.nta.analysis/1", "video": str(args.video), **summary,
+                "temperature_c": params.temperature_c, "viscosity_mpa_s": params.viscosity_mpa_s,
+                "dilution": params.dilution, "settings": params.to_dict(),
+                "warnings": warnings + summary["warnings"]}
+    if args.json:
+        print(json.dumps(document))
+    else:
+        print(f"{args.video}: {summary['frames_analysed']} frames at {params.frame_rate_hz:g} frames/s")
+        print(format_summary(document))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from exoacq.nta.simulate import write_simulated_video
+
+    truth = write_simulated_video(args.output, frames=args.frames, width=args.width, height=args.height,
+                                  frame_rate_hz=args.fps, diameter_nm=args.diameter_nm,
+                                  concentration_per_ml=args.concentration_per_ml, seed=args.seed)
+    print(json.dumps(truth))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from exoacq import bench
+
+    if args.benchmark == "locate":
+        from exoacq.nta.locate_bench import bench_locate
+        result = bench_locate(frames=args.frames)
+    elif args.benchmark == "realtime":
+        result = bench.bench_realtime(width=args.width, height=args.height, fps=args.fps,
+                                      duration_s=args.duration, workers=args.workers)
+    else:
+        from exoacq.nta.video import open_video
+        params, _ = analysis_parameters(args, open_video(bench.require_video(args.video)))
+        result = bench.bench_analyze(args.video, params)
+    print(json.dumps(result))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from exoacq.nta.worker import serve
     serve(args.frames, args.features)
@@ -249,4 +394,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Any] = {
     "daemon": cmd_daemon, "acquire": cmd_acquire, "status": cmd_status, "watch": cmd_watch,
     "stop": cmd_stop, "runs": cmd_runs, "config": cmd_config, "demo": cmd_demo, "worker": cmd_worker,
+    "analyze": cmd_analyze, "simulate": cmd_simulate, "bench": cmd_bench,
 }

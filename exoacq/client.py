@@ -115,29 +115,16 @@ class ProgressBar:
             self.stream.flush()
 
 
+def _num(value: Any, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
 def format_result(doc: dict[str, Any]) -> str:
     """A readable table of an ``nta.result`` document."""
-    def num(value: Any, fmt: str) -> str:
-        return "n/a" if value is None else format(value, fmt)
-
-    size = doc["size_nm"]
     frames = doc["frames"]
-    conc = doc.get("concentration_per_ml")
-    volume = doc.get("detection_volume") or {}
     lines = [
         f"Run {doc['run_id']}  sample '{doc['sample']}'  ({doc['duration_s']:g} s, dilution x{doc['dilution']:g})",
-        f"  Size (nm)         mean {num(size['mean'], '7.1f')}   mode {num(size['mode'], '7.1f')}   "
-        f"SD {num(size['sd'], '6.1f')}",
-        f"                    D10  {num(size['d10'], '7.1f')}   D50  {num(size['d50'], '7.1f')}   "
-        f"D90 {num(size['d90'], '6.1f')}",
-        "  Concentration     " + (f"{conc:.3g} particles/mL (detection volume {volume.get('nl'):.4g} nL, "
-                                  f"{volume.get('source')})" if conc is not None else "not reported (no detection volume)"),
-        f"  Particles/frame   {num(doc['particles_per_frame'], '.1f')}",
-        f"  Tracks            {doc['tracks']['used']} sized of {doc['tracks']['total']}",
-        f"  Diffusion         mean {num(doc['diffusion_um2_s']['mean'], '.3g')} um^2/s, "
-        f"median {num(doc['diffusion_um2_s']['median'], '.3g')} um^2/s",
-        f"  Temperature       {num(doc['temperature_c'], '.2f')} C "
-        f"(water viscosity {num(doc['viscosity_mpa_s'], '.4f')} mPa s, IAPWS 2008)",
+        format_summary(doc),
         f"  Frames            {frames['acquired']} acquired, {frames['processed']} processed, "
         f"{frames['dropped']} dropped",
     ]
@@ -145,4 +132,30 @@ def format_result(doc: dict[str, Any]) -> str:
         lines.append(f"  Tracks file       {doc['files'].get('tracks')}")
     for warning in doc.get("warnings", []):
         lines.append(f"  Warning: {warning}")
+    return "\n".join(lines)
+
+
+def format_summary(doc: dict[str, Any]) -> str:
+    """The statistics lines shared by live results and offline analyses."""
+    num = _num
+    size = doc["size_nm"]
+    conc = doc.get("concentration_per_ml")
+    volume = doc.get("detection_volume") or {}
+    lines = [
+        f"  Size (nm)         mean {num(size['mean'], '7.1f')}   mode {num(size['mode'], '7.1f')}   "
+        f"SD {num(size['sd'], '6.1f')}",
+        f"                    D10  {num(size['d10'], '7.1f')}   D50  {num(size['d50'], '7.1f')}   "
+        f"D90 {num(size['d90'], '6.1f')}",
+        "  Concentration     " + (f"{conc:.3g} particles/mL" + (f" (detection volume {volume['nl']:.4g} nL, "
+                                  f"{volume.get('source')})" if volume.get("nl") else "")
+                                  if conc is not None else "not reported (no detection volume)"),
+        f"  Particles/frame   {num(doc['particles_per_frame'], '.1f')}",
+        f"  Tracks            {doc['tracks']['used']} sized of {doc['tracks']['total']}",
+        f"  Diffusion         mean {num(doc['diffusion_um2_s']['mean'], '.3g')} um^2/s, "
+        f"median {num(doc['diffusion_um2_s']['median'], '.3g')} um^2/s",
+        f"  Temperature       {num(doc['temperature_c'], '.2f')} C "
+        f"(viscosity {num(doc['viscosity_mpa_s'], '.4f')} mPa s)",
+    ]
+    if "run_id" not in doc:  # an offline analysis: its warnings here
+        lines += [f"  Warning: {w}" for w in doc.get("warnings", [])]
     return "\n".join(lines)

@@ -130,7 +130,7 @@ class Linker:
         now = time.monotonic()
         if now - self.last_progress >= PROGRESS_INTERVAL_S:
             self.last_progress = now
-            summary = run.tracker.summary(histogram=False)
+            summary = run.tracker.summary(running=True)
             self.send("progress", run_id=run.run_id, frames_processed=run.next_seq,
                       last_frame_timestamp=run.last_frame_timestamp, summary=summary)
         self.maybe_finish()

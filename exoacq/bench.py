@@ -1,0 +1,134 @@
+"""Benchmarks: exoacq and its baseline measured side by side in one run (JSON on stdout).
+
+Speed figures live here, not in tests. Each benchmark states what it ran so
+that a figure can be reproduced and compared on another machine.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exoacq.errors import ExoacqError
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
+
+
+# -- realtime: the daemon with its simulated camera, end to end --------------------------------
+def bench_realtime(*, width: int = 1280, height: int = 1024, fps: float = 30.0, duration_s: float = 30.0,
+                   workers: int = 1) -> dict[str, Any]:
+    """Run a daemon with a simulated camera and measure drops and the frame-to-document latency.
+
+    Latency of a progress document = its arrival time at a subscriber minus the
+    exposure-start timestamp of the newest frame it accounts for.
+    """
+    import zmq
+
+    from exoacq.bus import ControlClient, loads
+    from exoacq.client import follow_run
+    from exoacq.demo import start_daemon, stop_daemon
+
+    exposure_ms = min(15.0, 0.5 * 1000.0 / fps)
+    with tempfile.TemporaryDirectory(prefix="exoacq-bench-") as tmp:
+        config = Path(tmp) / "bench.toml"
+        config.write_text(
+            f"[tracking]\nworkers = {workers}\n[instruments.laser]\nsimulated = true\n"
+            f"[instruments.camera]\nwidth = {width}\nheight = {height}\nframe_rate_hz = {fps}\n"
+            f"exposure_ms = {exposure_ms}\n")
+        process, control = start_daemon(Path(tmp) / "data", Path(tmp) / "daemon.log", extra=["--config", str(config)])
+        latencies: list[float] = []
+        try:
+            with ControlClient(control) as client:
+                results = client.request("status")["endpoints"]["results"]
+                ctx = zmq.Context()
+                sub = ctx.socket(zmq.SUB)
+                sub.setsockopt(zmq.LINGER, 0)
+                sub.connect(results)
+                sub.setsockopt(zmq.SUBSCRIBE, b"nta.progress")
+
+                def on_document(topic: str, _: dict) -> None:  # drain our own SUB while the run goes on
+                    while sub.poll(0):
+                        arrived = time.time()
+                        doc = loads(sub.recv_multipart()[1])
+                        if doc["state"] == "acquiring" and doc.get("last_frame_timestamp"):
+                            latencies.append(arrived - doc["last_frame_timestamp"])
+
+                result = follow_run(client, {"method": "nta", "duration_s": duration_s, "sample": "bench"},
+                                    on_document=on_document, timeout_s=duration_s + 300)
+                sub.close()
+                ctx.term()
+        finally:
+            stop_daemon(process)
+    frames = result["frames"]
+    lat = np.array(latencies) * 1e3
+    return {
+        "benchmark": "realtime",
+        "settings": {"width": width, "height": height, "fps": fps, "exposure_ms": exposure_ms,
+                     "duration_s": duration_s, "workers": workers, "detector": "fast"},
+        "frames_published": frames["acquired"],
+        "frames_processed": frames["processed"],
+        "frames_dropped": frames["dropped"],
+        "frames_dropped_by": frames["dropped_by"],
+        "latency_ms": {"p50": float(np.percentile(lat, 50)) if lat.size else None,
+                       "p99": float(np.percentile(lat, 99)) if lat.size else None,
+                       "max": float(lat.max()) if lat.size else None, "documents": int(lat.size)},
+        "particles_per_frame": result["particles_per_frame"],
+        "machine": machine(),
+    }
+
+
+# -- analyze: exoacq analyze against a plain trackpy pipeline ------------------------------------
+def bench_analyze(video_path: Path, params, *, threads: int | None = None) -> dict[str, Any]:
+    """Wall time of exoacq's offline analysis and of a plain trackpy pipeline on the same video.
+
+    trackpy: ``batch`` (numba engine, one process: trackpy issue #788), ``link``
+    (memory 0, same search range), ``filter_stubs`` (same minimum length),
+    ``imsd``. Both include decoding the video; compilation is warmed up first.
+    """
+    import trackpy as tp
+
+    from exoacq.nta.analysis import warm_up
+    from exoacq.nta.offline import analyze_video
+    from exoacq.nta.video import open_video
+
+    warm_up()
+    tp.quiet()
+
+    t0 = time.perf_counter()
+    video = open_video(video_path)
+    summary = analyze_video(video, params, threads=threads)
+    exoacq_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    frames = list(open_video(video_path).frames())
+    features = tp.batch(frames, params.feature_diameter_px, minmass=params.minmass, invert=params.invert,
+                        engine="numba", processes=1)
+    linked = tp.link(features, params.search_range_px, memory=0)
+    kept = tp.filter_stubs(linked, params.min_track_length)
+    msd = tp.imsd(kept, params.pixel_size_um, params.frame_rate_hz)
+    trackpy_s = time.perf_counter() - t0
+    return {
+        "benchmark": "analyze",
+        "video": str(video_path), "frames": summary["frames_analysed"],
+        "exoacq_s": exoacq_s, "trackpy_s": trackpy_s, "speedup": trackpy_s / exoacq_s,
+        "features": {"exoacq": round(summary["particles_per_frame"] * summary["frames_analysed"]),
+                     "trackpy": int(len(features))},
+        "tracks_used": {"exoacq": summary["tracks"]["used"], "trackpy": int(msd.shape[1])},
+        "settings": {"exoacq_threads": threads or os.cpu_count(), "trackpy_processes": 1,
+                     **{k: v for k, v in params.to_dict().items()
+                        if k in ("feature_diameter_px", "minmass", "search_range_px", "min_track_length")}},
+        "machine": machine(),
+    }
+
+
+def require_video(path: Path) -> Path:
+    if not Path(path).exists():
+        raise ExoacqError(f"{path}: no such video (make one with `exoacq simulate video OUT.avi`)")
+    return Path(path)

@@ -1,0 +1,118 @@
+"""Reading recorded NTA videos: any container OpenCV reads, multi-page TIFF, or a folder of frames.
+
+Frames come out as 2-D arrays in their own bit depth; colour is reduced to
+one channel (luma, ITU-R BT.601, as OpenCV's BGR2GRAY).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from exoacq.errors import ExoacqError
+
+FRAME_SUFFIXES = (".png", ".tif", ".tiff")
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def to_gray(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 2:
+        return frame
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        return frame[:, :, 0]
+    if frame.ndim == 3 and frame.shape[2] in (3, 4):
+        code = cv2.COLOR_BGR2GRAY if frame.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
+        return cv2.cvtColor(frame, code)
+    raise ExoacqError(f"frames of shape {frame.shape} are not images")
+
+
+@dataclass
+class Video:
+    """An opened recording: ``frames()`` yields 2-D arrays; ``fps`` is None when the file has none."""
+
+    path: Path
+    fps: float | None
+    frame_count: int | None
+    width: int
+    height: int
+    warnings: list[str] = field(default_factory=list)
+    _files: list[Path] | None = None
+    _stack: list[np.ndarray] | None = None
+
+    def frames(self) -> Iterator[np.ndarray]:
+        if self._stack is not None:
+            yield from (to_gray(f) for f in self._stack)
+            return
+        if self._files is not None:
+            for file in self._files:
+                frame = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+                if frame is None:
+                    raise ExoacqError(f"{file}: not a readable image")
+                yield to_gray(frame)
+            return
+        capture = _capture(self.path)
+        read = 0
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                read += 1
+                yield to_gray(frame)
+        finally:
+            capture.release()
+        if self.frame_count and read < self.frame_count - 1:
+            raise ExoacqError(f"{self.path}: the video ends after {read} of the {self.frame_count} frames its "
+                              "header announces (truncated or damaged file)")
+        self.frame_count = read
+
+
+#: Single-channel codecs: OpenCV can hand their frames over without converting them to BGR.
+GRAY_FOURCCS = {"Y800", "GREY", "Y8  ", "Y16 "}
+
+
+def _capture(path: Path) -> cv2.VideoCapture:
+    capture = cv2.VideoCapture(str(path))
+    fourcc = int(capture.get(cv2.CAP_PROP_FOURCC))
+    if "".join(chr((fourcc >> 8 * i) & 0xFF) for i in range(4)) in GRAY_FOURCCS:
+        capture.set(cv2.CAP_PROP_CONVERT_RGB, 0)
+    return capture
+
+
+def open_video(path: Path | str) -> Video:
+    """Open a recording for reading; a one-line ExoacqError if it is none."""
+    path = Path(path)
+    if not path.exists():
+        raise ExoacqError(f"{path}: no such file or directory")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+        if not files:
+            raise ExoacqError(f"{path}: a folder of frames needs PNG or TIFF files; found none")
+        first = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)
+        if first is None:
+            raise ExoacqError(f"{files[0]}: not a readable image")
+        h, w = first.shape[:2]
+        return Video(path, None, len(files), w, h, _files=files)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        ok, stack = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
+        if not ok or not stack:
+            raise ExoacqError(f"{path}: not a readable TIFF")
+        h, w = stack[0].shape[:2]
+        return Video(path, None, len(stack), w, h, _stack=list(stack))
+    capture = _capture(path)
+    try:
+        if not capture.isOpened():
+            raise ExoacqError(f"{path}: not a video OpenCV can read (AVI, MOV, MP4, ...), a TIFF stack "
+                              "or a folder of frames")
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        ok, first = capture.read()
+        if not ok:
+            raise ExoacqError(f"{path}: the video has no readable frame")
+        h, w = first.shape[:2]
+    finally:
+        capture.release()
+    return Video(path, fps if fps and np.isfinite(fps) and fps > 0 else None, count if count > 0 else None, w, h)

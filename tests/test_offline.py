@@ -1,0 +1,119 @@
+"""Offline analysis of recorded videos, test data from the simulator, and the benchmark commands."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import TESTDATA, run_cli
+
+ANALYSIS = ["--pixel-size-um", "0.166", "--minmass", "250", "--temperature-c", "25", "--exposure-ms", "15"]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("video") / "beads.avi"
+    proc = run_cli("simulate", "video", str(path), "--frames", "150", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    truth = json.loads(proc.stdout)
+    assert truth["frames"] == 150 and truth["suggested_minmass"] == 250.0
+    return path
+
+
+def analyze(*args):
+    proc = run_cli("analyze", "nta", *args)
+    return proc, (json.loads(proc.stdout) if proc.returncode == 0 and "--json" in args else None)
+
+
+def test_analyze_a_simulated_video(video):
+    proc, doc = analyze(str(video), *ANALYSIS, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert doc["frames_analysed"] == 150
+    assert doc["settings"]["frame_rate_hz"] == 25.0  # from the container
+    assert doc["temperature_c"] == 25.0 and doc["viscosity_mpa_s"] == pytest.approx(0.8900, rel=1e-3)
+    for key in ("mean", "mode", "sd", "d10", "d50", "d90"):
+        assert key in doc["size_nm"]
+    assert doc["size_nm"]["mean"] == pytest.approx(100.0, rel=0.15)
+    assert doc["concentration_per_ml"] is None
+    assert {"total", "used"} <= set(doc["tracks"]) and {"mean", "median"} <= set(doc["diffusion_um2_s"])
+    assert sum(doc["histogram"]["counts"]) == doc["tracks"]["used"]
+    assert "analysed 150/150 frames" in proc.stderr  # progress on stderr
+
+
+def test_tiff_stack_and_frame_folder_give_the_same_result(video, tmp_path):
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    while (read := capture.read())[0]:
+        frames.append(cv2.cvtColor(read[1], cv2.COLOR_BGR2GRAY) if read[1].ndim == 3 else read[1])
+    assert cv2.imwritemulti(str(tmp_path / "stack.tif"), frames)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"f{i:04d}.png"), frame)
+    _, from_avi = analyze(str(video), *ANALYSIS, "--json")
+    for source in (tmp_path / "stack.tif", folder):
+        proc, doc = analyze(str(source), *ANALYSIS, "--fps", "25", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert doc["size_nm"] == from_avi["size_nm"] and doc["tracks"] == from_avi["tracks"]
+    proc, _ = analyze(str(folder), *ANALYSIS)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("has no frame rate: give --fps")
+
+
+def test_bad_input_gets_one_line(video, tmp_path):
+    not_video = tmp_path / "notes.avi"
+    not_video.write_text("not a video")
+    truncated = tmp_path / "truncated.avi"
+    truncated.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    cases = [
+        ([str(not_video), *ANALYSIS], 1, "not a video OpenCV can read"),
+        ([str(tmp_path / "missing.avi"), *ANALYSIS], 1, "no such file or directory"),
+        ([str(truncated), *ANALYSIS], 1, "of the 150 frames its header announces (truncated or damaged file)"),
+        ([str(video), *ANALYSIS, "--minmass", "1e6"], 1, "no particles found in 150 frames"),
+        ([str(video), *ANALYSIS, "--fps", "-25"], 2, "argument --fps: -25 must be greater than 0"),
+        ([str(video), "--minmass", "250"], 2, "--pixel-size-um is required"),
+        ([str(video), *ANALYSIS, "--feature-diameter-px", "10"], 2, "must be odd"),
+    ]
+    for args, code, message in cases:
+        proc, _ = analyze(*args)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("exoacq: error:")]
+        assert proc.returncode == code, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert len(errors) == 1 and message in errors[0], (args, proc.stderr)
+
+
+def test_bench_analyze_reports_both_pipelines(video):
+    proc = run_cli("bench", "analyze", str(video), *ANALYSIS, "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["frames"] == 150
+    assert result["exoacq_s"] > 0 and result["trackpy_s"] > 0
+    assert result["speedup"] == pytest.approx(result["trackpy_s"] / result["exoacq_s"])
+    # the same particles: same linking, feature counts within 3 %
+    assert result["features"]["exoacq"] == pytest.approx(result["features"]["trackpy"], rel=0.03)
+
+
+@pytest.mark.slow
+def test_bench_realtime_reports_drops_and_latency():
+    proc = run_cli("bench", "realtime", "--width", "640", "--height", "480", "--fps", "25", "--duration", "3",
+                   "--json", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["frames_published"] + result["frames_dropped_by"]["camera"] >= 75
+    assert result["frames_processed"] + result["frames_dropped_by"]["tracker"] == result["frames_published"]
+    assert result["frames_dropped"] == sum(result["frames_dropped_by"].values())
+    assert result["latency_ms"]["documents"] > 10
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+
+
+def test_real_video_is_read(tmp_path):
+    path = TESTDATA / "nta" / "bulk-water.mov"
+    if not path.exists():
+        pytest.skip(f"real test data not found at {path} (shared/testdata is not beside the checkout)")
+    from exoacq.nta.video import open_video
+    video = open_video(path)
+    assert (video.width, video.height, video.frame_count) == (640, 424, 480)
+    assert video.fps == pytest.approx(23.976, abs=1e-3)
+    frames = list(video.frames())
+    assert len(frames) == 480 and frames[0].shape == (424, 640) and frames[0].dtype == np.uint8
