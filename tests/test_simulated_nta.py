@@ -308,3 +308,86 @@ def test_exposure_longer_than_interval_is_refused_after_construction_too():
     camera.exposure_ms = 5.0
     camera.frame_rate_hz = 100.0
     assert camera.describe()["frame_rate_hz"] == 100.0
+
+
+@pytest.mark.parametrize("signal_e", [0.02, 0.4, 3.0, 30.0, 400.0])
+def test_signal_pixels_read_poisson_plus_read_noise(signal_e):
+    # The detector kernel on N = 262144 pixels of equal signal s: ADU = offset + gain (Poisson(s + b)
+    # + read noise), rounded. Covers every path of _expose (no signal electron, inversion below
+    # 10 e, PTRS above). SE of the mean sqrt(var / N), of the variance var sqrt(2 / N) (0.28%),
+    # of the third central moment var^1.5 sqrt(6 / N); tolerances 4.3-5 SE. The third cumulant
+    # of Poisson noise is its mean (Gaussian: 0), 40 SE away from 0 at s = 3 already.
+    camera, _, _ = make_simulated_nta([SampleComponent(100.0)], 0.0, illumination_mw=None, seed=14,
+                                      gain_adu_per_e=2.5, background_e=5.0, read_noise_e=2.0, bit_depth=16)
+    camera.connect()
+    image, frame = np.full((512, 512), signal_e, np.float32), np.empty((512, 512), np.uint16)
+    camera._detect(frame, image, 99)
+    assert not image.any()  # the kernel hands the signal image back zeroed
+    v, lam, g = frame.astype(float), signal_e + 5.0, 2.5
+    var = g**2 * (lam + 4.0) + 1 / 12
+    assert v.mean() == pytest.approx(100.0 + g * lam, abs=4.5 * math.sqrt(var / v.size))
+    assert v.var() == pytest.approx(var, rel=0.012)
+    k3 = np.mean((v - v.mean()) ** 3)
+    assert k3 == pytest.approx(g**3 * lam, abs=5 * var**1.5 * math.sqrt(6 / v.size))
+
+
+def test_frames_reproducible_across_threads_and_cameras():
+    import threading
+
+    from exoacq.drivers import simulated_nta
+    assert simulated_nta._render_psf.targetoptions["nogil"] and simulated_nta._expose.targetoptions["nogil"]
+
+    def frames(n, interleave=False, thread=False):
+        cams = [make_simulated_nta([SampleComponent(100.0)], 5e8, illumination_mw=None, seed=s,
+                                   realtime=False)[0] for s in (15, 16)]
+        out = []
+
+        def run():
+            for cam in cams:
+                cam.connect()
+                cam.start()
+            for _ in range(n):
+                out.append(np.empty((480, 640), np.uint16))
+                cams[0].fill(out[-1])
+                if interleave:  # another camera draws from numba's generator in between
+                    cams[1].fill(np.empty((480, 640), np.uint16))
+        worker = threading.Thread(target=run) if thread else None
+        worker.start() if worker else run()
+        worker.join() if worker else None
+        return out
+    reference = frames(3)
+    for got in (frames(3, interleave=True), frames(3, thread=True)):
+        for a, b in zip(reference, got):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_non_contiguous_buffer_gets_the_same_frame():
+    def frame(buffer):
+        camera, _, _ = make_simulated_nta([SampleComponent(100.0)], 5e8, illumination_mw=None, seed=17,
+                                          realtime=False, width=64, height=48)
+        camera.connect()
+        camera.start()
+        camera.fill(buffer)
+        return buffer
+    strided = frame(np.zeros((48, 128), np.uint16)[:, ::2])
+    np.testing.assert_array_equal(strided, frame(np.empty((48, 64), np.uint16)))
+
+
+def test_walk_of_a_frame_has_brownian_increments():
+    # The camera moves the sample several steps at once (_walk, one draw): each step's
+    # increments have variance 2 D dt per axis plus the drift (2000 x 3 values per step:
+    # SE of the variance 1.8%, tolerance 8%); the track is continuous (unwrapped after the
+    # first step) and ends where positions_um and displacement_um say.
+    sample = _diffusing(2000, drift=(3.0, 0.0))
+    dts, half = np.array([0.02, 0.005, 0.005, 0.0025]), np.array(BOX) / 2
+    before, displaced = sample.positions_um.copy(), sample.displacement_um.copy()
+    track = sample._walk(dts)
+    assert track.shape == (2000, 4, 3) and sample.elapsed_s == pytest.approx(0.0325)
+    first = (track[:, 0] - before + half) % (2 * half) - half  # the first step, unwrapped
+    steps = np.concatenate([first[:, None], np.diff(track, axis=1)], axis=1).transpose(1, 0, 2)
+    for dt, step in zip(dts, steps):
+        assert step[:, 0].mean() == pytest.approx(3.0 * dt, abs=5 * math.sqrt(2 * 4.91 * dt / 2000))
+        assert np.var(step, axis=0).mean() == pytest.approx(2 * 4.91 * dt, rel=0.08)
+    np.testing.assert_allclose(sample.displacement_um - displaced, steps.sum(axis=0), atol=1e-9)
+    assert np.all(np.abs(sample.positions_um) <= half) and np.all(np.abs(track[:, 0]) <= half)
+    np.testing.assert_allclose((track[:, -1] + half) % (2 * half) - half, sample.positions_um, atol=1e-9)

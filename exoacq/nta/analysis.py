@@ -161,15 +161,39 @@ def size_histogram(diameters: np.ndarray, concentration_per_ml: float | None) ->
     return result
 
 
-@dataclass
-class _Track:
-    first_frame: int
-    last_frame: int
-    x_px: float
-    y_px: float
-    n_points: int = 1
-    n_steps: int = 0
-    sum_sq_um2: float = 0.0
+class _TrackArrays:
+    """Per-track running sums in arrays indexed by particle id (ids are 0, 1, 2, ... in order)."""
+
+    FIELDS = {"first_frame": np.int64, "last_frame": np.int64, "x_px": float, "y_px": float,
+              "n_points": np.int64, "n_steps": np.int64, "sum_sq_um2": float}
+
+    def __init__(self, capacity: int = 1024):
+        self.size = 0
+        for name, dtype in self.FIELDS.items():
+            setattr(self, name, np.zeros(capacity, dtype))
+
+    def ensure(self, size: int) -> None:
+        if size > len(self.n_points):
+            capacity = max(size, 2 * len(self.n_points))
+            for name in self.FIELDS:
+                old = getattr(self, name)
+                grown = np.zeros(capacity, old.dtype)
+                grown[: len(old)] = old
+                setattr(self, name, grown)
+        self.size = max(self.size, size)
+
+    def update(self, frame_number: int, ids: np.ndarray, xs: np.ndarray, ys: np.ndarray, px2_um2: float) -> None:
+        """Add one frame's positions; a step counts only between consecutive frames."""
+        self.ensure(int(ids.max()) + 1)
+        new = self.n_points[ids] == 0
+        step = ~new & (self.last_frame[ids] == frame_number - 1)
+        moved = ids[step]
+        self.sum_sq_um2[moved] += ((xs[step] - self.x_px[moved]) ** 2 + (ys[step] - self.y_px[moved]) ** 2) * px2_um2
+        self.n_steps[moved] += 1
+        self.first_frame[ids[new]] = frame_number
+        self.n_points[ids] += 1
+        self.last_frame[ids] = frame_number
+        self.x_px[ids], self.y_px[ids] = xs, ys
 
 
 @dataclass
@@ -185,7 +209,7 @@ class StreamingTracker:
     _id_offset: int = 0
     _ids_used: int = 0
     _last_frame: int | None = None
-    _tracks: dict[int, _Track] = field(default_factory=dict)
+    _tracks: _TrackArrays = field(default_factory=_TrackArrays)
     _rows: list[np.ndarray] = field(default_factory=list)
     features_per_frame: list[int] = field(default_factory=list)
     linking_resets: int = 0
@@ -215,18 +239,8 @@ class StreamingTracker:
             self._linker.init_level(coords, frame_number)
         ids = np.asarray(self._linker.particle_ids, dtype=np.int64) + self._id_offset
         self._ids_used = max(self._ids_used, int(ids.max()) + 1 - self._id_offset) if ids.size else self._ids_used
-        px2 = self.params.pixel_size_um**2
         xs, ys = coords[:, 1], coords[:, 0]
-        for pid, x, y in zip(ids.tolist(), xs.tolist(), ys.tolist()):
-            track = self._tracks.get(pid)
-            if track is None:
-                self._tracks[pid] = _Track(frame_number, frame_number, x, y)
-                continue
-            if track.last_frame == frame_number - 1:
-                track.sum_sq_um2 += ((x - track.x_px) ** 2 + (y - track.y_px) ** 2) * px2
-                track.n_steps += 1
-            track.n_points += 1
-            track.last_frame, track.x_px, track.y_px = frame_number, x, y
+        self._tracks.update(frame_number, ids, xs, ys, self.params.pixel_size_um**2)
         mass = np.asarray(features["mass"], float)
         self._rows.append(np.column_stack([np.full(len(ids), frame_number), ids, xs, ys, mass]))
 
@@ -238,18 +252,18 @@ class StreamingTracker:
 
     def tracks_table(self) -> pd.DataFrame:
         """One row per track: length, steps, D (um^2/s), diameter (nm), and whether it is sized."""
-        pids = np.fromiter(self._tracks.keys(), dtype=np.int64, count=len(self._tracks))
-        tracks = list(self._tracks.values())
-        n_steps = np.array([t.n_steps for t in tracks], float)
-        sum_sq = np.array([t.sum_sq_um2 for t in tracks], float)
-        used = np.array([t.n_points for t in tracks], dtype=int) >= self.params.min_track_length
-        used &= (n_steps >= 2) & (sum_sq > 0)
+        t = self._tracks
+        pids = np.flatnonzero(t.n_points[: t.size] > 0)
+        n_points = t.n_points[pids]
+        n_steps = t.n_steps[pids].astype(float)
+        sum_sq = t.sum_sq_um2[pids]
+        used = (n_points >= self.params.min_track_length) & (n_steps >= 2) & (sum_sq > 0)
         d = diffusion_um2_s(n_steps, sum_sq, self.params)
         diam = np.where(used, diameters_nm(n_steps, d, self.params), np.nan)
         return pd.DataFrame({
             "particle": pids,
-            "first_frame": np.array([t.first_frame for t in tracks], dtype=np.int64),
-            "length_frames": np.array([t.n_points for t in tracks], dtype=np.int64),
+            "first_frame": t.first_frame[pids],
+            "length_frames": n_points,
             "n_steps": n_steps.astype(int),
             "diffusion_um2_s": np.where(n_steps > 0, d, np.nan),
             "diameter_nm": diam,
