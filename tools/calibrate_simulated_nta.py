@@ -7,7 +7,7 @@ over independent samples (seeds). The particle count in the light sheet
 decorrelates only as particles diffuse through it (~ 6 s for 100 nm), so a
 single 30 s video varies by ~ 7 %: the calibration averages 20 of them.
 
-    python tools/calibrate_simulated_nta.py --seeds 20 --duration 30 \
+    python tools/calibrate_simulated_nta.py --seeds 20 --duration 30 --version 2 \
         --output calibrations/nta/simulated-camera.toml
 """
 from __future__ import annotations
@@ -60,6 +60,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--output", required=True)
+    parser.add_argument("--version", type=int, default=1, help="calibration version: raise it on every re-measurement")
     args = parser.parse_args()
     volumes = []
     for seed in range(args.seeds):
@@ -69,16 +70,16 @@ def main() -> int:
     mean, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size))
     cam_cfg, nta = CameraConfig(), NTAAnalysisConfig()
     text = f"""# Detection volume of the simulated NTA camera at its default settings.
-# Written by: python tools/calibrate_simulated_nta.py --seeds {args.seeds} --duration {args.duration:g} --output ...
+# Written by: python tools/calibrate_simulated_nta.py --seeds {args.seeds} --duration {args.duration:g} --version {args.version} --output ...
 # Valid for particles like the standard (100 nm, n = 1.59): scatter grows as d^6, so
 # larger or brighter particles are detected deeper in the light sheet.
 
 [calibration]
 kind = "nta.detection_volume"
-version = 1
+version = {args.version}
 date = {date.today().isoformat()}
 instrument = "exoacq.drivers.simulated_nta defaults ({cam_cfg.width}x{cam_cfg.height}, sheet waist 5 um)"
-method = "mean trackpy features per frame / true number concentration in the simulation box, {args.seeds} independent samples x {args.duration:g} s"
+method = "mean features per frame (exoacq detector, trackpy-identical) / true number concentration in the simulation box, {args.seeds} independent samples x {args.duration:g} s"
 operator = "exoacq developers"
 
 [optics]
