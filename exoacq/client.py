@@ -72,13 +72,32 @@ def follow_run(client: ControlClient, request: dict[str, Any],
         sub.close(linger=0)
 
 
-class ProgressBar:
-    """One line on stderr, redrawn in place on a terminal, once a second otherwise."""
+class StatusLine:
+    """A status line on stderr: redrawn in place on a terminal, one line per update otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def _line(self, text: str, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class ProgressBar(StatusLine):
+    """Run progress from published documents; once a second when not on a terminal."""
 
     def __init__(self, stream=sys.stderr, width: int = 24):
-        self.stream = stream
+        super().__init__(stream)
         self.width = width
-        self.tty = stream.isatty()
         self._last = 0.0
 
     def __call__(self, topic: str, document: dict[str, Any]) -> None:
@@ -101,18 +120,6 @@ class ProgressBar:
                     f"{'-' if ppf is None else round(ppf, 1)} particles/frame  "
                     f"{document['tracks']['used']} tracks  mean {mean}")
             self._line(text, final=False)
-
-    def _line(self, text: str, final: bool) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def _num(value: Any, fmt: str) -> str:

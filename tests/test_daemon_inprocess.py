@@ -38,3 +38,53 @@ def test_shutdown_during_a_run_turns_the_laser_off(tmp_path):
     assert laser.emitted_power_mw == 0.0
     sent = [line for direction, line in laser.transcript if direction == "rx"]
     assert sent[-1].upper().startswith("SOUR:AM:STAT OFF")
+
+
+@pytest.fixture
+def inprocess_daemon(tmp_path):
+    config = load_config(None, simulated=True)
+    config.daemon.data_dir = tmp_path
+    config.daemon.control, config.daemon.results, config.daemon.frames = (free_tcp_endpoint() for _ in range(3))
+    daemon = Daemon(config)
+    daemon.start()
+    thread = threading.Thread(target=lambda: (daemon.serve(), daemon.shutdown()))
+    thread.start()
+    yield daemon
+    daemon.request_stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def wait_for_state(client, run_id, states, timeout_s=30.0):
+    deadline = time.monotonic() + timeout_s
+    while (record := client.request("run", run_id=run_id))["state"] not in states:
+        assert time.monotonic() < deadline, record
+        time.sleep(0.05)
+    return record
+
+
+def test_an_open_interlock_fails_the_run_with_the_lasers_own_words(inprocess_daemon):
+    laser = inprocess_daemon.instruments.simulators["laser"]
+    laser.interlock_open = True
+    with ControlClient(inprocess_daemon.config.daemon.control) as client:
+        run_id = client.request("acquire", method="nta", duration_s=2)["run_id"]
+        record = wait_for_state(client, run_id, {"done", "failed", "aborted"})
+        assert record["state"] == "failed"
+        assert "interlock open" in record["error"]
+        assert laser.emitted_power_mw == 0.0
+        laser.interlock_open = False  # the operator closes the lid: the next run works
+        run_id = client.request("acquire", method="nta", duration_s=1)["run_id"]
+        assert wait_for_state(client, run_id, {"done", "failed", "aborted"})["state"] == "done"
+
+
+def test_runs_queue_and_execute_in_order(inprocess_daemon):
+    with ControlClient(inprocess_daemon.config.daemon.control) as client:
+        first = client.request("acquire", method="nta", duration_s=1, sample="first")["run_id"]
+        second = client.request("acquire", method="nta", duration_s=1, sample="second")["run_id"]
+        third = client.request("acquire", method="nta", duration_s=1, sample="third")["run_id"]
+        assert client.request("run", run_id=second)["state"] == "queued"
+        assert client.request("stop", run_id=third) == {"run_id": third, "state": "aborted"}
+        done = [wait_for_state(client, r, {"done", "failed", "aborted"}) for r in (first, second, third)]
+        assert [r["state"] for r in done] == ["done", "done", "aborted"]
+        assert done[0]["finished"] <= done[1]["started"]
+        assert done[2]["error"] == "stopped by the operator before it started"

@@ -13,6 +13,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from exoacq.client import StatusLine
 from exoacq.errors import ExoacqError
 from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features
 from exoacq.nta.video import Video
@@ -45,27 +46,17 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
     return summary
 
 
-class StderrProgress:
-    """``analysed 320/480 frames`` on stderr, redrawn on a terminal, every 10 % otherwise."""
+class StderrProgress(StatusLine):
+    """``analysed 320/480 frames`` on stderr; every 10 % when not on a terminal."""
 
     def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.tty = stream.isatty()
+        super().__init__(stream)
         self._last_decile = -1
 
     def __call__(self, done: int, total: int | None) -> None:
-        text = f"analysed {done}/{total or '?'} frames"
-        if self.tty:
-            self.stream.write("\r\033[K" + text)
-        else:
+        if not self.tty:
             decile = int(10 * done / total) if total else done // 100
             if decile == self._last_decile:
                 return
             self._last_decile = decile
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._line(f"analysed {done}/{total or '?'} frames", final=False)
