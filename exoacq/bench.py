@@ -26,9 +26,12 @@ def bench_realtime(*, width: int = 1280, height: int = 1024, fps: float = 30.0, 
                    workers: int = 1) -> dict[str, Any]:
     """Run a daemon with a simulated camera and measure drops and the frame-to-document latency.
 
-    Latency of a progress document = its arrival time at a subscriber minus the
-    exposure-start timestamp of the newest frame it accounts for.
+    Latency of a progress document = its arrival time at a subscriber (a thread
+    blocked on its own SUB socket) minus the exposure-start timestamp of the
+    newest frame it accounts for.
     """
+    import threading
+
     import zmq
 
     from exoacq.bus import ControlClient, loads
@@ -52,18 +55,26 @@ def bench_realtime(*, width: int = 1280, height: int = 1024, fps: float = 30.0, 
                 sub.setsockopt(zmq.LINGER, 0)
                 sub.connect(results)
                 sub.setsockopt(zmq.SUBSCRIBE, b"nta.progress")
+                done = threading.Event()
 
-                def on_document(topic: str, _: dict) -> None:  # drain our own SUB while the run goes on
-                    while sub.poll(0):
-                        arrived = time.time()
-                        doc = loads(sub.recv_multipart()[1])
-                        if doc["state"] == "acquiring" and doc.get("last_frame_timestamp"):
-                            latencies.append(arrived - doc["last_frame_timestamp"])
+                def collect() -> None:
+                    while not done.is_set():
+                        if sub.poll(50):
+                            arrived = time.time()
+                            doc = loads(sub.recv_multipart()[1])
+                            if doc["state"] == "acquiring" and doc.get("last_frame_timestamp"):
+                                latencies.append(arrived - doc["last_frame_timestamp"])
 
-                result = follow_run(client, {"method": "nta", "duration_s": duration_s, "sample": "bench"},
-                                    on_document=on_document, timeout_s=duration_s + 300)
-                sub.close()
-                ctx.term()
+                collector = threading.Thread(target=collect, name="latency")
+                collector.start()
+                try:
+                    result = follow_run(client, {"method": "nta", "duration_s": duration_s, "sample": "bench"},
+                                        timeout_s=duration_s + 300)
+                finally:
+                    done.set()
+                    collector.join()
+                    sub.close()
+                    ctx.term()
         finally:
             stop_daemon(process)
     frames = result["frames"]
