@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", type=Path, help="video (AVI, MOV, MP4, ...), multi-page TIFF or folder of PNG/TIFF frames")
     add_analysis_options(p)
     p.add_argument("--json", action="store_true", help="print the result document alone on stdout")
+    p.add_argument("--csv", type=Path, help="also write a NanoSight-style ExperimentSummary CSV here")
+    p.add_argument("--report", type=Path, help="also write a self-contained HTML report here")
 
     p = sub.add_parser("simulate", help="write test data from the simulated instrument")
     p.add_argument("what", choices=["video"], help="what to write")
@@ -345,12 +347,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 "temperature_c": params.temperature_c, "viscosity_mpa_s": params.viscosity_mpa_s,
                 "dilution": params.dilution, "settings": params.to_dict(),
                 "warnings": warnings + summary["warnings"]}
+    write_exports(args, document, params)
     if args.json:
         print(json.dumps(document))
     else:
         print(f"{args.video}: {summary['frames_analysed']} frames at {params.frame_rate_hz:g} frames/s")
         print(format_summary(document))
     return 0
+
+
+def write_exports(args: argparse.Namespace, document: dict[str, Any], params: Any) -> None:
+    """--csv and --report of an offline analysis (one capture)."""
+    from exoacq.nta.export import write_experiment_summary_csv, write_html_report
+
+    sample = Path(args.video).name
+    calibration = {"file": str(args.calibration), "detection_volume_nl": params.detection_volume_nl} \
+        if args.calibration else None
+    try:
+        if args.csv:
+            write_experiment_summary_csv(args.csv, [document], sample=sample, settings={"tracking": params.to_dict()})
+        if args.report:
+            write_html_report(args.report, [document], sample=sample, settings={"tracking": params.to_dict()},
+                              calibration=calibration)
+    except OSError as exc:
+        raise ExoacqError(f"cannot write {exc.filename}: {exc.strerror}") from None
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -117,3 +117,17 @@ def test_real_video_is_read(tmp_path):
     assert video.fps == pytest.approx(23.976, abs=1e-3)
     frames = list(video.frames())
     assert len(frames) == 480 and frames[0].shape == (424, 640) and frames[0].dtype == np.uint8
+
+
+def test_analyze_writes_csv_and_html_report(video, tmp_path):
+    csv_path, html_path = tmp_path / "summary.csv", tmp_path / "report.html"
+    proc, doc = analyze(str(video), *ANALYSIS, "--json", "--csv", str(csv_path), "--report", str(html_path))
+    assert proc.returncode == 0, proc.stderr
+    text = csv_path.read_bytes().decode("iso-8859-1")
+    assert "[Results]" in text and "Graph Data" in text and "\r\n" in text
+    mean_row = next(line for line in text.splitlines() if line.startswith("Mean (nm),"))
+    assert float(mean_row.split(",")[1]) == pytest.approx(doc["size_nm"]["mean"])
+    report = html_path.read_text(encoding="utf-8")
+    assert "<svg" in report and "beads.avi" in report
+    proc, _ = analyze(str(video), *ANALYSIS, "--csv", str(tmp_path / "missing-dir" / "x.csv"))
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("exoacq: error: cannot write")
