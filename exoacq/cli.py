@@ -336,6 +336,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from exoacq.nta.offline import StderrProgress, analyze_video
     from exoacq.nta.video import open_video
 
+    for output in (args.csv, args.report):  # before a long analysis, not after it
+        if output is not None and not output.resolve().parent.is_dir():
+            raise ExoacqError(f"cannot write {output}: no folder {output.resolve().parent}")
     video = open_video(args.video)
     params, warnings = analysis_parameters(args, video)
     progress = StderrProgress()

@@ -130,4 +130,4 @@ def test_analyze_writes_csv_and_html_report(video, tmp_path):
     report = html_path.read_text(encoding="utf-8")
     assert "<svg" in report and "beads.avi" in report
     proc, _ = analyze(str(video), *ANALYSIS, "--csv", str(tmp_path / "missing-dir" / "x.csv"))
-    assert proc.returncode == 1 and proc.stderr.strip().startswith("exoacq: error: cannot write")
+    assert proc.returncode == 1 and proc.stderr.startswith("exoacq: error: cannot write")  # before analysing
