@@ -8,6 +8,7 @@ for particles like its standard).
 """
 from __future__ import annotations
 
+import math
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -36,7 +37,8 @@ class CalibrationInfo(_Strict):
 class NTAOptics(_Strict):
     pixel_size_um: float = Field(gt=0)
     frame_rate_hz: float = Field(gt=0)
-    exposure_ms: float = Field(gt=0)
+    #: 0: not known (an offline recording without it)
+    exposure_ms: float = Field(ge=0)
     laser_power_mw: float = Field(gt=0)
     feature_diameter_px: int = Field(ge=3)
     minmass: float = Field(ge=0)
@@ -106,3 +108,57 @@ def check_optics(calibration: NTACalibration, path: Path, **actual: float) -> No
         if abs(recorded[key] - value) > 1e-3 * max(abs(value), 1e-12):
             raise ConfigError(f"calibration {path} was measured with {key} = {recorded[key]:g}, "
                               f"but the instrument is set to {value:g}: recalibrate or change the setting")
+
+
+def block_standard_error(values: list[float] | tuple[float, ...], block: int) -> float:
+    """Standard error of the mean of a correlated series by block averaging (Flyvbjerg &
+    Petersen 1989): means of consecutive blocks of ``block`` values are nearly independent."""
+    import numpy as np
+
+    v = np.asarray(values, float)
+    n_blocks = v.size // block
+    if n_blocks < 2:
+        raise ConfigError(f"too few frames ({v.size}) for an uncertainty: need at least {2 * block}")
+    means = v[: n_blocks * block].reshape(n_blocks, block).mean(axis=1)
+    return float(means.std(ddof=1) / math.sqrt(n_blocks))
+
+
+def nta_calibration_text(*, volume_nl: float, uncertainty_nl: float, frames: int, optics: NTAOptics,
+                         standard: BeadStandard, instrument: str, method: str, version: int = 1) -> str:
+    """The TOML of a detection-volume calibration (validated by reading it back)."""
+    text = f"""# NTA detection-volume calibration written by exoacq.
+# Valid with the optics below and for particles like the standard (scatter grows as d^6).
+
+[calibration]
+kind = "nta.detection_volume"
+version = {version}
+date = {date.today().isoformat()}
+instrument = {_toml_str(instrument)}
+method = {_toml_str(method)}
+
+[optics]
+pixel_size_um = {optics.pixel_size_um!r}
+frame_rate_hz = {optics.frame_rate_hz!r}
+exposure_ms = {optics.exposure_ms!r}
+laser_power_mw = {optics.laser_power_mw!r}
+feature_diameter_px = {optics.feature_diameter_px}
+minmass = {optics.minmass!r}
+
+[standard]
+description = {_toml_str(standard.description)}
+diameter_nm = {standard.diameter_nm!r}
+refractive_index = {standard.refractive_index!r}
+lot = {_toml_str(standard.lot)}
+
+[result]
+detection_volume_nl = {volume_nl:.6g}
+uncertainty_nl = {uncertainty_nl:.3g}   # standard error (block averaging over frames)
+measurements = {frames}
+"""
+    NTACalibration.model_validate(tomllib.loads(text))
+    return text
+
+
+def _toml_str(value: str) -> str:
+    import json
+    return json.dumps(value)  # a JSON string is a valid TOML basic string

@@ -92,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, help="also write a NanoSight-style ExperimentSummary CSV here")
     p.add_argument("--report", type=Path, help="also write a self-contained HTML report here")
 
+    p = sub.add_parser("calibrate", help="measure the detection volume from beads of known concentration")
+    p.add_argument("method", choices=["nta"], help="measurement method")
+    p.add_argument("video", type=Path, help="a video of the bead standard")
+    p.add_argument("--bead-diameter-nm", type=_positive_float, required=True)
+    p.add_argument("--bead-concentration-per-ml", type=_positive_float, required=True,
+                   help="of the bead stock; divided by --dilution for the measured suspension")
+    p.add_argument("--bead-refractive-index", type=_positive_float, default=1.59, help="default: polystyrene")
+    p.add_argument("--bead-lot", default="", help="lot number of the standard")
+    p.add_argument("--laser-power-mw", type=_positive_float, required=True, help="laser power of the recording")
+    p.add_argument("--instrument", default="unnamed instrument", help="which instrument this calibrates")
+    p.add_argument("--output", type=Path, required=True, help="calibration file to write (TOML)")
+    add_analysis_options(p)
+
     p = sub.add_parser("simulate", help="write test data from the simulated instrument")
     p.add_argument("what", choices=["video"], help="what to write")
     p.add_argument("output", type=Path, help="output .avi (uncompressed 8-bit, as NTA instruments record)")
@@ -346,6 +359,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         summary = analyze_video(video, params, progress=progress)
     finally:
         progress.close()
+    summary.pop("features_per_frame")
     document = {"schema": "exoacq.nta.analysis/1", "video": str(args.video), **summary,
                 "temperature_c": params.temperature_c, "viscosity_mpa_s": params.viscosity_mpa_s,
                 "dilution": params.dilution, "settings": params.to_dict(),
@@ -374,6 +388,50 @@ def write_exports(args: argparse.Namespace, document: dict[str, Any], params: An
                               calibration=calibration)
     except OSError as exc:
         raise ExoacqError(f"cannot write {exc.filename}: {exc.strerror}") from None
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from exoacq.calibration import BeadStandard, NTAOptics, block_standard_error, nta_calibration_text
+    from exoacq.nta.offline import StderrProgress, analyze_video
+    from exoacq.nta.video import open_video
+
+    if args.calibration:
+        raise ExoacqError("calibrate measures a calibration: --calibration does not apply", code="usage")
+    if not args.output.resolve().parent.is_dir():
+        raise ExoacqError(f"cannot write {args.output}: no folder {args.output.resolve().parent}")
+    video = open_video(args.video)
+    params, _ = analysis_parameters(args, video)
+    progress = StderrProgress()
+    try:
+        summary = analyze_video(video, params, progress=progress)
+    finally:
+        progress.close()
+    per_frame = summary["features_per_frame"]
+    in_cell_per_ml = args.bead_concentration_per_ml / args.dilution
+    ppf = float(sum(per_frame) / len(per_frame))
+    # blocks of ~2 s: the light sheet's population renews as beads diffuse through it
+    block = max(1, round(2.0 * params.frame_rate_hz))
+    volume_nl = ppf / in_cell_per_ml * 1e6
+    uncertainty_nl = block_standard_error(per_frame, block) / in_cell_per_ml * 1e6
+    text = nta_calibration_text(
+        volume_nl=volume_nl, uncertainty_nl=uncertainty_nl, frames=len(per_frame),
+        optics=NTAOptics(pixel_size_um=params.pixel_size_um, frame_rate_hz=params.frame_rate_hz,
+                         exposure_ms=params.exposure_ms, laser_power_mw=args.laser_power_mw,
+                         feature_diameter_px=params.feature_diameter_px, minmass=params.minmass),
+        standard=BeadStandard(description=f"{args.bead_diameter_nm:g} nm beads, "
+                                          f"{args.bead_concentration_per_ml:.4g} /mL stock, dilution {args.dilution:g}",
+                              diameter_nm=args.bead_diameter_nm, refractive_index=args.bead_refractive_index,
+                              lot=args.bead_lot),
+        instrument=args.instrument,
+        method=f"mean particles per frame over {len(per_frame)} frames of {args.video.name} "
+               "/ bead concentration in the cell")
+    args.output.write_text(text, encoding="utf-8")
+    measured = summary["size_nm"]["mean"]
+    print(f"detection volume {volume_nl:.4g} +/- {uncertainty_nl:.2g} nL ({ppf:.1f} particles/frame) -> {args.output}")
+    if measured is not None and abs(measured / args.bead_diameter_nm - 1) > 0.15:
+        print(f"warning: the beads measure {measured:.0f} nm, not {args.bead_diameter_nm:g} nm: check the "
+              "optics settings and the standard before using this calibration", file=sys.stderr)
+    return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -417,5 +475,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Any] = {
     "daemon": cmd_daemon, "acquire": cmd_acquire, "status": cmd_status, "watch": cmd_watch,
     "stop": cmd_stop, "runs": cmd_runs, "config": cmd_config, "demo": cmd_demo, "worker": cmd_worker,
-    "analyze": cmd_analyze, "simulate": cmd_simulate, "bench": cmd_bench,
+    "analyze": cmd_analyze, "simulate": cmd_simulate, "bench": cmd_bench, "calibrate": cmd_calibrate,
 }

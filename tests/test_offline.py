@@ -131,3 +131,25 @@ def test_analyze_writes_csv_and_html_report(video, tmp_path):
     assert "<svg" in report and "beads.avi" in report
     proc, _ = analyze(str(video), *ANALYSIS, "--csv", str(tmp_path / "missing-dir" / "x.csv"))
     assert proc.returncode == 1 and proc.stderr.startswith("exoacq: error: cannot write")  # before analysing
+
+
+def test_calibrate_writes_a_calibration_that_analyze_uses(video, tmp_path):
+    cal = tmp_path / "cal.toml"
+    proc = run_cli("calibrate", "nta", str(video), "--bead-diameter-nm", "100", "--bead-concentration-per-ml", "3e9",
+                   "--dilution", "10", "--laser-power-mw", "40", "--bead-lot", "LOT-7", *ANALYSIS,
+                   "--output", str(cal))
+    assert proc.returncode == 0, proc.stderr
+    from exoacq.calibration import load_nta_calibration
+    calibration = load_nta_calibration(cal)
+    volume = calibration.result.detection_volume_nl
+    # the simulated camera's shipped calibration is 0.074 nL; one 6 s video samples the sheet only a few times
+    assert 0.04 < volume < 0.11 and 0 < calibration.result.uncertainty_nl < volume
+    assert calibration.standard.lot == "LOT-7" and calibration.optics.minmass == 250.0
+    assert f"detection volume {volume:.4g}" in proc.stdout
+    # the same video analysed with its own calibration gives back the bead concentration (times dilution)
+    proc, doc = analyze(str(video), *ANALYSIS, "--calibration", str(cal), "--dilution", "10", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert doc["concentration_per_ml"] == pytest.approx(3e9, rel=1e-3)
+    # other optics are refused
+    proc, _ = analyze(str(video), *ANALYSIS, "--calibration", str(cal), "--minmass", "300")
+    assert proc.returncode == 2 and "measured with minmass = 250" in proc.stderr

@@ -43,6 +43,7 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
     summary = tracker.summary()
     summary["warnings"] = video.warnings + summary["warnings"]
     summary["frames_analysed"] = done
+    summary["features_per_frame"] = list(tracker.features_per_frame)
     return summary
 
 
