@@ -131,3 +131,32 @@ def test_summary_of_a_run_without_tracks():
     assert summary["size_nm"]["mean"] is None and summary["diffusion_um2_s"]["mean"] is None
     assert summary["particles_per_frame"] == 0.0
     assert tracker.tracks_table().empty and tracker.positions_table().empty
+
+
+@pytest.mark.parametrize("drift_um_s", [0.0, 3.0])
+def test_flow_drift_is_removed_from_the_sizes(drift_um_s):
+    # A 2:1 mixture of 100 and 150 nm drifting at 3 um/s (0.12 um = 0.7 px per frame at 25 frames/s):
+    # uncorrected, the drift adds (0.12 um)^2 per step and shrinks both sizes; corrected, each size stays.
+    sizes = {}
+    for correct in (False, True):
+        rng = np.random.default_rng(7)  # the same Brownian motion with and without the correction
+        tracker = StreamingTracker(params(drift_correction=correct, search_range_px=25.0))
+        p = tracker.params
+        diameters = np.repeat([100.0, 100.0, 150.0], 10)
+        d = stokes_einstein_diffusion_um2_s(diameters, p.temperature_c, p.viscosity_mpa_s)
+        sigma_px = np.sqrt(2 * d / p.frame_rate_hz) / p.pixel_size_um
+        shift_px = drift_um_s / p.frame_rate_hz / p.pixel_size_um
+        positions = np.array([(100.0 + 70 * (i // 6), 100.0 + 70 * (i % 6)) for i in range(30)])
+        for frame in range(400):
+            tracker.add_frame(frame, {"y": positions[:, 0], "x": positions[:, 1], "mass": np.ones(30)})
+            positions = positions + rng.normal(0.0, 1.0, positions.shape) * sigma_px[:, None]
+            positions[:, 1] += shift_px
+        table = tracker.tracks_table()
+        sizes[correct] = (table["diameter_nm"][:20].mean(), table["diameter_nm"][20:].mean())
+        if correct:
+            vx, vy = tracker.summary()["drift_um_s"]
+            assert vx == pytest.approx(drift_um_s, abs=0.15) and vy == pytest.approx(0.0, abs=0.15)
+    small, large = sizes[True]
+    assert small == pytest.approx(100.0, rel=0.04) and large == pytest.approx(150.0, rel=0.04)
+    if drift_um_s:  # the drift's bias without correction: (0.12 um)^2 per step, ~3 % of the MSD at 150 nm
+        assert sizes[False][1] < 0.985 * large
