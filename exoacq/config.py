@@ -117,6 +117,9 @@ class NTAAnalysisConfig(_Section):
     #: Effective detection volume (nL), when given directly instead of a calibration file;
     #: None and no calibration: no concentration is reported.
     detection_volume_nl: float | None = Field(None, gt=0.0)
+    #: Keep every raw frame of a run (frames.npy in the run's folder: frames x rows x columns,
+    #: the camera's own bits) for re-analysis with `exoacq analyze`; large: ~0.6 MB a frame at 640x480.
+    save_frames: bool = False
     #: Where detection_volume_nl came from, stored with each result.
     detection_volume_source: str = "not calibrated"
 

@@ -104,3 +104,32 @@ def test_a_worker_started_elsewhere_serves_the_daemon(tmp_path):
         worker.terminate()
         assert worker.wait(timeout=5) == 0
         assert stop_daemon(process) == 0
+
+
+@pytest.mark.slow
+def test_daemon_and_offline_analysis_agree_on_the_same_frames(tmp_path):
+    config = tmp_path / "save.toml"
+    config.write_text('[instruments.laser]\nsimulated = true\n[nta]\nsave_frames = true\n'
+                      'calibration = "calibrations/nta/simulated-camera.toml"\n')
+    process, control = start_daemon(tmp_path / "data", tmp_path / "daemon.log", extra=["--config", str(config)])
+    try:
+        proc = run_cli("acquire", "nta", "--duration", "4", "--dilution", "10", "--json", "--control", control)
+        assert proc.returncode == 0, proc.stderr
+        live = json.loads(proc.stdout)
+    finally:
+        assert stop_daemon(process) == 0
+    assert live["frames"]["dropped"] == 0
+    frames = tmp_path / "data" / "runs" / live["run_id"] / "frames.npy"
+    assert np.load(frames, mmap_mode="r").shape == (100, 480, 640)
+    from conftest import ROOT
+    proc = run_cli("analyze", "nta", str(frames), "--fps", "25", "--pixel-size-um", "0.166", "--exposure-ms", "15",
+                   "--temperature-c", repr(live["temperature_c"]), "--dilution", "10",
+                   "--calibration", str(ROOT / "calibrations" / "nta" / "simulated-camera.toml"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    offline = json.loads(proc.stdout)
+    for key in ("size_nm", "tracks", "diffusion_um2_s"):
+        assert offline[key] == pytest.approx(live[key]), key
+    for key in ("bin_centres_nm", "counts", "concentration_per_ml"):
+        assert offline["histogram"][key] == pytest.approx(live["histogram"][key]), key
+    for key in ("particles_per_frame", "concentration_per_ml", "viscosity_mpa_s"):
+        assert offline[key] == pytest.approx(live[key], rel=1e-12), key

@@ -107,6 +107,10 @@ class NTAAcquisition:
         camera_drops = 0
         t_start = time.monotonic()
         last_report = 0.0
+        recording = None
+        if self.config.nta.save_frames:  # raw frames, for offline re-analysis (exoacq analyze)
+            recording = np.lib.format.open_memmap(run.output_dir / "frames.npy", mode="w+", dtype=camera.dtype,
+                                                  shape=(n_frames, camera.height, camera.width))
 
         def counters() -> dict[str, Any]:
             return {"frames_acquired": acquired, "frames_planned": n_frames,
@@ -131,12 +135,20 @@ class NTAAcquisition:
                 send_frame(self.live_socket, header, frame, flags=zmq.NOBLOCK)
             except zmq.Again:
                 pass  # a slow viewer never slows the instrument
+            if recording is not None and header["frame_number"] < n_frames:
+                recording[header["frame_number"]] = frame
             acquired += 1
             now = time.monotonic()
             if now - last_report >= REPORT_INTERVAL_S:
                 last_report = now
                 self.emit({"event": "acquisition", "run_id": run.run_id, **counters()})
         run.frames_sent = sent
+        if recording is not None:
+            recording.flush()
+            written = min(acquired + camera_drops, n_frames)
+            if written < n_frames:  # an aborted run: keep only the frames it has
+                np.save(run.output_dir / "frames.npy", np.array(recording[:written]))
+            del recording
         final = counters()
         self.emit({"event": "acquisition", "run_id": run.run_id, **final})
         return final

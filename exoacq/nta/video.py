@@ -40,11 +40,11 @@ class Video:
     height: int
     warnings: list[str] = field(default_factory=list)
     _files: list[Path] | None = None
-    _stack: list[np.ndarray] | None = None
+    _stack: list[np.ndarray] | np.ndarray | None = None
 
     def frames(self) -> Iterator[np.ndarray]:
         if self._stack is not None:
-            yield from (to_gray(f) for f in self._stack)
+            yield from (to_gray(np.asarray(f)) for f in self._stack)
             return
         if self._files is not None:
             for file in self._files:
@@ -96,6 +96,14 @@ def open_video(path: Path | str) -> Video:
             raise ExoacqError(f"{files[0]}: not a readable image")
         h, w = first.shape[:2]
         return Video(path, None, len(files), w, h, _files=files)
+    if path.suffix.lower() == ".npy":  # frames saved by the daemon (nta.save_frames)
+        try:
+            stack = np.load(path, mmap_mode="r")
+        except ValueError as exc:
+            raise ExoacqError(f"{path}: not a frame stack ({exc})") from None
+        if stack.ndim != 3:
+            raise ExoacqError(f"{path}: a frame stack has 3 dimensions (frames, rows, columns), not {stack.ndim}")
+        return Video(path, None, len(stack), stack.shape[2], stack.shape[1], _stack=stack)
     if path.suffix.lower() in TIFF_SUFFIXES:
         ok, stack = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
         if not ok or not stack:
