@@ -68,7 +68,7 @@ def bench_realtime(*, width: int = 1280, height: int = 1024, fps: float = 30.0, 
                 collector = threading.Thread(target=collect, name="latency")
                 collector.start()
                 try:
-                    result = follow_run(client, {"method": "nta", "duration_s": duration_s, "sample": "bench"},
+                    result = follow_run(client, {"method": "nta", "duration_s": duration_s, "captures": 1, "sample": "bench"},
                                         timeout_s=duration_s + 300)
                 finally:
                     done.set()

@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("acquire", help="run an acquisition on the daemon and print its result")
     p.add_argument("method", choices=["nta"], help="measurement method")
-    p.add_argument("--duration", type=_positive_float, default=30.0, help="seconds of video (default %(default)s)")
+    p.add_argument("--duration", type=_positive_float, default=60.0,
+                   help="seconds of each video (default %(default)s)")
+    p.add_argument("--captures", type=int, default=5, help="videos to record and average (default %(default)s)")
     p.add_argument("--sample", default="unnamed", help="sample name")
     p.add_argument("--dilution", type=_positive_float, default=1.0, help="dilution factor (default %(default)s: neat)")
     p.add_argument("--json", action="store_true", help="print the final nta.result document alone on stdout")
@@ -202,7 +204,8 @@ def _client(args: argparse.Namespace):
 def cmd_acquire(args: argparse.Namespace) -> int:
     from exoacq.client import ProgressBar, follow_run, format_result
 
-    request = {"method": args.method, "duration_s": args.duration, "sample": args.sample, "dilution": args.dilution}
+    request = {"method": args.method, "duration_s": args.duration, "captures": args.captures,
+               "sample": args.sample, "dilution": args.dilution}
     bar = ProgressBar()
     with _client(args) as client:
         try:

@@ -115,7 +115,8 @@ class ProgressBar(StatusLine):
             size = document["size_nm"]
             mean = f"{size['mean']:.0f} nm" if size.get("mean") is not None else "-"
             ppf = document.get("particles_per_frame")
-            text = (f"[{bar}] {document['elapsed_s']:5.1f}/{document['duration_s']:g} s  "
+            capture = f"capture {document['capture']}/{document['captures']} " if document["captures"] > 1 else ""
+            text = (f"{capture}[{bar}] {document['elapsed_s']:5.1f}/{document['duration_s']:g} s  "
                     f"frames {frames['acquired']} ({frames['dropped']} dropped)  "
                     f"{'-' if ppf is None else round(ppf, 1)} particles/frame  "
                     f"{document['tracks']['used']} tracks  mean {mean}")
@@ -130,13 +131,21 @@ def format_result(doc: dict[str, Any]) -> str:
     """A readable table of an ``nta.result`` document."""
     frames = doc["frames"]
     lines = [
-        f"Run {doc['run_id']}  sample '{doc['sample']}'  ({doc['duration_s']:g} s, dilution x{doc['dilution']:g})",
+        f"Run {doc['run_id']}  sample '{doc['sample']}'  ({len(doc.get('captures') or [1])} x {doc['duration_s']:g} s, "
+        f"dilution x{doc['dilution']:g})",
         format_summary(doc),
         f"  Frames            {frames['acquired']} acquired, {frames['processed']} processed, "
         f"{frames['dropped']} dropped",
     ]
+    se = doc.get("standard_error")
+    if se:
+        size = se["size_nm"]
+        lines.append(f"  Standard error    mean {_num(size['mean'], '.1f')} nm, mode {_num(size['mode'], '.1f')} nm, "
+                     f"D50 {_num(size['d50'], '.1f')} nm, concentration {_num(se['concentration_per_ml'], '.2g')} "
+                     f"particles/mL (over {len(doc['captures'])} captures)")
     if doc.get("files"):
-        lines.append(f"  Tracks file       {doc['files'].get('tracks')}")
+        tracks = doc["files"].get("tracks") or next(iter(doc["files"].values()))
+        lines.append(f"  Tracks file       {tracks}{' (and one per capture)' if se else ''}")
     for warning in doc.get("warnings", []):
         lines.append(f"  Warning: {warning}")
     return "\n".join(lines)

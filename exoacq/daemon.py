@@ -32,6 +32,7 @@ from exoacq.instruments import Instruments, connect_instruments
 from exoacq.sdnotify import notify
 from exoacq.nta.acquisition import NTAAcquisition, Run, validate_request
 from exoacq.nta.pipeline import TrackingPipeline
+from exoacq.nta.results import combine_captures
 from exoacq.storage import FINAL_STATES, RunStore
 
 log = logging.getLogger("exoacq.daemon")
@@ -58,6 +59,10 @@ class _RunStatus:
         self.processing_since: float | None = None
         #: Why the main thread failed this run while the acquisition thread still held the hardware.
         self.failure: str | None = None
+        #: The tracking core's results, by capture number.
+        self.capture_results: dict[int, dict[str, Any]] = {}
+        self.capture = 0
+        self.result_stored = False
 
 
 class Daemon:
@@ -318,7 +323,8 @@ class Daemon:
                 if status is not None:
                     self._fail(status, f"the tracking core did not take {event['topic']} (is it running?)")
             return
-        status = self._runs.get(event.get("run_id"))
+        run_id, _, capture = str(event.get("run_id")).partition("/")  # the tracker names captures run/k
+        status = self._runs.get(run_id)
         if kind == "error":
             log.error("tracking core: %s\n%s", event.get("message"), event.get("detail", ""))
             if status is not None:
@@ -337,23 +343,36 @@ class Daemon:
                 state, error = "failed", status.failure  # the hardware is safe now: record the real cause
             if status.state not in FINAL_STATES:
                 self._set_state(status.run.run_id, state, error=error)
+            self._maybe_finish(status)
         elif kind == "settings":
             status.tracking, status.instrument_settings = event["tracking"], event["instruments"]
         elif kind == "acquisition":
             status.acquisition.update(event)
+            status.capture = event.get("capture", status.capture)
         elif kind == "progress":
             status.tracker = event
             now = time.monotonic()
             if now - self._last_progress >= MIN_PROGRESS_INTERVAL_S:  # fresh frames: publish now
                 self._publish_progress()
         elif kind == "result":
-            self._on_result(status, event)
+            status.capture_results[int(capture or 1)] = {"capture": int(capture or 1), **event}
+            self._maybe_finish(status)
 
-    def _on_result(self, status: _RunStatus, event: dict[str, Any]) -> None:
-        run, summary = status.run, event["summary"]
+    def _maybe_finish(self, status: _RunStatus) -> None:
+        """Once every capture's result is in, store (and, if done, publish) the run's result."""
+        if status.result_stored or status.state not in ("processing", "aborted"):
+            return
+        # done: every capture; aborted: the ones completely handed to the tracker (a partial result)
+        wanted = status.run.settings["captures"] if status.state == "processing" else status.run.captures_ended
+        if wanted == 0 or len(status.capture_results) < wanted:
+            return
+        status.result_stored = True
+        run = status.run
+        summary = combine_captures([status.capture_results[k] for k in sorted(status.capture_results)])
         acq = status.acquisition
         frames = {"planned": acq.get("frames_planned"), "acquired": acq.get("frames_acquired", 0),
-                  "processed": event["frames_processed"], "dropped": acq.get("frames_dropped", 0),
+                  "processed": sum(r["frames_processed"] for r in status.capture_results.values()),
+                  "dropped": acq.get("frames_dropped", 0),
                   "dropped_by": acq.get("frames_dropped_by", {"camera": 0, "tracker": 0})}
         warnings = list(summary.pop("warnings"))
         by = frames["dropped_by"]
@@ -363,18 +382,15 @@ class Daemon:
         if by["camera"]:
             warnings.append(f"the camera lost {by['camera']} frames: the acquisition fell behind its frame "
                             "clock (machine overloaded?)")
-        tracking = event.get("tracking") or status.tracking  # with the run's mean temperature
+        tracking = status.tracking
         document = make_document(
             "nta.result", run.run_id, method="nta", complete=status.state != "aborted",
             sample=run.settings["sample"], dilution=run.settings["dilution"],
-            duration_s=run.settings["duration_s"], **summary,
-            temperature_c=tracking.get("temperature_c"), viscosity_mpa_s=tracking.get("viscosity_mpa_s"),
-            frames=frames, warnings=warnings,
+            duration_s=run.settings["duration_s"], **summary, frames=frames, warnings=warnings,
             detection_volume={"nl": tracking.get("detection_volume_nl"),
                               "source": self.config.nta.detection_volume_source},
             settings={"acquisition": run.settings, "tracking": tracking,
                       "instruments": status.instrument_settings},
-            files=event.get("files", {}),
         )
         self.store.save_result(run.run_id, document)
         if status.state == "processing":
@@ -409,6 +425,7 @@ class Daemon:
         size = summary.get("size_nm") or {}
         publish(self.results, "nta.progress", make_document(
             "nta.progress", status.run.run_id, state=status.state,
+            capture=status.capture, captures=status.run.settings["captures"],
             duration_s=status.run.settings["duration_s"],
             elapsed_s=acq.get("elapsed_s", 0.0),
             frames={"planned": acq.get("frames_planned"), "acquired": acq.get("frames_acquired", 0),

@@ -80,7 +80,8 @@ def run_demo(duration_s: float = 10.0) -> int:
                   f"laser {status['instruments']['laser'].get('model', '?')}", file=sys.stderr)
             bar = ProgressBar()
             try:
-                result = follow_run(client, {"method": "nta", "duration_s": duration_s, "sample": "demo 100 nm beads"},
+                result = follow_run(client, {"method": "nta", "duration_s": duration_s, "captures": 1,
+                                                     "sample": "demo 100 nm beads"},
                                     on_document=bar, timeout_s=duration_s + 120)
             finally:
                 bar.close()

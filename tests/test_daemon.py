@@ -54,7 +54,7 @@ def test_acquire_nta_publishes_documents_matching_the_protocol(daemon):
     collector = threading.Thread(target=collect)
     collector.start()
     try:
-        proc = run_cli("acquire", "nta", "--duration", "5", "--json", "--sample", "beads-100",
+        proc = run_cli("acquire", "nta", "--duration", "5", "--captures", "1", "--json", "--sample", "beads-100",
                        "--control", daemon.control)
         time.sleep(0.5)
     finally:
@@ -103,7 +103,7 @@ def test_acquire_nta_publishes_documents_matching_the_protocol(daemon):
 
 
 def test_runs_lists_and_shows_stored_runs(daemon):
-    proc = run_cli("acquire", "nta", "--duration", "2", "--json", "--sample", "stored", "--dilution", "10",
+    proc = run_cli("acquire", "nta", "--duration", "2", "--captures", "1", "--json", "--sample", "stored", "--dilution", "10",
                    "--control", daemon.control)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -165,7 +165,7 @@ def test_stop_aborts_the_run_and_switches_the_laser_off(daemon):
     sub.setsockopt(zmq.UNSUBSCRIBE, b"")
     sub.setsockopt(zmq.SUBSCRIBE, b"run.state")
     with ControlClient(daemon.control) as client:
-        run_id = client.request("acquire", method="nta", duration_s=60, sample="to-stop")["run_id"]
+        run_id = client.request("acquire", method="nta", duration_s=60, captures=1, sample="to-stop")["run_id"]
         deadline = time.monotonic() + 20
         while client.request("status")["current_run"] is None or \
                 client.request("status")["current_run"]["state"] != "acquiring":
@@ -195,7 +195,7 @@ def test_watch_prints_documents_as_json_lines(daemon):
     watcher = subprocess.Popen([sys.executable, "-m", "exoacq", "watch", "run.state", "--count", "3",
                                 "--control", daemon.control], stdout=subprocess.PIPE, text=True)
     time.sleep(1.5)
-    proc = run_cli("acquire", "nta", "--duration", "1", "--json", "--control", daemon.control)
+    proc = run_cli("acquire", "nta", "--duration", "1", "--captures", "1", "--json", "--control", daemon.control)
     assert proc.returncode == 0, proc.stderr
     out, _ = watcher.communicate(timeout=30)
     lines = [json.loads(line) for line in out.splitlines()]
@@ -207,7 +207,7 @@ def test_sigterm_aborts_the_run_and_exits_cleanly(tmp_path):
     d = RunningDaemon(tmp_path)
     from exoacq.bus import ControlClient
     with ControlClient(d.control) as client:
-        run_id = client.request("acquire", method="nta", duration_s=60, sample="sigterm")["run_id"]
+        run_id = client.request("acquire", method="nta", duration_s=60, captures=1, sample="sigterm")["run_id"]
         deadline = time.monotonic() + 20
         while (client.request("status")["current_run"] or {}).get("state") != "acquiring":
             assert time.monotonic() < deadline
@@ -237,7 +237,7 @@ def test_frames_the_tracker_cannot_take_are_counted_not_hidden(tmp_path):
     d.data_dir, d.log = tmp_path / "data", tmp_path / "daemon.log"
     d.process, d.control = start_daemon(d.data_dir, d.log, extra=["--config", str(config)])
     try:
-        proc = run_cli("acquire", "nta", "--duration", "3", "--json", "--control", d.control)
+        proc = run_cli("acquire", "nta", "--duration", "3", "--captures", "1", "--json", "--control", d.control)
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
     finally:
@@ -261,7 +261,7 @@ def test_a_crashed_tracking_core_fails_the_run_and_is_restarted(tmp_path):
     try:
         with ControlClient(d.control) as client:
             old_pid = client.request("status")["tracker"]["pid"]
-            run_id = client.request("acquire", method="nta", duration_s=60, sample="crash")["run_id"]
+            run_id = client.request("acquire", method="nta", duration_s=60, captures=1, sample="crash")["run_id"]
             deadline = time.monotonic() + 20
             while (client.request("status")["current_run"] or {}).get("state") != "acquiring":
                 assert time.monotonic() < deadline
@@ -280,8 +280,42 @@ def test_a_crashed_tracking_core_fails_the_run_and_is_restarted(tmp_path):
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
             assert client.request("status")["tracker"]["pid"] != old_pid
-        proc = run_cli("acquire", "nta", "--duration", "2", "--json", "--control", d.control)
+        proc = run_cli("acquire", "nta", "--duration", "2", "--captures", "1", "--json", "--control", d.control)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["frames"]["processed"] == 50
     finally:
         assert d.stop() == 0
+
+
+def test_captures_are_averaged_with_their_standard_error(daemon):
+    ctx, sub = plain_subscriber(daemon.endpoints["results"])
+    sub.setsockopt(zmq.UNSUBSCRIBE, b"")
+    sub.setsockopt(zmq.SUBSCRIBE, b"nta.progress")
+    proc = run_cli("acquire", "nta", "--duration", "2", "--captures", "3", "--dilution", "10", "--json",
+                   "--control", daemon.control)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    seen = set()
+    while sub.poll(0):
+        doc = json.loads(sub.recv_multipart()[1])
+        if doc["run_id"] == result["run_id"]:
+            assert doc["captures"] == 3
+            seen.add(doc["capture"])
+    sub.close()
+    ctx.term()
+    assert seen >= {1, 2, 3}
+    jsonschema.validate(result, load_schema("nta.result"))
+    captures = result["captures"]
+    assert [c["capture"] for c in captures] == [1, 2, 3]
+    assert result["frames"]["acquired"] == result["frames"]["processed"] == 150
+    means = [c["size_nm"]["mean"] for c in captures]
+    assert result["size_nm"]["mean"] == pytest.approx(sum(means) / 3)
+    sd = (sum((m - sum(means) / 3) ** 2 for m in means) / 2) ** 0.5
+    assert result["standard_error"]["size_nm"]["mean"] == pytest.approx(sd / 3 ** 0.5)
+    concentrations = [c["concentration_per_ml"] for c in captures]
+    assert result["concentration_per_ml"] == pytest.approx(sum(concentrations) / 3)
+    assert result["tracks"]["used"] == sum(c["tracks"]["used"] for c in captures)
+    assert sum(result["histogram"]["counts"]) == result["tracks"]["used"]
+    assert len(result["standard_error"]["histogram"]["values"]) == len(result["histogram"]["bin_centres_nm"])
+    for k in (1, 2, 3):
+        assert (daemon.data_dir / "runs" / result["run_id"] / f"capture-{k}" / "tracks.csv").exists()

@@ -25,7 +25,7 @@ def test_shutdown_during_a_run_turns_the_laser_off(tmp_path):
     laser = daemon.instruments.simulators["laser"]
     try:
         with ControlClient(config.daemon.control) as client:
-            client.request("acquire", method="nta", duration_s=60)
+            client.request("acquire", method="nta", duration_s=60, captures=1)
             deadline = time.monotonic() + 20
             while laser.emitted_power_mw == 0:
                 assert time.monotonic() < deadline
@@ -67,21 +67,21 @@ def test_an_open_interlock_fails_the_run_with_the_lasers_own_words(inprocess_dae
     laser = inprocess_daemon.instruments.simulators["laser"]
     laser.interlock_open = True
     with ControlClient(inprocess_daemon.config.daemon.control) as client:
-        run_id = client.request("acquire", method="nta", duration_s=2)["run_id"]
+        run_id = client.request("acquire", method="nta", duration_s=2, captures=1)["run_id"]
         record = wait_for_state(client, run_id, {"done", "failed", "aborted"})
         assert record["state"] == "failed"
         assert "interlock open" in record["error"]
         assert laser.emitted_power_mw == 0.0
         laser.interlock_open = False  # the operator closes the lid: the next run works
-        run_id = client.request("acquire", method="nta", duration_s=1)["run_id"]
+        run_id = client.request("acquire", method="nta", duration_s=1, captures=1)["run_id"]
         assert wait_for_state(client, run_id, {"done", "failed", "aborted"})["state"] == "done"
 
 
 def test_runs_queue_and_execute_in_order(inprocess_daemon):
     with ControlClient(inprocess_daemon.config.daemon.control) as client:
-        first = client.request("acquire", method="nta", duration_s=1, sample="first")["run_id"]
-        second = client.request("acquire", method="nta", duration_s=1, sample="second")["run_id"]
-        third = client.request("acquire", method="nta", duration_s=1, sample="third")["run_id"]
+        first = client.request("acquire", method="nta", duration_s=1, captures=1, sample="first")["run_id"]
+        second = client.request("acquire", method="nta", duration_s=1, captures=1, sample="second")["run_id"]
+        third = client.request("acquire", method="nta", duration_s=1, captures=1, sample="third")["run_id"]
         assert client.request("run", run_id=second)["state"] == "queued"
         assert client.request("stop", run_id=third) == {"run_id": third, "state": "aborted"}
         done = [wait_for_state(client, r, {"done", "failed", "aborted"}) for r in (first, second, third)]

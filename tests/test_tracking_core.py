@@ -72,7 +72,7 @@ def test_two_local_workers_share_the_frames(tmp_path):
     try:
         with ControlClient(control) as client:
             assert len(client.request("status")["tracker"]["workers"]["local"]) == 2
-        proc = run_cli("acquire", "nta", "--duration", "3", "--json", "--control", control)
+        proc = run_cli("acquire", "nta", "--duration", "3", "--captures", "1", "--json", "--control", control)
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
     finally:
@@ -96,7 +96,7 @@ def test_a_worker_started_elsewhere_serves_the_daemon(tmp_path):
             while client.request("status")["tracker"]["workers"]["ready"] < 1:
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
-        proc = run_cli("acquire", "nta", "--duration", "2", "--json", "--control", control)
+        proc = run_cli("acquire", "nta", "--duration", "2", "--captures", "1", "--json", "--control", control)
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         assert result["frames"]["processed"] == result["frames"]["acquired"] == 50
@@ -113,7 +113,7 @@ def test_daemon_and_offline_analysis_agree_on_the_same_frames(tmp_path):
                       'calibration = "calibrations/nta/simulated-camera.toml"\n')
     process, control = start_daemon(tmp_path / "data", tmp_path / "daemon.log", extra=["--config", str(config)])
     try:
-        proc = run_cli("acquire", "nta", "--duration", "4", "--dilution", "10", "--json", "--control", control)
+        proc = run_cli("acquire", "nta", "--duration", "4", "--captures", "1", "--dilution", "10", "--json", "--control", control)
         assert proc.returncode == 0, proc.stderr
         live = json.loads(proc.stdout)
     finally:

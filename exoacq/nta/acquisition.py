@@ -28,22 +28,34 @@ from exoacq.physics import water_viscosity_iapws_mpa_s
 #: Acquisition counters are reported this often.
 REPORT_INTERVAL_S = 0.25
 MAX_DURATION_S = 3600.0
+MAX_CAPTURES = 100
+
+
+def capture_id(run_id: str, capture: int) -> str:
+    """The tracking core's name of one capture (video) of a run: ``<run_id>/<capture>``, from 1."""
+    return f"{run_id}/{capture}"
 
 
 def validate_request(params: dict[str, Any]) -> dict[str, Any]:
     """Check an ``acquire`` request for NTA; return the run settings (units in keys)."""
-    allowed = {"duration_s", "sample", "dilution"}
+    allowed = {"duration_s", "sample", "dilution", "captures"}
     unknown = set(params) - allowed
     if unknown:
         raise ProtocolError(f"unknown parameter(s) for an NTA acquisition: {', '.join(sorted(unknown))}; "
                             f"allowed: {', '.join(sorted(allowed))}")
-    settings = {"duration_s": 30.0, "sample": "unnamed", "dilution": 1.0}
+    # Default as common SOPs: 5 captures of 60 s, averaged with their standard error.
+    settings = {"duration_s": 60.0, "sample": "unnamed", "dilution": 1.0, "captures": 5}
     settings.update({k: v for k, v in params.items() if v is not None})
     duration, dilution, sample = settings["duration_s"], settings["dilution"], settings["sample"]
     if not isinstance(duration, (int, float)) or isinstance(duration, bool) or not 0 < duration <= MAX_DURATION_S:
         raise ProtocolError(f"duration_s = {duration!r}: must be a number of seconds in (0, {MAX_DURATION_S:g}]")
     if not isinstance(dilution, (int, float)) or isinstance(dilution, bool) or not 1 <= dilution <= 1e9:
         raise ProtocolError(f"dilution = {dilution!r}: must be a dilution factor from 1 (neat) to 1e9")
+    captures = settings["captures"]
+    if not isinstance(captures, int) or isinstance(captures, bool) or not 1 <= captures <= MAX_CAPTURES:
+        raise ProtocolError(f"captures = {captures!r}: must be a whole number of videos from 1 to {MAX_CAPTURES}")
+    if duration * captures > MAX_DURATION_S * 4:
+        raise ProtocolError(f"{captures} captures of {duration:g} s is more than {MAX_DURATION_S * 4:g} s of video")
     if not isinstance(sample, str) or not 0 < len(sample) <= 200:
         raise ProtocolError(f"sample = {sample!r}: must be a name of 1 to 200 characters")
     settings["duration_s"], settings["dilution"] = float(duration), float(dilution)
@@ -59,8 +71,12 @@ class Run:
     abort_reason: str = ""
     #: Detection parameters sent with every frame (the workers are stateless).
     locate: dict[str, Any] = field(default_factory=dict)
-    #: Frames handed to the tracking core (its sequence numbers run 0 .. frames_sent - 1).
+    #: Frames handed to the tracking core in the current capture (sequence numbers 0 .. frames_sent - 1).
     frames_sent: int = 0
+    #: The capture (video) being acquired, from 1; and the last one handed over completely.
+    capture: int = 0
+    captures_ended: int = 0
+    params: TrackingParameters | None = None
     finished: threading.Event = field(default_factory=threading.Event)
 
     def request_abort(self, reason: str) -> None:
@@ -93,13 +109,37 @@ class NTAAcquisition:
         run.settings["temperature_start_c"] = temperature_c
         self.emit({"event": "settings", "run_id": run.run_id, "tracking": params.to_dict(),
                    "instruments": self.instruments.describe()})
-        self._to_tracker("run.begin", {"run_id": run.run_id, "params": params.to_dict(),
-                                       "output_dir": str(run.output_dir)})
+        run.params = params
         run.locate = params.locate_options()
         camera.start()
         return params
 
     def exec(self, run: Run) -> dict[str, Any]:
+        """All captures of the run, one after the other; returns the summed counters."""
+        totals: dict[str, Any] = {}
+        for capture in range(1, run.settings["captures"] + 1):
+            if run.abort.is_set():
+                break
+            run.capture = capture
+            multi = run.settings["captures"] > 1
+            output = run.output_dir / f"capture-{capture}" if multi else run.output_dir
+            output.mkdir(exist_ok=True)
+            start_c = self.instruments.thermometer.temperature_c()
+            self._to_tracker("run.begin", {"run_id": capture_id(run.run_id, capture),
+                                           "params": run.params.to_dict(), "output_dir": str(output)})
+            counters = self._capture(run, output)
+            end_c = self.instruments.thermometer.temperature_c()
+            self._to_tracker("run.end", {"run_id": capture_id(run.run_id, capture), "frames_sent": run.frames_sent,
+                                         "aborted": run.abort.is_set(), "temperature_c": (start_c + end_c) / 2})
+            run.captures_ended = capture
+            for key, value in counters.items():
+                if key == "frames_dropped_by":
+                    totals[key] = {k: totals.get(key, {}).get(k, 0) + v for k, v in value.items()}
+                elif key != "elapsed_s":
+                    totals[key] = totals.get(key, 0) + value
+        return totals
+
+    def _capture(self, run: Run, output: Path) -> dict[str, Any]:
         camera = self.instruments.camera
         n_frames = max(1, math.ceil(run.settings["duration_s"] * camera.frame_rate_hz))
         acquired = tracker_drops = sent = 0
@@ -109,7 +149,7 @@ class NTAAcquisition:
         last_report = 0.0
         recording = None
         if self.config.nta.save_frames:  # raw frames, for offline re-analysis (exoacq analyze)
-            recording = np.lib.format.open_memmap(run.output_dir / "frames.npy", mode="w+", dtype=camera.dtype,
+            recording = np.lib.format.open_memmap(output / "frames.npy", mode="w+", dtype=camera.dtype,
                                                   shape=(n_frames, camera.height, camera.width))
 
         def counters() -> dict[str, Any]:
@@ -123,11 +163,11 @@ class NTAAcquisition:
             timestamp = camera.fill(frame)
             camera_drops = camera.frames_dropped - camera_drops_before
             # Frames the camera lost leave a gap in the numbering: the tracker ends its tracks there.
-            header = {"run_id": run.run_id, "frame_number": acquired + camera_drops, "timestamp": timestamp,
-                      "exposure_ms": camera.exposure_ms}
+            header = {"run_id": run.run_id, "capture": run.capture, "frame_number": acquired + camera_drops,
+                      "timestamp": timestamp, "exposure_ms": camera.exposure_ms}
             try:
-                send_frame(self.frames_socket, {**header, "seq": sent, "locate": run.locate}, frame,
-                           flags=zmq.NOBLOCK)
+                send_frame(self.frames_socket, {**header, "run_id": capture_id(run.run_id, run.capture),
+                                                "seq": sent, "locate": run.locate}, frame, flags=zmq.NOBLOCK)
                 sent += 1
             except zmq.Again:
                 tracker_drops += 1
@@ -141,16 +181,16 @@ class NTAAcquisition:
             now = time.monotonic()
             if now - last_report >= REPORT_INTERVAL_S:
                 last_report = now
-                self.emit({"event": "acquisition", "run_id": run.run_id, **counters()})
+                self.emit({"event": "acquisition", "run_id": run.run_id, "capture": run.capture, **counters()})
         run.frames_sent = sent
         if recording is not None:
             recording.flush()
             written = min(acquired + camera_drops, n_frames)
             if written < n_frames:  # an aborted run: keep only the frames it has
-                np.save(run.output_dir / "frames.npy", np.array(recording[:written]))
+                np.save(output / "frames.npy", np.array(recording[:written]))
             del recording
         final = counters()
-        self.emit({"event": "acquisition", "run_id": run.run_id, **final})
+        self.emit({"event": "acquisition", "run_id": run.run_id, "capture": run.capture, **final})
         return final
 
     def teardown(self, run: Run) -> None:
@@ -161,14 +201,13 @@ class NTAAcquisition:
                 step()
             except DeviceError as exc:
                 errors.append(str(exc))
-        temperature_c = None
         try:
             run.settings["temperature_end_c"] = self.instruments.thermometer.temperature_c()
-            temperature_c = (run.settings["temperature_start_c"] + run.settings["temperature_end_c"]) / 2
-        except (DeviceError, KeyError) as exc:
-            errors.append(str(exc)) if isinstance(exc, DeviceError) else None
-        self._to_tracker("run.end", {"run_id": run.run_id, "frames_sent": run.frames_sent,
-                                     "aborted": run.abort.is_set(), "temperature_c": temperature_c})
+        except DeviceError as exc:
+            errors.append(str(exc))
+        if run.capture > run.captures_ended:  # a capture cut short by an error: close it at the tracker
+            self._to_tracker("run.end", {"run_id": capture_id(run.run_id, run.capture),
+                                         "frames_sent": run.frames_sent, "aborted": True, "temperature_c": None})
         if errors:
             raise DeviceError("; ".join(errors))
 

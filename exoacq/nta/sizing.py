@@ -8,7 +8,7 @@ a tracker can keep in O(1) per feature (one frame interval per step, no gaps):
 * ``sum_cross_um2``: sum over consecutive step pairs of dx_n dx_{n+1} + dy_n dy_{n+1};
 * ``n_pairs``: number of such pairs (n_steps - 1 for a gap-free track).
 
-Model (Vestergaard, Blainey & Flyvbjerg 2014, Phys. Rev. E 89:022726, Sec. II,
+Model (Vestergaard, Blainey & Flyvbjerg 2014, Phys. Rev. E 89:022726,
 "VBF"): a recorded coordinate is the true Brownian position averaged with the
 shutter (illumination) function over the exposure, plus independent Gaussian
 localisation noise of variance sigma^2. With the motion-blur coefficient
@@ -29,13 +29,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import nnls
 from scipy.special import gammaln
 
 from exoacq.physics import stokes_einstein_diffusion_um2_s, water_viscosity_iapws_mpa_s
 
 #: Below this many tracks a deconvolved distribution is returned without statistics.
 MIN_TRACKS_FOR_STATISTICS = 10
-STATISTICS_KEYS = ("mean", "mode", "sd", "d10", "d50", "d90")
 
 
 def blur_coefficient(exposure_s: float, frame_interval_s: float) -> float:
@@ -98,6 +98,9 @@ def pooled_localisation_variance_um2(n_steps, sum_sq_um2, sum_cross_um2, n_pairs
     Each per-track estimate is unbiased whatever the track's D, so the weighted
     mean is too (pooling the sums themselves would not be, for a polydisperse
     sample). sigma^2 depends on brightness, hence on size: this is an average.
+    Its error is of order D dt / sqrt(pairs), so when sigma^2 << D dt (small
+    particles) it can come out negative; and an error dR in the blur
+    coefficient shifts it by 2 D dt dR (a = 2 D dt (1-2R) + 2 sigma^2 stays right).
     """
     v = cve_localisation_variance_um2(n_steps, sum_sq_um2, sum_cross_um2, n_pairs, blur)
     m = np.atleast_1d(np.asarray(n_pairs, float))
@@ -137,7 +140,8 @@ def cve_variance_um4_s2(diffusion_um2_s, localisation_variance_um2, n_steps, fra
 def step_moments_um2(diffusion_um2_s, frame_interval_s: float, blur: float, localisation_variance_um2: float):
     """(a, b): variance and lag-1 covariance of one coordinate step (module docstring)."""
     u = np.asarray(diffusion_um2_s, float) * frame_interval_s
-    return 2.0 * u * (1.0 - 2.0 * blur) + 2.0 * localisation_variance_um2, 2.0 * blur * u - localisation_variance_um2
+    s2 = localisation_variance_um2
+    return 2.0 * u * (1.0 - 2.0 * blur) + 2.0 * s2, 2.0 * blur * u - s2
 
 
 def sum_sq_log_likelihood(n_steps, sum_sq_um2, diffusion_um2_s, frame_interval_s: float, blur: float,
@@ -156,18 +160,11 @@ def sum_sq_log_likelihood(n_steps, sum_sq_um2, diffusion_um2_s, frame_interval_s
     a, b = step_moments_um2(np.asarray(diffusion_um2_s, float)[None, :], frame_interval_s, blur,
                             localisation_variance_um2)
     if np.any(a <= 0):
-        raise ValueError("non-positive step variance: check D, blur and localisation variance")
+        raise ValueError("step variance 2 D dt (1-2R) + 2 sigma^2 <= 0: localisation variance too negative")
     var_over_4 = n * a**2 + 2.0 * (n - 1.0) * b**2
     shape = n**2 * a**2 / var_over_4
     scale = 2.0 * var_over_4 / (n * a)
     return (shape - 1.0) * np.log(s) - s / scale - shape * np.log(scale) - gammaln(shape)
-
-
-def _log_cells(diameter_nm: np.ndarray) -> np.ndarray:
-    """Cell edges in ln(d): midpoints between grid points, the end cells mirrored."""
-    ln = np.log(diameter_nm)
-    mid = (ln[1:] + ln[:-1]) / 2.0
-    return np.concatenate([[2 * ln[0] - mid[0]], mid, [2 * ln[-1] - mid[-1]]])
 
 
 def distribution_statistics(diameter_nm, probability) -> dict[str, float]:
@@ -186,7 +183,9 @@ def distribution_statistics(diameter_nm, probability) -> dict[str, float]:
     if np.any(p < 0) or not p.sum() > 0:
         raise ValueError("probabilities must be >= 0 with a positive sum")
     p = p / p.sum()
-    edges = _log_cells(d)
+    ln = np.log(d)
+    mid = (ln[1:] + ln[:-1]) / 2.0
+    edges = np.concatenate([[2 * ln[0] - mid[0]], mid, [2 * ln[-1] - mid[-1]]])  # cells in ln(d)
     widths = np.diff(edges)
     mean = float(p @ d)
     cdf = np.cumsum(p)
@@ -211,10 +210,11 @@ def distribution_statistics(diameter_nm, probability) -> dict[str, float]:
 class SizeDistribution:
     """A deconvolved number size distribution.
 
-    ``probability[j]`` is the number fraction in the cell of ``diameter_nm[j]``
-    (sums to 1). ``statistics`` is None when too few tracks, with ``reason``.
-    ``kkt_gap`` bounds how far the mean log-likelihood per track is below its
-    maximum (pure ML only).
+    ``probability[j]``: number fraction in the cell of ``diameter_nm[j]`` (sums
+    to 1). ``statistics``: None with a ``reason`` when there are too few tracks.
+    ``smoothing_ln_sd``: the kernel width of ``probability`` (0: plain ML);
+    ``mode_smoothing_ln_sd``: that of the distribution the mode comes from.
+    ``kkt_gap``: bound (nats, all tracks) on the distance to the maximum.
     """
 
     diameter_nm: np.ndarray
@@ -225,7 +225,9 @@ class SizeDistribution:
     iterations: int
     converged: bool
     kkt_gap: float
-    mean_log_likelihood: float
+    log_likelihood: float
+    smoothing_ln_sd: float
+    mode_smoothing_ln_sd: float | None
 
 
 def default_diameter_grid_nm(low_nm: float = 10.0, high_nm: float = 2000.0, points: int = 200) -> np.ndarray:
@@ -233,37 +235,130 @@ def default_diameter_grid_nm(low_nm: float = 10.0, high_nm: float = 2000.0, poin
     return np.geomspace(low_nm, high_nm, points)
 
 
+def _newton(f: np.ndarray, tolerance_nats: float, max_iterations: int):
+    """Maximise sum_i log (f p)_i over the simplex; returns (p, converged, gap, iterations).
+
+    Constrained Newton method (Wang 2007, J. R. Stat. Soc. B 69:185): with
+    q = f p and g_j = mean_i f_ij / q_i, the support is extended by the local
+    maxima of g above 1; on it the second-order expansion of the
+    log-likelihood is maximised by non-negative least squares,
+    min |S pi - 2|^2 with S_ij = f_ij / q_i and sum(pi) = 1 imposed by a
+    heavily weighted extra row; pi - p is the direction of an Armijo line search.
+    """
+    tracks, points = f.shape
+    p = np.full(points, 1.0 / points)
+    q = f @ p
+    log_likelihood = float(np.log(q).sum())
+    gap = math.inf
+    for iteration in range(1, max_iterations + 1):
+        gradient = f.T @ (1.0 / q)  # = tracks * g
+        gap = float(gradient.max()) - tracks
+        if gap < tolerance_nats:
+            return p, True, gap, iteration
+        padded = np.concatenate([[-np.inf], gradient, [-np.inf]])
+        peaks = (gradient >= padded[:-2]) & (gradient >= padded[2:]) & (gradient > tracks)
+        support = np.flatnonzero((p > 0) | peaks)
+        weight_row = np.full((1, support.size), 1e3 * math.sqrt(tracks))  # without it, pi = 2 p is exact
+        weights, _ = nnls(np.vstack([f[:, support] / q[:, None], weight_row]),
+                          np.append(np.full(tracks, 2.0), weight_row[0, 0]), maxiter=50 * support.size)
+        if not weights.sum() > 0:
+            return p, False, gap, iteration
+        direction = -p
+        direction[support] += weights / weights.sum()
+        slope, step = float(gradient @ direction), 1.0
+        while True:
+            trial = p + step * direction
+            q_trial = f @ trial
+            ll_trial = float(np.log(q_trial).sum()) if np.all(q_trial > 0) else -math.inf
+            if ll_trial >= log_likelihood + step * slope / 3.0 or step < 1e-10:
+                break
+            step /= 2.0
+        if ll_trial < log_likelihood:
+            return p, False, gap, iteration
+        p = np.where(trial > 1e-14 * trial.max(), trial, 0.0)
+        p /= p.sum()
+        q = f @ p
+        log_likelihood = float(np.log(q).sum())
+    return p, False, gap, max_iterations
+
+
+def _em(f: np.ndarray, tolerance_nats: float, max_iterations: int):
+    """EM for mixture weights (Dempster, Laird & Rubin 1977): p_j <- p_j g_j from p uniform."""
+    tracks, points = f.shape
+    p = np.full(points, 1.0 / points)
+    gap = math.inf
+    for iteration in range(1, max_iterations + 1):
+        gradient = f.T @ (1.0 / (f @ p))
+        gap = float(gradient.max()) - tracks
+        if gap < tolerance_nats:
+            return p, True, gap, iteration
+        p = p * gradient / tracks
+        p /= p.sum()
+    return p, False, gap, max_iterations
+
+
+def _fit(f, grid, smoothing_ln_sd, method, tolerance_nats, max_iterations):
+    """ML of p = K pi, K Gaussian bumps of SD smoothing_ln_sd in ln(d) (identity for 0)."""
+    kernel = None
+    if smoothing_ln_sd > 0:
+        ln = np.log(grid)
+        kernel = np.exp(-0.5 * ((ln[:, None] - ln[None, :]) / smoothing_ln_sd) ** 2)
+        kernel /= kernel.sum(axis=0, keepdims=True)
+    solver = {"newton": _newton, "em": _em}[method]
+    pi, converged, gap, iterations = solver(f if kernel is None else f @ kernel, tolerance_nats, max_iterations)
+    p = pi if kernel is None else kernel @ pi
+    return p / p.sum(), converged, gap, iterations, float(np.log(f @ p).sum())
+
+
+def _smoothest(f, grid, log_likelihood_ml, nats, *fit_options):
+    """Widest kernel (geometric bisection over 0.01-0.5 in ln(d)) within ``nats`` of the ML log-likelihood."""
+    low, high, best = 0.0, 0.5, None
+    for _ in range(8):
+        s = math.sqrt(max(low, 0.01) * high)
+        fit = _fit(f, grid, s, *fit_options)
+        if log_likelihood_ml - fit[4] <= nats:
+            low, best = s, fit
+        else:
+            high = s
+    return low, best
+
+
 def deconvolve_size_distribution(
     n_steps, sum_sq_um2, *, frame_interval_s: float, exposure_s: float, temperature_c: float,
     localisation_variance_um2: float, viscosity_mpa_s: float | None = None, diameter_grid_nm=None,
-    smoothing_ln_sd: float = 0.0, tolerance: float = 1e-3, max_iterations: int = 20000,
-    min_tracks: int = MIN_TRACKS_FOR_STATISTICS,
+    method: str = "newton", smoothing_ln_sd: float | str = 0.0, smoothing_nats: float = 1.92,
+    tolerance_nats: float = 0.01, max_iterations: int = 500, min_tracks: int = MIN_TRACKS_FOR_STATISTICS,
 ) -> SizeDistribution:
     """Maximum-likelihood number size distribution from short tracks (Walker 2012; Kim 2019, Sci. Rep. 9:2639).
 
-    The unknown is p on a diameter grid (Stokes-Einstein, viscosity by IAPWS
-    2008 at ``temperature_c`` unless given). Track i contributes
-    log sum_j p_j f(S_i | D_j, n_i), f from :func:`sum_sq_log_likelihood`
-    with the blur of ``exposure_s`` and the per-coordinate
-    ``localisation_variance_um2`` (known, or
-    :func:`pooled_localisation_variance_um2` of the same tracks). Tracks of
-    one step count; tracks of none carry no information and are dropped.
+    The unknown is p on a diameter grid (Stokes-Einstein; IAPWS viscosity at
+    ``temperature_c`` unless given). Track i contributes log sum_j p_j
+    f(S_i | D_j, n_i), f from :func:`sum_sq_log_likelihood` with the blur of
+    ``exposure_s`` and ``localisation_variance_um2`` (per coordinate; known,
+    or :func:`pooled_localisation_variance_um2`, used as it is if slightly
+    negative). Tracks of one step count; tracks of none are dropped.
 
-    Maximisation: EM for mixture weights (Dempster, Laird & Rubin 1977),
-    p_j <- p_j g_j with g_j = mean_i f_ij / (f p)_i, from p uniform over the
-    grid; p stays >= 0 and sums to 1. Stopping rule: the likelihood is concave
-    in p, and (Lindsay 1983) the mean log-likelihood per track is at most
-    max_j g_j - 1 below its maximum; iterations stop when that gap is below
-    ``tolerance`` (nats per track), else after ``max_iterations`` (then
-    ``converged`` is False). The exact ML solution is a few spikes (a
-    discrete mixing distribution): fine for statistics, ragged as a histogram.
+    p >= 0, sum(p) = 1; the log-likelihood is concave in p. Stopping rule:
+    with g_j = mean_i f_ij / (f p)_i, the log-likelihood is at most
+    ``kkt_gap`` = n_tracks (max_j g_j - 1) below its maximum (Lindsay 1983,
+    Ann. Stat. 11:86); iterations stop when that is below ``tolerance_nats``
+    (all tracks together), else after ``max_iterations`` (``converged`` False).
+    ``method``: "newton", the constrained Newton method (Wang 2007), ~10-30
+    iterations; or "em", EM's multiplicative updates p_j <- p_j g_j: hundreds
+    to thousands (raise ``max_iterations``). EM stopped early is smoother than
+    the data warrant (2:1 mixture of 100/150 nm: D50 +3-6 % at a gap of 1e-3
+    nats per track, +0-2 % converged).
 
-    ``smoothing_ln_sd`` > 0: the EMS algorithm (Silverman, Jones, Wilson &
-    Nychka 1990, J. R. Stat. Soc. B 52:271): after each EM step p is convolved
-    with a Gaussian of that SD in ln(d) (e.g. 0.05 for 5 %); then the fixed
-    point is no longer the ML solution, iterations stop when the L1 change of
-    p per iteration is below ``tolerance`` * 1e-3. Widens every peak by about
-    that SD.
+    The ML solution is a few spikes (a discrete mixing distribution; Lindsay
+    1983): mean, SD and quantiles are sound, the tallest spike is not a
+    reliable mode. ``smoothing_ln_sd`` s > 0 restricts p to mixtures of
+    Gaussian bumps of SD s in ln(d) (same solver and rule); "auto" takes the
+    widest s within ``smoothing_nats`` (1.92: a 95 % likelihood-ratio bound
+    for one parameter) of the ML log-likelihood. With s = 0, the mode (only)
+    comes from that "auto" distribution. On simulated tracks "auto" picks
+    s ~ 0.04-0.08 for monodisperse samples (mode within 2 %, the tallest ML
+    spike within 5 %) but moves the D50 of a 2:1 100/150 nm mixture by
+    +3-7 % (ML: +0-4 %); for a log-normal of ln-SD 0.4 no mode is within ~20 %.
     """
     n, s = _sums(n_steps, sum_sq_um2)
     keep = n > 0
@@ -272,8 +367,8 @@ def deconvolve_size_distribution(
         raise ValueError("no track with a step: a size distribution needs tracks of >= 2 points")
     if np.any(s <= 0):
         raise ValueError("a track with steps has sum_sq_um2 <= 0")
-    if localisation_variance_um2 < 0:
-        raise ValueError(f"localisation_variance_um2 = {localisation_variance_um2} < 0")
+    if method not in ("newton", "em"):
+        raise ValueError(f"method = {method!r}; allowed: 'newton', 'em'")
     grid = default_diameter_grid_nm() if diameter_grid_nm is None else np.asarray(diameter_grid_nm, float)
     eta = water_viscosity_iapws_mpa_s(temperature_c) if viscosity_mpa_s is None else viscosity_mpa_s
     d_grid = stokes_einstein_diffusion_um2_s(grid, temperature_c, eta)
@@ -281,35 +376,24 @@ def deconvolve_size_distribution(
                                   localisation_variance_um2)
     row_max = log_f.max(axis=1)
     f = np.exp(log_f - row_max[:, None])
-    kernel = None
-    if smoothing_ln_sd > 0:
-        ln = np.log(grid)
-        kernel = np.exp(-0.5 * ((ln[:, None] - ln[None, :]) / smoothing_ln_sd) ** 2)
-        kernel /= kernel.sum(axis=0, keepdims=True)  # column-stochastic: mass is conserved
-    p = np.full(grid.size, 1.0 / grid.size)
-    converged, gap, iteration = False, math.inf, 0
-    for iteration in range(1, max_iterations + 1):
-        g = f.T @ (1.0 / (f @ p)) / n.size
-        gap = float(g.max() - 1.0)
-        if kernel is None and gap < tolerance:
-            converged = True
-            break
-        new = p * g
-        if kernel is not None:
-            new = kernel @ new
-        new /= new.sum()
-        change = float(np.abs(new - p).sum())
-        p = new
-        if kernel is not None and change < tolerance * 1e-3:
-            converged = True
-            break
-    mean_ll = float(np.mean(np.log(f @ p) + row_max))
+    options = (method, tolerance_nats, max_iterations)
+    auto = smoothing_ln_sd == "auto"
+    width = 0.0 if auto else float(smoothing_ln_sd)
+    p, converged, gap, iterations, log_likelihood = _fit(f, grid, width, *options)
+    mode_width, mode_p = width, p
     statistics, reason = None, None
     if n.size < min_tracks:
         reason = f"{n.size} track(s) with steps; size statistics need >= {min_tracks}"
-    else:
-        statistics = distribution_statistics(grid, p)
-    return SizeDistribution(grid, p, statistics, reason, int(n.size), iteration, converged, gap, mean_ll)
+        mode_width = None
+    elif auto or width == 0.0:
+        mode_width, fit = _smoothest(f, grid, log_likelihood, smoothing_nats, *options)
+        mode_p = p if fit is None else fit[0]
+        if auto and fit is not None:
+            width, (p, converged, gap, iterations, log_likelihood) = mode_width, fit
+    if reason is None:
+        statistics = distribution_statistics(grid, p) | {"mode": distribution_statistics(grid, mode_p)["mode"]}
+    return SizeDistribution(grid, p, statistics, reason, int(n.size), iterations, converged, gap,
+                            log_likelihood + float(row_max.sum()), width, mode_width)
 
 
 def gaussian_sheet_detection_depth_um(diameter_nm, *, sheet_half_width_um: float, reference_diameter_nm: float,
@@ -325,9 +409,7 @@ def gaussian_sheet_detection_depth_um(diameter_nm, *, sheet_half_width_um: float
     """
     d = np.asarray(diameter_nm, float)
     ratio = peak_over_threshold_at_reference * (d / reference_diameter_nm) ** scattering_exponent
-    with np.errstate(divide="ignore"):
-        log_ratio = np.log(ratio)
-    return 2.0 * sheet_half_width_um * np.sqrt(np.clip(log_ratio, 0.0, None) / 2.0)
+    return 2.0 * sheet_half_width_um * np.sqrt(np.log(np.maximum(ratio, 1.0)) / 2.0)
 
 
 def correct_for_detection_volume(probability, detection_weight) -> np.ndarray:
@@ -336,7 +418,9 @@ def correct_for_detection_volume(probability, detection_weight) -> np.ndarray:
     A particle of diameter d is counted in proportion to its detection
     weight w(d) (e.g. :func:`gaussian_sheet_detection_depth_um`): the sample's
     distribution is p_detected(d) / w(d), renormalised. Sizes with w = 0 are
-    invisible: the result is 0 there whatever was detected.
+    invisible: the result is 0 there whatever was detected. Just above the
+    threshold w is small and steep (d ln w / d ln d = 3 / ln(I0/I_thr) for the
+    sheet): there the division amplifies any error in p_detected or in d.
     """
     p = np.asarray(probability, float)
     w = np.asarray(detection_weight, float)
