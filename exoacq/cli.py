@@ -347,12 +347,12 @@ def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]
     return params, warnings
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
-    from exoacq.client import format_summary
+def analyze_with_progress(args: argparse.Namespace, outputs: list[Path | None]) -> tuple[dict, Any, list[str]]:
+    """Open and analyse ``args.video`` (progress on stderr); output folders are checked first."""
     from exoacq.nta.offline import StderrProgress, analyze_video
     from exoacq.nta.video import open_video
 
-    for output in (args.csv, args.report):  # before a long analysis, not after it
+    for output in outputs:  # before a long analysis, not after it
         if output is not None and not output.resolve().parent.is_dir():
             raise ExoacqError(f"cannot write {output}: no folder {output.resolve().parent}")
     video = open_video(args.video)
@@ -362,6 +362,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         summary = analyze_video(video, params, progress=progress)
     finally:
         progress.close()
+    return summary, params, warnings
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from exoacq.client import format_summary
+
+    summary, params, warnings = analyze_with_progress(args, [args.csv, args.report])
     summary.pop("features_per_frame")
     document = {"schema": "exoacq.nta.analysis/1", "video": str(args.video), **summary,
                 "temperature_c": params.temperature_c, "viscosity_mpa_s": params.viscosity_mpa_s,
@@ -395,20 +402,9 @@ def write_exports(args: argparse.Namespace, document: dict[str, Any], params: An
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from exoacq.calibration import BeadStandard, NTAOptics, block_standard_error, nta_calibration_text
-    from exoacq.nta.offline import StderrProgress, analyze_video
-    from exoacq.nta.video import open_video
-
     if args.calibration:
         raise ExoacqError("calibrate measures a calibration: --calibration does not apply", code="usage")
-    if not args.output.resolve().parent.is_dir():
-        raise ExoacqError(f"cannot write {args.output}: no folder {args.output.resolve().parent}")
-    video = open_video(args.video)
-    params, _ = analysis_parameters(args, video)
-    progress = StderrProgress()
-    try:
-        summary = analyze_video(video, params, progress=progress)
-    finally:
-        progress.close()
+    summary, params, _ = analyze_with_progress(args, [args.output])
     per_frame = summary["features_per_frame"]
     in_cell_per_ml = args.bead_concentration_per_ml / args.dilution
     ppf = float(sum(per_frame) / len(per_frame))

@@ -14,7 +14,9 @@ from exoacq.demo import free_tcp_endpoint
 pytestmark = pytest.mark.slow
 
 
-def test_shutdown_during_a_run_turns_the_laser_off(tmp_path):
+@pytest.fixture
+def inprocess_daemon(tmp_path):
+    """A daemon with simulated instruments in this process; ``daemon.stop_now()`` stops it (idempotent)."""
     config = load_config(None, simulated=True)
     config.daemon.data_dir = tmp_path
     config.daemon.control, config.daemon.results, config.daemon.frames = (free_tcp_endpoint() for _ in range(3))
@@ -22,37 +24,30 @@ def test_shutdown_during_a_run_turns_the_laser_off(tmp_path):
     daemon.start()
     thread = threading.Thread(target=lambda: (daemon.serve(), daemon.shutdown()))
     thread.start()
-    laser = daemon.instruments.simulators["laser"]
-    try:
-        with ControlClient(config.daemon.control) as client:
-            client.request("acquire", method="nta", duration_s=60, captures=1)
-            deadline = time.monotonic() + 20
-            while laser.emitted_power_mw == 0:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-        assert laser.emitted_power_mw == pytest.approx(40.0)
-    finally:
+
+    def stop_now():
         daemon.request_stop()
         thread.join(timeout=10)
-    assert not thread.is_alive()
+        assert not thread.is_alive()
+
+    daemon.stop_now = stop_now
+    yield daemon
+    stop_now()
+
+
+def test_shutdown_during_a_run_turns_the_laser_off(inprocess_daemon):
+    laser = inprocess_daemon.instruments.simulators["laser"]
+    with ControlClient(inprocess_daemon.config.daemon.control) as client:
+        client.request("acquire", method="nta", duration_s=60, captures=1)
+        deadline = time.monotonic() + 20
+        while laser.emitted_power_mw == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert laser.emitted_power_mw == pytest.approx(40.0)
+    inprocess_daemon.stop_now()
     assert laser.emitted_power_mw == 0.0
     sent = [line for direction, line in laser.transcript if direction == "rx"]
     assert sent[-1].upper().startswith("SOUR:AM:STAT OFF")
-
-
-@pytest.fixture
-def inprocess_daemon(tmp_path):
-    config = load_config(None, simulated=True)
-    config.daemon.data_dir = tmp_path
-    config.daemon.control, config.daemon.results, config.daemon.frames = (free_tcp_endpoint() for _ in range(3))
-    daemon = Daemon(config)
-    daemon.start()
-    thread = threading.Thread(target=lambda: (daemon.serve(), daemon.shutdown()))
-    thread.start()
-    yield daemon
-    daemon.request_stop()
-    thread.join(timeout=10)
-    assert not thread.is_alive()
 
 
 def wait_for_state(client, run_id, states, timeout_s=30.0):
