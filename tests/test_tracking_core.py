@@ -37,9 +37,9 @@ def test_linker_orders_features_from_several_workers(tmp_path):
         linker.on_begin({"run_id": "r1", "params": _params(), "output_dir": str(tmp_path)})
         for seq in order[1:]:
             linker.on_features({"run_id": "r1", "seq": seq, "frame_number": seq, "timestamp": 1.0 + seq}, frames[seq][1])
-        assert linker.run.next_seq == 6
+        assert linker.runs["r1"].next_seq == 6
         linker.on_end({"run_id": "r1", "frames_sent": 6, "temperature_c": 30.0})
-        assert linker.run is None
+        assert "r1" not in linker.runs
         received = []
         while events.poll(1000):
             received.append(loads(events.recv()))
@@ -133,3 +133,34 @@ def test_daemon_and_offline_analysis_agree_on_the_same_frames(tmp_path):
         assert offline["histogram"][key] == pytest.approx(live["histogram"][key]), key
     for key in ("particles_per_frame", "concentration_per_ml", "viscosity_mpa_s"):
         assert offline[key] == pytest.approx(live[key], rel=1e-12), key
+
+
+def test_linker_finishes_a_capture_whose_last_features_come_after_the_next_began(tmp_path):
+    ctx = zmq.Context()
+    events = ctx.socket(zmq.PULL)
+    port = events.bind_to_random_port("tcp://127.0.0.1")
+    linker = Linker(f"tcp://127.0.0.1:{port}", context=ctx)
+    try:
+        def features(run_id, seq):
+            linker.on_features({"run_id": run_id, "seq": seq, "frame_number": seq, "timestamp": 1.0},
+                               {"y": np.array([10.0 + seq]), "x": np.array([20.0]), "mass": np.array([500.0])})
+
+        linker.on_begin({"run_id": "r/1", "params": _params(), "output_dir": str(tmp_path / "1")})
+        for seq in range(3):
+            features("r/1", seq)
+        linker.on_end({"run_id": "r/1", "frames_sent": 4, "temperature_c": 25.0})
+        linker.on_begin({"run_id": "r/2", "params": _params(), "output_dir": str(tmp_path / "2")})
+        features("r/2", 0)
+        features("r/1", 3)  # a slow worker's last frame of capture 1
+        results = []
+        while events.poll(1000):
+            event = loads(events.recv())
+            if event["event"] == "result":
+                results.append(event)
+                break
+        assert [(r["run_id"], r["frames_processed"]) for r in results] == [("r/1", 4)]
+        assert list(linker.runs) == ["r/2"] and linker.runs["r/2"].next_seq == 1
+    finally:
+        linker.close()
+        events.close(linger=0)
+        ctx.term()

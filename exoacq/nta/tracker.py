@@ -67,7 +67,9 @@ class Linker:
         self.events = self.ctx.socket(zmq.PUSH)
         self.events.setsockopt(zmq.LINGER, 2000)
         self.events.connect(events_address)
-        self.run: _Run | None = None
+        #: Runs (captures) being linked: the next one may begin before the last features of
+        #: the previous one have come back from the workers.
+        self.runs: dict[str, _Run] = {}
         self.early: dict[str, list[list]] = {}
         self.last_progress = 0.0
 
@@ -89,10 +91,11 @@ class Linker:
                 return
             try:
                 self.dispatch(topic, parts)
-            except Exception as exc:  # report, forget the run, keep serving
-                self.send("error", run_id=self.run.run_id if self.run else None,
-                          message=f"{type(exc).__name__}: {exc}", detail=traceback.format_exc(limit=5))
-                self.run = None
+            except Exception as exc:  # report, forget the runs, keep serving
+                for run_id in list(self.runs) or [None]:
+                    self.send("error", run_id=run_id, message=f"{type(exc).__name__}: {exc}",
+                              detail=traceback.format_exc(limit=5))
+                self.runs.clear()
 
     def dispatch(self, topic: bytes, parts: list) -> None:
         if topic == b"features":
@@ -108,15 +111,17 @@ class Linker:
 
     def on_begin(self, message: dict[str, Any]) -> None:
         params = TrackingParameters(**message["params"])
-        self.run = _Run(message["run_id"], StreamingTracker(params), Path(message["output_dir"]))
+        run = _Run(message["run_id"], StreamingTracker(params), Path(message["output_dir"]))
+        self.runs[run.run_id] = run
         self.last_progress = time.monotonic()
-        for header, columns in self.early.pop(self.run.run_id, []):
+        for header, columns in self.early.pop(run.run_id, []):
             self.on_features(header, columns)
-        self.early.clear()
 
     def on_features(self, header: dict[str, Any], columns: dict[str, np.ndarray]) -> None:
-        run = self.run
-        if run is None or header["run_id"] != run.run_id:
+        run = self.runs.get(header["run_id"])
+        if run is None:
+            if len(self.early) > 4:  # features of runs that never began: forget the oldest
+                self.early.pop(next(iter(self.early)))
             early = self.early.setdefault(header["run_id"], [])
             if len(early) < MAX_EARLY_FRAMES:  # run.begin may arrive after a fast worker's first features
                 early.append([header, {k: v.copy() for k, v in columns.items()}])
@@ -133,18 +138,18 @@ class Linker:
             summary = run.tracker.summary(running=True)
             self.send("progress", run_id=run.run_id, frames_processed=run.next_seq,
                       last_frame_timestamp=run.last_frame_timestamp, summary=summary)
-        self.maybe_finish()
+        self.maybe_finish(run)
 
     def on_end(self, message: dict[str, Any]) -> None:
-        if self.run is None or message["run_id"] != self.run.run_id:
+        run = self.runs.get(message["run_id"])
+        if run is None:
             return
-        self.run.frames_sent = int(message["frames_sent"])
-        self.run.temperature_c = message.get("temperature_c")
-        self.maybe_finish()
+        run.frames_sent = int(message["frames_sent"])
+        run.temperature_c = message.get("temperature_c")
+        self.maybe_finish(run)
 
-    def maybe_finish(self) -> None:
-        run = self.run
-        if run is None or run.frames_sent is None or run.next_seq < run.frames_sent:
+    def maybe_finish(self, run: _Run) -> None:
+        if run.frames_sent is None or run.next_seq < run.frames_sent:
             return
         if run.temperature_c is not None:  # size at the mean of the start and end readings
             t = run.temperature_c
@@ -153,7 +158,7 @@ class Linker:
         files = write_tracks(run.tracker, run.output_dir)
         self.send("result", run_id=run.run_id, frames_processed=run.next_seq,
                   tracking=run.tracker.params.to_dict(), summary=run.tracker.summary(), files=files)
-        self.run = None
+        del self.runs[run.run_id]
 
     def close(self) -> None:
         self.inbox.close(linger=0)
