@@ -22,40 +22,48 @@ def _params() -> dict:
     return TrackingParameters(25.0, 0.0, 0.166, 25.0, 0.89, min_track_length=3, search_range_px=5.0).to_dict()
 
 
-def test_linker_orders_features_from_several_workers(tmp_path):
+@pytest.fixture
+def linker():
+    """A linker in this process, and the PULL socket its events go to (``linker.events_in``)."""
     ctx = zmq.Context()
     events = ctx.socket(zmq.PULL)
     port = events.bind_to_random_port("tcp://127.0.0.1")
     linker = Linker(f"tcp://127.0.0.1:{port}", context=ctx)
+    linker.events_in = events
     try:
-        # a fast worker's first features may arrive before run.begin; later frames out of order
-        frames = [(seq, {"y": np.array([10.0 + seq]), "x": np.array([20.0]), "mass": np.array([500.0])})
-                  for seq in range(6)]
-        order = [1, 0, 3, 2, 5, 4]
-        first = frames[order[0]]
-        linker.on_features({"run_id": "r1", "seq": first[0], "frame_number": first[0], "timestamp": 1.0}, first[1])
-        linker.on_begin({"run_id": "r1", "params": _params(), "output_dir": str(tmp_path)})
-        for seq in order[1:]:
-            linker.on_features({"run_id": "r1", "seq": seq, "frame_number": seq, "timestamp": 1.0 + seq}, frames[seq][1])
-        assert linker.runs["r1"].next_seq == 6
-        linker.on_end({"run_id": "r1", "frames_sent": 6, "temperature_c": 30.0})
-        assert "r1" not in linker.runs
-        received = []
-        while events.poll(1000):
-            received.append(loads(events.recv()))
-            if received[-1]["event"] == "result":
-                break
-        result = received[-1]
-        assert result["event"] == "result" and result["frames_processed"] == 6
-        # one particle moving 1 px per frame: one track of six points, linked in frame order
-        assert result["summary"]["tracks"] == {"total": 1, "used": 1}
-        assert result["tracking"]["temperature_c"] == 30.0
-        tracks = (tmp_path / "tracks.csv").read_text().splitlines()
-        assert [line.split(",")[0] for line in tracks[1:]] == ["0", "1", "2", "3", "4", "5"]
+        yield linker
     finally:
         linker.close()
         events.close(linger=0)
         ctx.term()
+
+
+def test_linker_orders_features_from_several_workers(tmp_path, linker):
+    events = linker.events_in
+    # a fast worker's first features may arrive before run.begin; later frames out of order
+    frames = [(seq, {"y": np.array([10.0 + seq]), "x": np.array([20.0]), "mass": np.array([500.0])})
+              for seq in range(6)]
+    order = [1, 0, 3, 2, 5, 4]
+    first = frames[order[0]]
+    linker.on_features({"run_id": "r1", "seq": first[0], "frame_number": first[0], "timestamp": 1.0}, first[1])
+    linker.on_begin({"run_id": "r1", "params": _params(), "output_dir": str(tmp_path)})
+    for seq in order[1:]:
+        linker.on_features({"run_id": "r1", "seq": seq, "frame_number": seq, "timestamp": 1.0 + seq}, frames[seq][1])
+    assert linker.runs["r1"].next_seq == 6
+    linker.on_end({"run_id": "r1", "frames_sent": 6, "temperature_c": 30.0})
+    assert "r1" not in linker.runs
+    received = []
+    while events.poll(1000):
+        received.append(loads(events.recv()))
+        if received[-1]["event"] == "result":
+            break
+    result = received[-1]
+    assert result["event"] == "result" and result["frames_processed"] == 6
+    # one particle moving 1 px per frame: one track of six points, linked in frame order
+    assert result["summary"]["tracks"] == {"total": 1, "used": 1}
+    assert result["tracking"]["temperature_c"] == 30.0
+    tracks = (tmp_path / "tracks.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in tracks[1:]] == ["0", "1", "2", "3", "4", "5"]
 
 
 def _free_port() -> int:
@@ -135,32 +143,24 @@ def test_daemon_and_offline_analysis_agree_on_the_same_frames(tmp_path):
         assert offline[key] == pytest.approx(live[key], rel=1e-12), key
 
 
-def test_linker_finishes_a_capture_whose_last_features_come_after_the_next_began(tmp_path):
-    ctx = zmq.Context()
-    events = ctx.socket(zmq.PULL)
-    port = events.bind_to_random_port("tcp://127.0.0.1")
-    linker = Linker(f"tcp://127.0.0.1:{port}", context=ctx)
-    try:
-        def features(run_id, seq):
-            linker.on_features({"run_id": run_id, "seq": seq, "frame_number": seq, "timestamp": 1.0},
-                               {"y": np.array([10.0 + seq]), "x": np.array([20.0]), "mass": np.array([500.0])})
+def test_linker_finishes_a_capture_whose_last_features_come_after_the_next_began(tmp_path, linker):
+    events = linker.events_in
+    def features(run_id, seq):
+        linker.on_features({"run_id": run_id, "seq": seq, "frame_number": seq, "timestamp": 1.0},
+                           {"y": np.array([10.0 + seq]), "x": np.array([20.0]), "mass": np.array([500.0])})
 
-        linker.on_begin({"run_id": "r/1", "params": _params(), "output_dir": str(tmp_path / "1")})
-        for seq in range(3):
-            features("r/1", seq)
-        linker.on_end({"run_id": "r/1", "frames_sent": 4, "temperature_c": 25.0})
-        linker.on_begin({"run_id": "r/2", "params": _params(), "output_dir": str(tmp_path / "2")})
-        features("r/2", 0)
-        features("r/1", 3)  # a slow worker's last frame of capture 1
-        results = []
-        while events.poll(1000):
-            event = loads(events.recv())
-            if event["event"] == "result":
-                results.append(event)
-                break
-        assert [(r["run_id"], r["frames_processed"]) for r in results] == [("r/1", 4)]
-        assert list(linker.runs) == ["r/2"] and linker.runs["r/2"].next_seq == 1
-    finally:
-        linker.close()
-        events.close(linger=0)
-        ctx.term()
+    linker.on_begin({"run_id": "r/1", "params": _params(), "output_dir": str(tmp_path / "1")})
+    for seq in range(3):
+        features("r/1", seq)
+    linker.on_end({"run_id": "r/1", "frames_sent": 4, "temperature_c": 25.0})
+    linker.on_begin({"run_id": "r/2", "params": _params(), "output_dir": str(tmp_path / "2")})
+    features("r/2", 0)
+    features("r/1", 3)  # a slow worker's last frame of capture 1
+    results = []
+    while events.poll(1000):
+        event = loads(events.recv())
+        if event["event"] == "result":
+            results.append(event)
+            break
+    assert [(r["run_id"], r["frames_processed"]) for r in results] == [("r/1", 4)]
+    assert list(linker.runs) == ["r/2"] and linker.runs["r/2"].next_seq == 1
