@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -122,11 +121,3 @@ def subscribe(address: str, topics: list[str] | None = None, context: zmq.Contex
         socket.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
     return socket
 
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()

@@ -41,6 +41,8 @@ log = logging.getLogger("exoacq.daemon")
 #: PROGRESS_INTERVAL_S while a run acquires or processes.
 MIN_PROGRESS_INTERVAL_S = 0.1
 PROGRESS_INTERVAL_S = 0.5
+#: Finished runs whose status the daemon keeps in memory (late tracker results of aborted runs).
+RUNS_IN_MEMORY = 100
 TRACKER_START_TIMEOUT_S = 60.0
 #: After the last frame, how long the tracker may take per queued frame, plus a floor.
 PROCESSING_TIMEOUT_S = 30.0
@@ -286,9 +288,16 @@ class Daemon:
         run_id = self.store.create("nta", settings["sample"], settings)
         run = Run(run_id, settings, self.store.run_dir(run_id))
         self._runs[run_id] = _RunStatus(run)
+        self._forget_old_runs()
         self._set_state(run_id, "queued")
         self._queue.put(run)
         return {"run_id": run_id, "state": "queued"}
+
+    def _forget_old_runs(self) -> None:
+        """Keep the in-memory status of the last RUNS_IN_MEMORY runs (the store has them all)."""
+        finished = [k for k, r in self._runs.items() if r.state in FINAL_STATES and r.run.finished.is_set()]
+        for run_id in finished[: max(0, len(self._runs) - RUNS_IN_MEMORY)]:
+            del self._runs[run_id]
 
     def _cmd_stop(self, run_id: str | None = None) -> dict[str, Any]:
         target = self._runs.get(run_id) if run_id else self._current

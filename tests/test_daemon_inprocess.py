@@ -83,3 +83,16 @@ def test_runs_queue_and_execute_in_order(inprocess_daemon):
         assert [r["state"] for r in done] == ["done", "done", "aborted"]
         assert done[0]["finished"] <= done[1]["started"]
         assert done[2]["error"] == "stopped by the operator before it started"
+
+
+def test_the_daemon_keeps_only_recent_finished_runs_in_memory(inprocess_daemon, monkeypatch):
+    import exoacq.daemon as daemon_module
+    monkeypatch.setattr(daemon_module, "RUNS_IN_MEMORY", 2)
+    with ControlClient(inprocess_daemon.config.daemon.control) as client:
+        run_ids = []
+        for _ in range(4):
+            run_ids.append(client.request("acquire", method="nta", duration_s=0.2, captures=1)["run_id"])
+            wait_for_state(client, run_ids[-1], {"done", "failed", "aborted"})
+        assert len(inprocess_daemon._runs) <= 3  # the new one and two finished
+        assert run_ids[0] not in inprocess_daemon._runs
+        assert client.request("run", run_id=run_ids[0])["state"] == "done"  # still in the store
