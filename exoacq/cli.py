@@ -307,8 +307,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]]:
     """TrackingParameters for an offline analysis from the command line; with warnings."""
     from exoacq.calibration import check_optics, load_nta_calibration
-    from exoacq.nta.analysis import TrackingParameters, search_range_px
-    from exoacq.physics import water_viscosity_iapws_mpa_s
+    from exoacq.nta.analysis import TrackingParameters
 
     warnings = []
     fps = args.fps or video.fps
@@ -332,17 +331,16 @@ def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]
     if not 0.0 < temperature < 100.0:
         raise ExoacqError(f"--temperature-c {temperature:g}: must be above 0 and below 100 C (liquid water)",
                           code="usage")
-    viscosity = args.viscosity_mpa_s or water_viscosity_iapws_mpa_s(temperature)
     volume = None
     if calibration is not None:
         check_optics(calibration, args.calibration, pixel_size_um=pixel, frame_rate_hz=fps,
                      feature_diameter_px=args.feature_diameter_px, minmass=args.minmass)
         volume = calibration.result.detection_volume_nl
-    search = args.search_range_px or search_range_px(args.min_diameter_nm, temperature, viscosity, fps, pixel)
-    params = TrackingParameters(
+    params = TrackingParameters.for_sample(
         frame_rate_hz=fps, exposure_ms=args.exposure_ms, pixel_size_um=pixel, temperature_c=temperature,
-        viscosity_mpa_s=viscosity, feature_diameter_px=args.feature_diameter_px, minmass=args.minmass,
-        min_track_length=args.min_track_length, search_range_px=search, detection_volume_nl=volume,
+        min_diameter_nm=args.min_diameter_nm, viscosity_mpa_s=args.viscosity_mpa_s,
+        link_search_range_px=args.search_range_px, feature_diameter_px=args.feature_diameter_px,
+        minmass=args.minmass, min_track_length=args.min_track_length, detection_volume_nl=volume,
         dilution=args.dilution, invert=args.invert, detector=args.detector)
     return params, warnings
 

@@ -9,7 +9,6 @@ import sys
 import time
 from typing import Any, Callable
 
-import zmq
 
 from exoacq.bus import ControlClient, loads, subscribe
 from exoacq.errors import ExoacqError

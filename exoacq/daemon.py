@@ -27,7 +27,7 @@ import zmq
 from exoacq import __version__
 from exoacq.bus import dumps, loads, make_document, publish
 from exoacq.config import Config
-from exoacq.errors import DeviceError, ExoacqError, ProtocolError
+from exoacq.errors import ExoacqError, ProtocolError
 from exoacq.instruments import Instruments, connect_instruments
 from exoacq.sdnotify import notify
 from exoacq.nta.acquisition import NTAAcquisition, Run, validate_request

@@ -21,8 +21,7 @@ import numpy as np
 
 from exoacq.config import CameraConfig, NTAAnalysisConfig
 from exoacq.drivers.simulated_nta import SampleComponent, make_simulated_nta
-from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features, search_range_px
-from exoacq.physics import water_viscosity_iapws_mpa_s
+from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features
 
 LASER_POWER_MW = 40.0
 BEAD = SampleComponent(diameter_nm=100.0, refractive_index=1.59)
@@ -39,12 +38,10 @@ def measure_one(seed: int, duration_s: float) -> float:
         frame_rate_hz=cam_cfg.frame_rate_hz, exposure_ms=cam_cfg.exposure_ms, pixel_size_um=cam_cfg.pixel_size_um)
     camera.connect()
     camera.start()
-    eta = water_viscosity_iapws_mpa_s(TEMPERATURE_C)
-    params = TrackingParameters(
-        cam_cfg.frame_rate_hz, cam_cfg.exposure_ms, cam_cfg.pixel_size_um, TEMPERATURE_C, eta,
-        feature_diameter_px=nta.feature_diameter_px, minmass=nta.minmass, min_track_length=nta.min_track_length,
-        search_range_px=search_range_px(nta.min_diameter_nm, TEMPERATURE_C, eta, cam_cfg.frame_rate_hz,
-                                        cam_cfg.pixel_size_um))
+    params = TrackingParameters.for_sample(
+        frame_rate_hz=cam_cfg.frame_rate_hz, exposure_ms=cam_cfg.exposure_ms, pixel_size_um=cam_cfg.pixel_size_um,
+        temperature_c=TEMPERATURE_C, min_diameter_nm=nta.min_diameter_nm, feature_diameter_px=nta.feature_diameter_px,
+        minmass=nta.minmass, min_track_length=nta.min_track_length, detector=nta.detector)
     tracker = StreamingTracker(params)
     frame = np.empty((camera.height, camera.width), camera.dtype)
     for i in range(int(round(duration_s * camera.frame_rate_hz))):

@@ -22,8 +22,7 @@ from exoacq.bus import send_frame
 from exoacq.config import Config
 from exoacq.errors import DeviceError, ProtocolError
 from exoacq.instruments import Instruments
-from exoacq.nta.analysis import TrackingParameters, search_range_px
-from exoacq.physics import water_viscosity_iapws_mpa_s
+from exoacq.nta.analysis import TrackingParameters
 
 #: Acquisition counters are reported this often.
 REPORT_INTERVAL_S = 0.25
@@ -218,12 +217,9 @@ class NTAAcquisition:
 
     def tracking_parameters(self, temperature_c: float, dilution: float) -> TrackingParameters:
         cam, nta = self.instruments.camera, self.config.nta
-        viscosity = water_viscosity_iapws_mpa_s(temperature_c)
-        search = nta.search_range_px or search_range_px(
-            nta.min_diameter_nm, temperature_c, viscosity, cam.frame_rate_hz, cam.pixel_size_um)
-        return TrackingParameters(
+        return TrackingParameters.for_sample(
             frame_rate_hz=cam.frame_rate_hz, exposure_ms=cam.exposure_ms, pixel_size_um=cam.pixel_size_um,
-            temperature_c=temperature_c, viscosity_mpa_s=viscosity,
-            feature_diameter_px=nta.feature_diameter_px, minmass=nta.minmass,
-            min_track_length=nta.min_track_length, search_range_px=search,
+            temperature_c=temperature_c, min_diameter_nm=nta.min_diameter_nm,
+            link_search_range_px=nta.search_range_px, feature_diameter_px=nta.feature_diameter_px,
+            minmass=nta.minmass, min_track_length=nta.min_track_length,
             detection_volume_nl=nta.detection_volume_nl, dilution=dilution, detector=nta.detector)

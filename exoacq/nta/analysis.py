@@ -35,6 +35,7 @@ from exoacq.physics import (
     BOLTZMANN_J_K,
     celsius_to_kelvin,
     stokes_einstein_diffusion_um2_s,
+    water_viscosity_iapws_mpa_s,
 )
 
 tp.quiet()
@@ -70,6 +71,18 @@ class TrackingParameters:
     @property
     def frame_interval_s(self) -> float:
         return 1.0 / self.frame_rate_hz
+
+    @classmethod
+    def for_sample(cls, *, frame_rate_hz: float, exposure_ms: float, pixel_size_um: float, temperature_c: float,
+                   min_diameter_nm: float, viscosity_mpa_s: float | None = None,
+                   link_search_range_px: float | None = None, **options: Any) -> "TrackingParameters":
+        """Parameters at a measured temperature: water viscosity (IAPWS 2008) and the link search
+        range of the smallest expected particle, unless given."""
+        viscosity = viscosity_mpa_s or water_viscosity_iapws_mpa_s(temperature_c)
+        search = link_search_range_px or search_range_px(min_diameter_nm, temperature_c, viscosity,
+                                                         frame_rate_hz, pixel_size_um)
+        return cls(frame_rate_hz=frame_rate_hz, exposure_ms=exposure_ms, pixel_size_um=pixel_size_um,
+                   temperature_c=temperature_c, viscosity_mpa_s=viscosity, search_range_px=search, **options)
 
     def locate_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`locate_features`."""
