@@ -122,7 +122,7 @@ def bench_analyze(video_path: Path, params, *, threads: int | None = None) -> di
     features = tp.batch(frames, params.feature_diameter_px, minmass=params.minmass, invert=params.invert,
                         engine="numba", processes=1)
     linked = tp.link(features, params.search_range_px, memory=0)
-    kept = tp.filter_stubs(linked, params.min_track_length)
+    kept = tp.filter_stubs(linked, summary["tracks"]["min_length_frames"])
     msd = tp.imsd(kept, params.pixel_size_um, params.frame_rate_hz)
     trackpy_s = time.perf_counter() - t0
     return {

@@ -55,6 +55,10 @@ class DetectionVolume(_Strict):
     detection_volume_nl: float = Field(gt=0)
     uncertainty_nl: float = Field(ge=0)
     measurements: int = Field(ge=1)
+    #: The beads' mean detection depth in units of the light sheet's 1/e^2 half-width, from their
+    #: brightness over the threshold (exoacq.nta.distribution); with it, samples detected deeper or
+    #: shallower than the beads get their own detection volume.
+    relative_detection_depth: float | None = Field(None, gt=0)
 
 
 class NTACalibration(_Strict):
@@ -124,7 +128,8 @@ def block_standard_error(values: list[float] | tuple[float, ...], block: int) ->
 
 
 def nta_calibration_text(*, volume_nl: float, uncertainty_nl: float, frames: int, optics: NTAOptics,
-                         standard: BeadStandard, instrument: str, method: str, version: int = 1) -> str:
+                         standard: BeadStandard, instrument: str, method: str, version: int = 1,
+                         relative_detection_depth: float | None = None) -> str:
     """The TOML of a detection-volume calibration (validated by reading it back)."""
     text = f"""# NTA detection-volume calibration written by exoacq.
 # Valid with the optics below and for particles like the standard (scatter grows as d^6).
@@ -155,6 +160,9 @@ detection_volume_nl = {volume_nl:.6g}
 uncertainty_nl = {uncertainty_nl:.3g}   # standard error (block averaging over frames)
 measurements = {frames}
 """
+    if relative_detection_depth is not None:
+        text += (f"relative_detection_depth = {relative_detection_depth:.5g}   "
+                 "# beads' mean detection depth / sheet half-width (from their brightness)\n")
     NTACalibration.model_validate(tomllib.loads(text))
     return text
 

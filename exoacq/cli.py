@@ -159,7 +159,8 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--invert", action="store_true", help="dark particles on a light background")
     p.add_argument("--feature-diameter-px", type=int, default=11, help="odd (default %(default)s)")
     p.add_argument("--minmass", type=float, default=300.0, help="detection threshold (default %(default)s)")
-    p.add_argument("--min-track-length", type=int, default=10, help="frames (default %(default)s)")
+    p.add_argument("--min-track-length", type=int, default=None,
+                   help="frames (default: chosen from the data's localisation error, 13 or more)")
     p.add_argument("--search-range-px", type=_positive_float, help="link search range (default: from --min-diameter-nm)")
     p.add_argument("--min-diameter-nm", type=_positive_float, default=30.0)
     p.add_argument("--detector", choices=["fast", "trackpy"], default="fast")
@@ -319,7 +320,7 @@ def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]
         raise ExoacqError("--pixel-size-um is required: the object-plane size of one pixel (um)", code="usage")
     if args.feature_diameter_px < 3 or args.feature_diameter_px % 2 == 0:
         raise ExoacqError(f"--feature-diameter-px {args.feature_diameter_px}: must be odd and >= 3", code="usage")
-    if args.min_track_length < 3:
+    if args.min_track_length is not None and args.min_track_length < 3:
         raise ExoacqError(f"--min-track-length {args.min_track_length}: must be >= 3 frames", code="usage")
     if args.exposure_ms < 0 or args.exposure_ms > 1000.0 / fps:
         raise ExoacqError(f"--exposure-ms {args.exposure_ms:g}: must be from 0 to the frame interval "
@@ -331,17 +332,18 @@ def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]
     if not 0.0 < temperature < 100.0:
         raise ExoacqError(f"--temperature-c {temperature:g}: must be above 0 and below 100 C (liquid water)",
                           code="usage")
-    volume = None
+    volume = depth = None
     if calibration is not None:
         check_optics(calibration, args.calibration, pixel_size_um=pixel, frame_rate_hz=fps,
                      feature_diameter_px=args.feature_diameter_px, minmass=args.minmass)
         volume = calibration.result.detection_volume_nl
+        depth = calibration.result.relative_detection_depth
     params = TrackingParameters.for_sample(
         frame_rate_hz=fps, exposure_ms=args.exposure_ms, pixel_size_um=pixel, temperature_c=temperature,
         min_diameter_nm=args.min_diameter_nm, viscosity_mpa_s=args.viscosity_mpa_s,
         link_search_range_px=args.search_range_px, feature_diameter_px=args.feature_diameter_px,
         minmass=args.minmass, min_track_length=args.min_track_length, detection_volume_nl=volume,
-        dilution=args.dilution, invert=args.invert, detector=args.detector)
+        dilution=args.dilution, invert=args.invert, detector=args.detector, calibration_relative_depth=depth)
     return params, warnings
 
 
@@ -412,6 +414,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     uncertainty_nl = block_standard_error(per_frame, block) / in_cell_per_ml * 1e6
     text = nta_calibration_text(
         volume_nl=volume_nl, uncertainty_nl=uncertainty_nl, frames=len(per_frame),
+        relative_detection_depth=(summary.get("detection") or {}).get("mean_relative_depth"),
         optics=NTAOptics(pixel_size_um=params.pixel_size_um, frame_rate_hz=params.frame_rate_hz,
                          exposure_ms=params.exposure_ms, laser_power_mw=args.laser_power_mw,
                          feature_diameter_px=params.feature_diameter_px, minmass=params.minmass),

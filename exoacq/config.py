@@ -106,7 +106,8 @@ class NTAAnalysisConfig(_Section):
     #: Minimum integrated brightness of a feature (trackpy ``minmass``).
     minmass: float = Field(300.0, ge=0.0)
     #: Tracks shorter than this many frames are not sized.
-    min_track_length: int = Field(10, ge=3, le=10000)
+    #: Points for a track to be sized; None (the default): chosen from the data (localisation error).
+    min_track_length: int | None = Field(None, ge=3, le=10000)
     #: Smallest particle expected; sets the link search range from its diffusion.
     min_diameter_nm: float = Field(30.0, gt=0.0)
     #: Override of the link search range (pixels); None derives it from min_diameter_nm.
@@ -122,6 +123,8 @@ class NTAAnalysisConfig(_Section):
     save_frames: bool = False
     #: Where detection_volume_nl came from, stored with each result.
     detection_volume_source: str = "not calibrated"
+    #: Set from the calibration: the beads' relative detection depth (exoacq.calibration).
+    calibration_relative_depth: float | None = None
 
     @model_validator(mode="after")
     def _odd_diameter(self) -> "NTAAnalysisConfig":
@@ -240,4 +243,5 @@ def _apply_calibration(config: Config, relative_to: Path | None, source: str) ->
                  feature_diameter_px=nta.feature_diameter_px, minmass=nta.minmass)
     nta.calibration = path
     nta.detection_volume_nl = calibration.result.detection_volume_nl
+    nta.calibration_relative_depth = calibration.result.relative_detection_depth
     nta.detection_volume_source = calibration.source(path)

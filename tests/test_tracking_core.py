@@ -60,7 +60,7 @@ def test_linker_orders_features_from_several_workers(tmp_path, linker):
     result = received[-1]
     assert result["event"] == "result" and result["frames_processed"] == 6
     # one particle moving 1 px per frame: one track of six points, linked in frame order
-    assert result["summary"]["tracks"] == {"total": 1, "used": 1}
+    assert result["summary"]["tracks"] == {"total": 1, "used": 1, "min_length_frames": 3}
     assert result["tracking"]["temperature_c"] == 30.0
     tracks = (tmp_path / "tracks.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in tracks[1:]] == ["0", "1", "2", "3", "4", "5"]

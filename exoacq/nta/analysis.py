@@ -30,7 +30,9 @@ from scipy.stats import gaussian_kde
 from trackpy.linking import Linker
 from trackpy.linking.utils import SubnetOversizeException
 
+from exoacq.nta import sizing
 from exoacq.nta.detect import locate_fast
+from exoacq.nta.distribution import number_histogram, size_distribution
 from exoacq.physics import (
     BOLTZMANN_J_K,
     celsius_to_kelvin,
@@ -40,11 +42,10 @@ from exoacq.physics import (
 
 tp.quiet()
 
-#: Tracks needed for a size distribution worth reporting without comment.
-MIN_TRACKS_FOR_DISTRIBUTION = 50
+#: Running (progress) statistics use tracks of at least this many points unless min_track_length is set.
+RUNNING_MIN_TRACK_LENGTH = 10
 #: Rayleigh tail: a 2-D step exceeds a * sigma with probability exp(-a^2 / 2); 3.5 -> 0.2 %.
 SEARCH_RANGE_SIGMAS = 3.5
-HISTOGRAM_BIN_NM = 5.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class TrackingParameters:
     viscosity_mpa_s: float
     feature_diameter_px: int = 11
     minmass: float = 300.0
-    min_track_length: int = 10
+    #: Points for a track to be sized; None: chosen from the data (exoacq.nta.distribution.auto_min_track_length).
+    min_track_length: int | None = None
     search_range_px: float = 20.0
     detection_volume_nl: float | None = None
     dilution: float = 1.0
@@ -67,6 +69,12 @@ class TrackingParameters:
     detector: str = "fast"
     #: Subtract the ensemble drift (flow) from every track's steps.
     drift_correction: bool = True
+    #: Correct the size distribution (and concentration) for the size-dependent detection depth.
+    volume_correction: bool = True
+    #: Scatter ~ d^k (6: Rayleigh, for particles well below the wavelength).
+    scattering_exponent: float = 6.0
+    #: Detection depth of the calibration beads (sheet half-width 1; exoacq.calibration); None: not known.
+    calibration_relative_depth: float | None = None
 
     @property
     def frame_interval_s(self) -> float:
@@ -161,27 +169,16 @@ def size_statistics(diameters: np.ndarray, fast_mode: bool = False) -> dict[str,
             "d10": float(d10), "d50": float(d50), "d90": float(d90)}
 
 
-def size_histogram(diameters: np.ndarray, concentration_per_ml: float | None) -> dict[str, list]:
-    """Number distribution in 5 nm bins from 0 nm to past the largest size (counts and, if known, per mL)."""
-    d = np.asarray(diameters, float)
-    d = d[np.isfinite(d)]
-    top = HISTOGRAM_BIN_NM * math.ceil(max(500.0, float(d.max()) if d.size else 0.0) / HISTOGRAM_BIN_NM + 1)
-    edges = np.arange(0.0, top + HISTOGRAM_BIN_NM / 2, HISTOGRAM_BIN_NM)
-    counts, _ = np.histogram(d, edges)
-    result: dict[str, list] = {"bin_width_nm": HISTOGRAM_BIN_NM,
-                               "bin_centres_nm": ((edges[:-1] + edges[1:]) / 2).tolist(),
-                               "counts": counts.tolist()}
-    if concentration_per_ml is not None and d.size:
-        result["concentration_per_ml"] = (counts / d.size * concentration_per_ml).tolist()
-    return result
-
-
 class _TrackArrays:
     """Per-track running sums in arrays indexed by particle id (ids are 0, 1, 2, ... in order)."""
 
     FIELDS = {"first_frame": np.int64, "last_frame": np.int64, "x_px": float, "y_px": float,
               "n_points": np.int64, "n_steps": np.int64, "sum_sq_um2": float,
-              "sum_dx_um": float, "sum_dy_um": float}
+              "sum_dx_um": float, "sum_dy_um": float,
+              # consecutive step pairs (CVE): sum of dx_n dx_n+1 + dy_n dy_n+1, their number, end steps
+              "n_pairs": np.int64, "sum_cross_um2": float, "first_dx_um": float, "first_dy_um": float,
+              "last_dx_um": float, "last_dy_um": float,
+              "sum_mass": float, "max_mass": float}
 
     def __init__(self, capacity: int = 1024):
         self.size = 0
@@ -198,7 +195,7 @@ class _TrackArrays:
                 setattr(self, name, grown)
         self.size = max(self.size, size)
 
-    def update(self, frame_number: int, ids: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+    def update(self, frame_number: int, ids: np.ndarray, xs: np.ndarray, ys: np.ndarray, mass: np.ndarray,
                pixel_size_um: float) -> tuple[np.ndarray, np.ndarray]:
         """Add one frame's positions; a step counts only between consecutive frames.
         Returns this frame's steps (x, y in um) of the continuing tracks."""
@@ -211,8 +208,16 @@ class _TrackArrays:
         self.sum_sq_um2[moved] += dx * dx + dy * dy
         self.sum_dx_um[moved] += dx
         self.sum_dy_um[moved] += dy
+        paired = self.n_steps[moved] > 0
+        pair_ids, first_ids = moved[paired], moved[~paired]
+        self.sum_cross_um2[pair_ids] += dx[paired] * self.last_dx_um[pair_ids] + dy[paired] * self.last_dy_um[pair_ids]
+        self.n_pairs[pair_ids] += 1
+        self.first_dx_um[first_ids], self.first_dy_um[first_ids] = dx[~paired], dy[~paired]
+        self.last_dx_um[moved], self.last_dy_um[moved] = dx, dy
         self.n_steps[moved] += 1
         self.first_frame[ids[new]] = frame_number
+        self.sum_mass[ids] += mass
+        self.max_mass[ids] = np.maximum(self.max_mass[ids], mass)
         self.n_points[ids] += 1
         self.last_frame[ids] = frame_number
         self.x_px[ids], self.y_px[ids] = xs, ys
@@ -255,11 +260,27 @@ class _EnsembleDrift:
         self.cumulative_um[frame_number] = previous + (self.last_step_um if self.last_frame is not None else 0.0)
         self.last_frame = frame_number
 
-    def corrected_sum_sq(self, first, last, n_steps, sum_sq, sum_dx, sum_dy) -> np.ndarray:
+    def track_velocity_um(self, first, last, n_steps) -> np.ndarray:
+        """Mean drift per frame over each track's own frames, (tracks, 2) in um."""
         span = self.cumulative_um[last] - self.cumulative_um[first]
         with np.errstate(divide="ignore", invalid="ignore"):
-            v = np.where(n_steps[:, None] > 0, span / n_steps[:, None], 0.0)
-        return sum_sq - 2.0 * (v[:, 0] * sum_dx + v[:, 1] * sum_dy) + n_steps * (v ** 2).sum(axis=1)
+            return np.where(n_steps[:, None] > 0, span / n_steps[:, None], 0.0)
+
+    @staticmethod
+    def corrected_sums(v, t, pids) -> tuple[np.ndarray, np.ndarray]:
+        """Sums of squares and of consecutive products of the steps d - v of tracks ``pids`` in ``t``.
+
+        sum (d - v)^2 = sum d^2 - 2 v . sum d + n v^2; over the n - 1 pairs,
+        sum (d_k - v)(d_k+1 - v) = sum d_k d_k+1 - v . (2 sum d - d_first - d_last) + (n - 1) v^2.
+        """
+        sum_d = np.column_stack([t.sum_dx_um[pids], t.sum_dy_um[pids]])
+        ends = np.column_stack([t.first_dx_um[pids] + t.last_dx_um[pids], t.first_dy_um[pids] + t.last_dy_um[pids]])
+        v2 = (v ** 2).sum(axis=1)
+        sum_sq = t.sum_sq_um2[pids] - 2.0 * (v * sum_d).sum(axis=1) + t.n_steps[pids] * v2
+        pairs = t.n_pairs[pids]
+        sum_cross = np.where(pairs > 0, t.sum_cross_um2[pids] - (v * (2.0 * sum_d - ends)).sum(axis=1) + pairs * v2,
+                             0.0)
+        return sum_sq, sum_cross
 
     def velocity_um_s(self, frame_rate_hz: float) -> tuple[float, float] | None:
         if self.last_frame is None or self.last_frame == 0:
@@ -286,6 +307,7 @@ class StreamingTracker:
     _rows: list[np.ndarray] = field(default_factory=list)
     features_per_frame: list[int] = field(default_factory=list)
     linking_resets: int = 0
+    _auto_min_track_length: int | None = None
 
     def add_frame(self, frame_number: int, features: Mapping[str, Any]) -> None:
         """Link one frame's features (a DataFrame or a mapping of arrays with y, x, mass in px)."""
@@ -313,9 +335,9 @@ class StreamingTracker:
         ids = np.asarray(self._linker.particle_ids, dtype=np.int64) + self._id_offset
         self._ids_used = max(self._ids_used, int(ids.max()) + 1 - self._id_offset) if ids.size else self._ids_used
         xs, ys = coords[:, 1], coords[:, 0]
-        dx, dy = self._tracks.update(frame_number, ids, xs, ys, self.params.pixel_size_um)
-        self._drift.add(frame_number, dx, dy)
         mass = np.asarray(features["mass"], float)
+        dx, dy = self._tracks.update(frame_number, ids, xs, ys, mass, self.params.pixel_size_um)
+        self._drift.add(frame_number, dx, dy)
         self._rows.append(np.column_stack([np.full(len(ids), frame_number), ids, xs, ys, mass]))
 
     def _end_linking(self) -> None:
@@ -324,26 +346,43 @@ class StreamingTracker:
         self._id_offset += self._ids_used
         self._ids_used = 0
 
+    def min_track_length(self) -> int:
+        """The configured minimum track length, else the one the last final summary chose from the data,
+        else RUNNING_MIN_TRACK_LENGTH."""
+        return self.params.min_track_length or self._auto_min_track_length or RUNNING_MIN_TRACK_LENGTH
+
     def tracks_table(self) -> pd.DataFrame:
-        """One row per track: length, steps, D (um^2/s), diameter (nm), and whether it is sized."""
-        t = self._tracks
+        """One row per track: length, step sums (drift removed), masses, D and diameter, and whether it is used.
+
+        ``diffusion_um2_s`` is the covariance-based estimate (CVE, exoacq.nta.sizing;
+        NaN below 3 points), ``diameter_nm`` the per-track Stokes-Einstein diameter of
+        the blur-corrected MSD (a diagnostic: distributions come from the deconvolution).
+        """
+        t, p = self._tracks, self.params
         pids = np.flatnonzero(t.n_points[: t.size] > 0)
-        n_points = t.n_points[pids]
-        n_steps = t.n_steps[pids].astype(float)
-        sum_sq = t.sum_sq_um2[pids]
-        if self.params.drift_correction:
-            sum_sq = self._drift.corrected_sum_sq(t.first_frame[pids], t.last_frame[pids], n_steps, sum_sq,
-                                                  t.sum_dx_um[pids], t.sum_dy_um[pids])
-        used = (n_points >= self.params.min_track_length) & (n_steps >= 2) & (sum_sq > 0)
-        d = diffusion_um2_s(n_steps, sum_sq, self.params)
-        diam = np.where(used, diameters_nm(n_steps, d, self.params), np.nan)
+        n_points, n_steps, n_pairs = t.n_points[pids], t.n_steps[pids].astype(float), t.n_pairs[pids]
+        if p.drift_correction:
+            v = self._drift.track_velocity_um(t.first_frame[pids], t.last_frame[pids], n_steps)
+        else:
+            v = np.zeros((len(pids), 2))
+        sum_sq, sum_cross = self._drift.corrected_sums(v, t, pids)
+        used = (n_points >= self.min_track_length()) & (n_steps >= 2) & (sum_sq > 0)
+        cve = (sizing.cve_diffusion_um2_s(n_steps, np.maximum(sum_sq, 0.0), sum_cross, n_pairs, p.frame_interval_s)
+               if len(pids) else np.empty(0))
+        mean_mass = t.sum_mass[pids] / np.maximum(n_points, 1)
+        d_msd = diffusion_um2_s(n_steps, sum_sq, p)
         return pd.DataFrame({
             "particle": pids,
             "first_frame": t.first_frame[pids],
             "length_frames": n_points,
             "n_steps": n_steps.astype(int),
-            "diffusion_um2_s": np.where(n_steps > 0, d, np.nan),
-            "diameter_nm": diam,
+            "n_pairs": n_pairs,
+            "sum_sq_um2": sum_sq,
+            "sum_cross_um2": sum_cross,
+            "mean_mass": mean_mass,
+            "max_mass": t.max_mass[pids],
+            "diffusion_um2_s": cve,
+            "diameter_nm": np.where(used, diameters_nm(n_steps, d_msd, p), np.nan),
             "used": used,
         })
 
@@ -356,35 +395,60 @@ class StreamingTracker:
     def summary(self, histogram: bool = True, running: bool = False) -> dict[str, Any]:
         """Size statistics, concentration and counts from what has been seen so far.
 
-        ``running``: the cheap form for progress reports (no histogram, binned mode).
+        Final: the deconvolved, detection-corrected distribution (exoacq.nta.distribution).
+        ``running``: the cheap form for progress reports: statistics of the per-track
+        diameters of tracks of >= 10 points (or ``min_track_length``), no histogram.
         """
-        histogram = histogram and not running
         table = self.tracks_table()
-        used = table.loc[table["used"].to_numpy(bool)]
         p = self.params
         frames = len(self.features_per_frame)
         ppf = float(np.mean(self.features_per_frame)) if frames else 0.0
+        warnings: list[str] = []
+        if running:
+            used = table.loc[table["used"].to_numpy(bool)]
+            sizes, size_detected = size_statistics(used["diameter_nm"].to_numpy(float), fast_mode=True), None
+            volume_ratio, min_track_length, localisation_nm, distribution = 1.0, p.min_track_length, None, None
+        else:
+            distribution = size_distribution(
+                table, frame_interval_s=p.frame_interval_s, exposure_s=p.exposure_ms * 1e-3,
+                temperature_c=p.temperature_c, viscosity_mpa_s=p.viscosity_mpa_s, minmass=p.minmass,
+                min_track_length=p.min_track_length, scattering_exponent=p.scattering_exponent,
+                volume_correction=p.volume_correction, calibration_relative_depth=p.calibration_relative_depth)
+            warnings += distribution["warnings"]
+            min_track_length = distribution["min_track_length"]
+            if p.min_track_length is None:
+                self._auto_min_track_length = min_track_length
+            used = table.loc[(table["length_frames"] >= (min_track_length or 0)) & (table["n_pairs"] > 0)]
+            sizes = distribution["size_nm"] or dict.fromkeys(("mean", "mode", "sd", "d10", "d50", "d90"))
+            size_detected, volume_ratio = distribution["size_nm_detected"], distribution["volume_ratio"]
+            localisation_nm = distribution["localisation_nm"]
         concentration = None
         if p.detection_volume_nl:
-            concentration = ppf / (p.detection_volume_nl * 1e-6) * p.dilution
-        warnings = []
-        if len(used) < MIN_TRACKS_FOR_DISTRIBUTION:
-            warnings.append(f"only {len(used)} tracks of >= {p.min_track_length} frames were sized; "
-                            f"a size distribution needs >= {MIN_TRACKS_FOR_DISTRIBUTION}")
-        if concentration is None:
+            concentration = ppf / (p.detection_volume_nl * 1e-6) * p.dilution * volume_ratio
+        else:
             warnings.append("no detection volume configured: concentration not reported")
         if self.linking_resets:
             warnings.append(f"linking gave up {self.linking_resets} times on crowded frames; "
                             "dilute the sample or lower search_range_px")
         diffusion = used["diffusion_um2_s"].to_numpy(float)
-        return {
-            "size_nm": size_statistics(used["diameter_nm"].to_numpy(float), fast_mode=running),
+        diffusion = diffusion[np.isfinite(diffusion)]
+        result = {
+            "size_nm": sizes,
+            "size_nm_detected": size_detected,
             "concentration_per_ml": concentration,
             "particles_per_frame": ppf,
-            "tracks": {"total": int(len(table)), "used": int(len(used))},
+            "tracks": {"total": int(len(table)), "used": int(len(used)), "min_length_frames": min_track_length},
             "diffusion_um2_s": {"mean": float(diffusion.mean()) if diffusion.size else None,
                                 "median": float(np.median(diffusion)) if diffusion.size else None},
+            "localisation_nm": localisation_nm,
+            "detection": None if distribution is None or "peak_mass_100nm" not in distribution else {
+                "peak_mass_100nm": distribution["peak_mass_100nm"],
+                "mean_relative_depth": distribution["mean_relative_depth"], "volume_ratio": volume_ratio},
             "frames_analysed": frames,
             "drift_um_s": self._drift.velocity_um_s(p.frame_rate_hz),
             "warnings": warnings,
-        } | ({"histogram": size_histogram(used["diameter_nm"].to_numpy(float), concentration)} if histogram else {})
+        }
+        if histogram and not running:
+            result["histogram"] = number_histogram(distribution.get("diameter_nm"),
+                                                   distribution.get("probability_smoothed"), len(used), concentration)
+        return result

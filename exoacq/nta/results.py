@@ -48,6 +48,8 @@ def combine_captures(captures: list[dict[str, Any]]) -> dict[str, Any]:
     warnings = [f"capture {c['capture']}: {w}" for c in per_capture for w in c["warnings"]] + avg["warnings"]
     return {
         "size_nm": {k: stats[f"{k}_nm"]["average"] for k in SIZE_KEYS},
+        "size_nm_detected": {k: _mean([(c.get("size_nm_detected") or {}).get(k) for c in per_capture])
+                             for k in SIZE_KEYS},
         "concentration_per_ml": stats["concentration_per_ml"]["average"],
         "particles_per_frame": stats["particles_per_frame"]["average"],
         "tracks": {"total": sum(c["tracks"]["total"] for c in per_capture),

@@ -215,6 +215,9 @@ class SizeDistribution:
     ``smoothing_ln_sd``: the kernel width of ``probability`` (0: plain ML);
     ``mode_smoothing_ln_sd``: that of the distribution the mode comes from.
     ``kkt_gap``: bound (nats, all tracks) on the distance to the maximum.
+    ``mode_probability``: the smoothed distribution the mode comes from.
+    ``track_ln_diameter``: per input track, the posterior mean of ln(d / nm)
+    under ``probability`` (NaN for tracks without a step).
     """
 
     diameter_nm: np.ndarray
@@ -228,6 +231,8 @@ class SizeDistribution:
     log_likelihood: float
     smoothing_ln_sd: float
     mode_smoothing_ln_sd: float | None
+    mode_probability: np.ndarray
+    track_ln_diameter: np.ndarray
 
 
 def default_diameter_grid_nm(low_nm: float = 10.0, high_nm: float = 2000.0, points: int = 200) -> np.ndarray:
@@ -235,23 +240,23 @@ def default_diameter_grid_nm(low_nm: float = 10.0, high_nm: float = 2000.0, poin
     return np.geomspace(low_nm, high_nm, points)
 
 
-def _newton(f: np.ndarray, tolerance_nats: float, max_iterations: int):
-    """Maximise sum_i log (f p)_i over the simplex; returns (p, converged, gap, iterations).
+def _newton(f: np.ndarray, w: np.ndarray, tolerance_nats: float, max_iterations: int):
+    """Maximise sum_i w_i log (f p)_i over the simplex; returns (p, converged, gap, iterations).
 
     Constrained Newton method (Wang 2007, J. R. Stat. Soc. B 69:185): with
     q = f p and g_j = mean_i f_ij / q_i, the support is extended by the local
     maxima of g above 1; on it the second-order expansion of the
     log-likelihood is maximised by non-negative least squares,
-    min |S pi - 2|^2 with S_ij = f_ij / q_i and sum(pi) = 1 imposed by a
+    min sum_i w_i ((S pi)_i - 2)^2 with S_ij = f_ij / q_i and sum(pi) = 1 imposed by a
     heavily weighted extra row; pi - p is the direction of an Armijo line search.
     """
-    tracks, points = f.shape
+    points, tracks, root_w = f.shape[1], float(w.sum()), np.sqrt(w)
     p = np.full(points, 1.0 / points)
     q = f @ p
-    log_likelihood = float(np.log(q).sum())
+    log_likelihood = float(w @ np.log(q))
     gap = math.inf
     for iteration in range(1, max_iterations + 1):
-        gradient = f.T @ (1.0 / q)  # = tracks * g
+        gradient = f.T @ (w / q)  # = tracks * g
         gap = float(gradient.max()) - tracks
         if gap < tolerance_nats:
             return p, True, gap, iteration
@@ -259,8 +264,8 @@ def _newton(f: np.ndarray, tolerance_nats: float, max_iterations: int):
         peaks = (gradient >= padded[:-2]) & (gradient >= padded[2:]) & (gradient > tracks)
         support = np.flatnonzero((p > 0) | peaks)
         weight_row = np.full((1, support.size), 1e3 * math.sqrt(tracks))  # without it, pi = 2 p is exact
-        weights, _ = nnls(np.vstack([f[:, support] / q[:, None], weight_row]),
-                          np.append(np.full(tracks, 2.0), weight_row[0, 0]), maxiter=50 * support.size)
+        weights, _ = nnls(np.vstack([f[:, support] * (root_w / q)[:, None], weight_row]),
+                          np.append(2.0 * root_w, weight_row[0, 0]), maxiter=50 * support.size)
         if not weights.sum() > 0:
             return p, False, gap, iteration
         direction = -p
@@ -269,7 +274,7 @@ def _newton(f: np.ndarray, tolerance_nats: float, max_iterations: int):
         while True:
             trial = p + step * direction
             q_trial = f @ trial
-            ll_trial = float(np.log(q_trial).sum()) if np.all(q_trial > 0) else -math.inf
+            ll_trial = float(w @ np.log(q_trial)) if np.all(q_trial > 0) else -math.inf
             if ll_trial >= log_likelihood + step * slope / 3.0 or step < 1e-10:
                 break
             step /= 2.0
@@ -278,17 +283,17 @@ def _newton(f: np.ndarray, tolerance_nats: float, max_iterations: int):
         p = np.where(trial > 1e-14 * trial.max(), trial, 0.0)
         p /= p.sum()
         q = f @ p
-        log_likelihood = float(np.log(q).sum())
+        log_likelihood = float(w @ np.log(q))
     return p, False, gap, max_iterations
 
 
-def _em(f: np.ndarray, tolerance_nats: float, max_iterations: int):
+def _em(f: np.ndarray, w: np.ndarray, tolerance_nats: float, max_iterations: int):
     """EM for mixture weights (Dempster, Laird & Rubin 1977): p_j <- p_j g_j from p uniform."""
-    tracks, points = f.shape
+    points, tracks = f.shape[1], float(w.sum())
     p = np.full(points, 1.0 / points)
     gap = math.inf
     for iteration in range(1, max_iterations + 1):
-        gradient = f.T @ (1.0 / (f @ p))
+        gradient = f.T @ (w / (f @ p))
         gap = float(gradient.max()) - tracks
         if gap < tolerance_nats:
             return p, True, gap, iteration
@@ -297,7 +302,7 @@ def _em(f: np.ndarray, tolerance_nats: float, max_iterations: int):
     return p, False, gap, max_iterations
 
 
-def _fit(f, grid, smoothing_ln_sd, method, tolerance_nats, max_iterations):
+def _fit(f, w, grid, smoothing_ln_sd, method, tolerance_nats, max_iterations):
     """ML of p = K pi, K Gaussian bumps of SD smoothing_ln_sd in ln(d) (identity for 0)."""
     kernel = None
     if smoothing_ln_sd > 0:
@@ -305,17 +310,17 @@ def _fit(f, grid, smoothing_ln_sd, method, tolerance_nats, max_iterations):
         kernel = np.exp(-0.5 * ((ln[:, None] - ln[None, :]) / smoothing_ln_sd) ** 2)
         kernel /= kernel.sum(axis=0, keepdims=True)
     solver = {"newton": _newton, "em": _em}[method]
-    pi, converged, gap, iterations = solver(f if kernel is None else f @ kernel, tolerance_nats, max_iterations)
+    pi, converged, gap, iterations = solver(f if kernel is None else f @ kernel, w, tolerance_nats, max_iterations)
     p = pi if kernel is None else kernel @ pi
-    return p / p.sum(), converged, gap, iterations, float(np.log(f @ p).sum())
+    return p / p.sum(), converged, gap, iterations, float(w @ np.log(f @ p))
 
 
-def _smoothest(f, grid, log_likelihood_ml, nats, *fit_options):
+def _smoothest(f, w, grid, log_likelihood_ml, nats, *fit_options):
     """Widest kernel (geometric bisection over 0.01-0.5 in ln(d)) within ``nats`` of the ML log-likelihood."""
     low, high, best = 0.0, 0.5, None
     for _ in range(8):
         s = math.sqrt(max(low, 0.01) * high)
-        fit = _fit(f, grid, s, *fit_options)
+        fit = _fit(f, w, grid, s, *fit_options)
         if log_likelihood_ml - fit[4] <= nats:
             low, best = s, fit
         else:
@@ -328,6 +333,7 @@ def deconvolve_size_distribution(
     localisation_variance_um2: float, viscosity_mpa_s: float | None = None, diameter_grid_nm=None,
     method: str = "newton", smoothing_ln_sd: float | str = 0.0, smoothing_nats: float = 1.92,
     tolerance_nats: float = 0.01, max_iterations: int = 500, min_tracks: int = MIN_TRACKS_FOR_STATISTICS,
+    track_weights=None,
 ) -> SizeDistribution:
     """Maximum-likelihood number size distribution from short tracks (Walker 2012; Kim 2019, Sci. Rep. 9:2639).
 
@@ -337,6 +343,14 @@ def deconvolve_size_distribution(
     ``exposure_s`` and ``localisation_variance_um2`` (per coordinate; known,
     or :func:`pooled_localisation_variance_um2`, used as it is if slightly
     negative). Tracks of one step count; tracks of none are dropped.
+
+    ``track_weights`` w_i (default 1) weigh each track's log-likelihood,
+    log L = sum_i w_i log sum_j p_j f_ij: with w_i = the track's number of
+    points, p estimates the distribution of particles present in a frame
+    (as counted for the concentration) rather than of tracks, which
+    over-represent fast particles, whose tracks end sooner. They are scaled
+    to a mean of 1, so the nats of the stopping rule and of the smoothing
+    bound keep their meaning.
 
     p >= 0, sum(p) = 1; the log-likelihood is concave in p. Stopping rule:
     with g_j = mean_i f_ij / (f p)_i, the log-likelihood is at most
@@ -361,8 +375,12 @@ def deconvolve_size_distribution(
     +3-7 % (ML: +0-4 %); for a log-normal of ln-SD 0.4 no mode is within ~20 %.
     """
     n, s = _sums(n_steps, sum_sq_um2)
+    w = np.ones_like(n) if track_weights is None else np.asarray(track_weights, float)
+    if w.shape != n.shape or not np.all(np.isfinite(w) & (w > 0)):
+        raise ValueError("track_weights: one finite weight > 0 per track")
     keep = n > 0
-    n, s = n[keep], s[keep]
+    n, s, w = n[keep], s[keep], w[keep]
+    w = w / w.mean() if w.size else w  # mean 1: the stopping rule and smoothing bound stay in nats per track
     if n.size == 0:
         raise ValueError("no track with a step: a size distribution needs tracks of >= 2 points")
     if np.any(s <= 0):
@@ -379,21 +397,24 @@ def deconvolve_size_distribution(
     options = (method, tolerance_nats, max_iterations)
     auto = smoothing_ln_sd == "auto"
     width = 0.0 if auto else float(smoothing_ln_sd)
-    p, converged, gap, iterations, log_likelihood = _fit(f, grid, width, *options)
+    p, converged, gap, iterations, log_likelihood = _fit(f, w, grid, width, *options)
     mode_width, mode_p = width, p
     statistics, reason = None, None
     if n.size < min_tracks:
         reason = f"{n.size} track(s) with steps; size statistics need >= {min_tracks}"
         mode_width = None
     elif auto or width == 0.0:
-        mode_width, fit = _smoothest(f, grid, log_likelihood, smoothing_nats, *options)
+        mode_width, fit = _smoothest(f, w, grid, log_likelihood, smoothing_nats, *options)
         mode_p = p if fit is None else fit[0]
         if auto and fit is not None:
             width, (p, converged, gap, iterations, log_likelihood) = mode_width, fit
     if reason is None:
         statistics = distribution_statistics(grid, p) | {"mode": distribution_statistics(grid, mode_p)["mode"]}
+    posterior = f * p[None, :]
+    ln_d = np.full(keep.shape, np.nan)
+    ln_d[keep] = (posterior @ np.log(grid)) / posterior.sum(axis=1)
     return SizeDistribution(grid, p, statistics, reason, int(n.size), iterations, converged, gap,
-                            log_likelihood + float(row_max.sum()), width, mode_width)
+                            log_likelihood + float(w @ row_max), width, mode_width, mode_p / mode_p.sum(), ln_d)
 
 
 def gaussian_sheet_detection_depth_um(diameter_nm, *, sheet_half_width_um: float, reference_diameter_nm: float,
@@ -430,3 +451,39 @@ def correct_for_detection_volume(probability, detection_weight) -> np.ndarray:
     if not corrected.sum() > 0:
         raise ValueError("no detected probability where the detection weight is positive")
     return corrected / corrected.sum()
+
+
+def reference_peak_mass(max_mass, track_ln_diameter, *, reference_diameter_nm: float = 100.0,
+                        scattering_exponent: float = 6.0) -> float:
+    """Brightness (feature mass) of a particle of ``reference_diameter_nm`` at the light sheet's centre.
+
+    Each track's brightest feature, scaled to the reference size along I ~ d^k
+    with the track's posterior mean ln(d) (:class:`SizeDistribution`), gives
+    one estimate; the median over tracks is returned. A track's brightest
+    feature is taken near the sheet centre for most tracks long enough to
+    be sized; those that stayed off-centre make it low, and the median is
+    robust to them. The detection depth depends on it only through
+    sqrt(ln(peak / threshold)), so a 30 % error moves the depth by ~ 7 %
+    at a peak of 8 x the threshold.
+    """
+    m = np.asarray(max_mass, float)
+    ln_d = np.asarray(track_ln_diameter, float)
+    ok = np.isfinite(ln_d) & (m > 0)
+    if not np.any(ok):
+        raise ValueError("no track with a brightness and a size")
+    scaled = np.log(m[ok]) - scattering_exponent * (ln_d[ok] - math.log(reference_diameter_nm))
+    return float(np.exp(np.median(scaled)))
+
+
+def rebin_number_distribution(diameter_nm, probability, edges_nm) -> np.ndarray:
+    """Number fractions of a grid distribution in the bins ``edges_nm`` (cells uniform in ln(d), as
+    :func:`distribution_statistics`); what lies outside the bins is dropped."""
+    d = np.asarray(diameter_nm, float)
+    p = np.asarray(probability, float)
+    ln = np.log(d)
+    mid = (ln[1:] + ln[:-1]) / 2.0
+    cells = np.concatenate([[2 * ln[0] - mid[0]], mid, [2 * ln[-1] - mid[-1]]])
+    cdf = np.concatenate([[0.0], np.cumsum(p / p.sum())])
+    with np.errstate(divide="ignore"):
+        ln_edges = np.log(np.asarray(edges_nm, float))
+    return np.diff(np.interp(ln_edges, cells, cdf, left=0.0, right=1.0))

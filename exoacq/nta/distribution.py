@@ -1,0 +1,159 @@
+"""The size distribution of a sample from its tracks: the steps from per-track sums to reported numbers.
+
+1. Tracks: every track of at least ``min_track_length`` points (given, or
+   chosen from the data: :func:`auto_min_track_length`).
+2. Localisation error: sigma^2 pooled over the tracks by the covariance
+   estimator (Vestergaard, Blainey & Flyvbjerg 2014), with the motion-blur
+   coefficient of the exposure.
+3. Detected distribution: maximum-likelihood deconvolution over track
+   lengths (Walker 2012), each track weighted by its number of points, so
+   the distribution is that of the particles present in a frame, the ones
+   counted for the concentration (exoacq.nta.sizing).
+4. Sample distribution: divided by the detection depth of each size in a
+   Gaussian light sheet, whose brightness scale comes from the tracks'
+   brightest features (:func:`exoacq.nta.sizing.reference_peak_mass`) and
+   the detection threshold ``minmass``; the concentration likewise counts each
+   size in its own detection volume, relative to the calibrated one.
+
+``size_nm`` holds the statistics of 4, ``size_nm_detected`` those of 3.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from exoacq.nta import sizing
+
+#: Tracks needed for a size distribution worth reporting without comment.
+MIN_TRACKS_FOR_DISTRIBUTION = 50
+HISTOGRAM_BIN_NM = 5.0
+#: Automatic minimum track length: the per-track CVE's relative SD at most this.
+AUTO_TRACK_RELATIVE_SD = 0.5
+AUTO_TRACK_BOUNDS = (5, 50)
+#: Sizes whose detection depth is below this fraction of the deepest detected size are not corrected up
+#: (just above the threshold the correction divides by a small, steep, uncertain depth).
+MIN_RELATIVE_DEPTH = 0.2
+
+
+def auto_min_track_length(reduced_localisation_error: float) -> int:
+    """Points per track for a per-track CVE of D with relative SD <= 0.5 (2-D).
+
+    var(D_CVE) / D^2 ~ (6 + 4 eps + 2 eps^2) / (2 N) for N steps, eps =
+    sigma^2 / (D dt) - 2R the reduced localisation error (Vestergaard 2014,
+    eq. 16, two coordinates); gives 12-13 points when localisation error is small,
+    more when it dominates. Shorter tracks carry little size information and
+    more of the linking mistakes. Clipped to 5-50 points.
+    """
+    eps = reduced_localisation_error if math.isfinite(reduced_localisation_error) else 0.0
+    steps = (6.0 + 4.0 * eps + 2.0 * eps * eps) / (2.0 * AUTO_TRACK_RELATIVE_SD ** 2)
+    return int(np.clip(math.ceil(steps) + 1, *AUTO_TRACK_BOUNDS))
+
+
+def _whole(values: np.ndarray) -> np.ndarray:
+    """Round to integers keeping the (rounded) total: largest remainders first (Hamilton's method)."""
+    floor = np.floor(values).astype(int)
+    missing = int(round(values.sum())) - int(floor.sum())
+    if missing > 0:
+        floor[np.argsort(floor - values)[:missing]] += 1
+    return floor
+
+
+def number_histogram(diameter_nm: np.ndarray | None, probability: np.ndarray | None, tracks: int,
+                     concentration_per_ml: float | None) -> dict[str, list]:
+    """The distribution in 5 nm bins from 0 nm to past its 99.9th percentile (at least 500 nm):
+    number fraction, tracks per bin (rounded) and, with a concentration, particles/mL per bin.
+    Without a distribution (None) every bin is empty."""
+    last = 0.0
+    if probability is not None:
+        cdf = np.cumsum(probability) / probability.sum()
+        last = float(diameter_nm[min(int(np.searchsorted(cdf, 0.999)) + 1, diameter_nm.size - 1)])
+    top = HISTOGRAM_BIN_NM * math.ceil(max(500.0, last) / HISTOGRAM_BIN_NM + 1)
+    edges = np.arange(0.0, top + HISTOGRAM_BIN_NM / 2, HISTOGRAM_BIN_NM)
+    fraction = (sizing.rebin_number_distribution(diameter_nm, probability, edges) if probability is not None
+                else np.zeros(edges.size - 1))
+    result: dict[str, list] = {"bin_width_nm": HISTOGRAM_BIN_NM,
+                               "bin_centres_nm": ((edges[:-1] + edges[1:]) / 2).tolist(),
+                               "number_fraction": fraction.tolist(),
+                               "counts": _whole(fraction * tracks).tolist()}
+    if concentration_per_ml is not None:
+        result["concentration_per_ml"] = (fraction * concentration_per_ml).tolist()
+    return result
+
+
+def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_s: float, temperature_c: float,
+                      viscosity_mpa_s: float, minmass: float, min_track_length: int | None,
+                      scattering_exponent: float = 6.0, volume_correction: bool = True,
+                      calibration_relative_depth: float | None = None) -> dict[str, Any]:
+    """Sizes of the tracks in ``table`` (:meth:`StreamingTracker.tracks_table`).
+
+    Returns ``size_nm``, ``size_nm_detected`` (statistics or None), the grid
+    ``diameter_nm`` with ``probability`` (sample), ``probability_detected`` and
+    ``probability_smoothed`` (the sample's, smoothed within the likelihood bound
+    of the mode: for histograms),
+    ``tracks_used``, ``min_track_length``, ``localisation_nm``,
+    ``volume_ratio`` and ``warnings``.
+
+    ``mean_relative_depth``: sum_d p(d) depth(d), depth from
+    :func:`exoacq.nta.sizing.gaussian_sheet_detection_depth_um` with a sheet
+    half-width of 1. ``calibration_relative_depth``: the same quantity measured on
+    the calibration beads; with it, ``volume_ratio`` = that over the sample's:
+    the factor from the calibrated detection volume to the sample's
+    (concentration = features per frame / V_cal x ratio); else 1.
+    """
+    warnings: list[str] = []
+    blur = sizing.blur_coefficient(exposure_s, frame_interval_s)
+    stepped = table.loc[(table["n_pairs"] > 0) & (table["sum_sq_um2"] > 0)]
+    sums = [stepped[c].to_numpy(float) for c in ("n_steps", "sum_sq_um2", "sum_cross_um2", "n_pairs")]
+    out: dict[str, Any] = {"size_nm": None, "size_nm_detected": None, "tracks_used": 0, "localisation_nm": None,
+                           "min_track_length": min_track_length, "volume_ratio": 1.0, "warnings": warnings}
+    if stepped.empty:
+        warnings.append("no track of >= 3 points: no size distribution")
+        return out
+    sigma2 = sizing.pooled_localisation_variance_um2(*sums, blur)
+    if min_track_length is None:
+        d_mean = float(np.mean(sizing.cve_diffusion_um2_s(*sums, frame_interval_s)))
+        eps = sigma2 / (d_mean * frame_interval_s) - 2.0 * blur if d_mean > 0 else math.nan
+        min_track_length = auto_min_track_length(eps)
+    used = stepped.loc[stepped["length_frames"] >= min_track_length]
+    out |= {"min_track_length": int(min_track_length), "tracks_used": int(len(used)),
+            "localisation_nm": math.sqrt(sigma2) * 1e3 if sigma2 > 0 else 0.0}
+    if len(used) < MIN_TRACKS_FOR_DISTRIBUTION:
+        warnings.append(f"only {len(used)} tracks of >= {min_track_length} frames were sized; "
+                        f"a size distribution needs >= {MIN_TRACKS_FOR_DISTRIBUTION}")
+        if len(used) < sizing.MIN_TRACKS_FOR_STATISTICS:
+            return out
+    detected = sizing.deconvolve_size_distribution(
+        used["n_steps"], used["sum_sq_um2"], frame_interval_s=frame_interval_s, exposure_s=exposure_s,
+        temperature_c=temperature_c, viscosity_mpa_s=viscosity_mpa_s, localisation_variance_um2=sigma2,
+        track_weights=used["length_frames"].to_numpy(float))
+    if not detected.converged:
+        warnings.append(f"size deconvolution stopped {detected.kkt_gap:.2g} nats from its maximum")
+    grid, p_detected = detected.diameter_nm, detected.probability
+    p, p_mode = p_detected, detected.mode_probability
+    if volume_correction:
+        peak = sizing.reference_peak_mass(used["max_mass"], detected.track_ln_diameter,
+                                          scattering_exponent=scattering_exponent)
+        depth = sizing.gaussian_sheet_detection_depth_um(
+            grid, sheet_half_width_um=1.0, reference_diameter_nm=100.0,
+            peak_over_threshold_at_reference=peak / minmass if minmass > 0 else math.inf,
+            scattering_exponent=scattering_exponent)
+        seen = depth[p_detected > 1e-6 * p_detected.max()]
+        if not seen.max() > 0:
+            warnings.append(f"the tracks' brightest features ({peak:.3g} at 100 nm) are not above minmass "
+                            f"({minmass:g}): no detection-volume correction")
+        else:
+            depth = np.where(depth >= MIN_RELATIVE_DEPTH * seen.max(), depth, 0.0)
+            p = sizing.correct_for_detection_volume(p_detected, depth)
+            p_mode = sizing.correct_for_detection_volume(p_mode, depth)
+            mean_depth = float(p @ depth)
+            out |= {"peak_mass_100nm": peak, "mean_relative_depth": mean_depth}
+            if calibration_relative_depth:
+                out["volume_ratio"] = calibration_relative_depth / mean_depth
+    out |= {"diameter_nm": grid, "probability": p, "probability_detected": p_detected, "probability_smoothed": p_mode}
+    out["size_nm_detected"] = sizing.distribution_statistics(grid, p_detected) | {
+        "mode": sizing.distribution_statistics(grid, detected.mode_probability)["mode"]}
+    out["size_nm"] = sizing.distribution_statistics(grid, p) | {"mode": sizing.distribution_statistics(grid, p_mode)["mode"]}
+    return out
