@@ -153,16 +153,23 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-size-um", type=_positive_float, help="object-plane pixel size (required unless in --calibration)")
     p.add_argument("--temperature-c", type=float, help="sample temperature (default 25 C, with a warning)")
     p.add_argument("--viscosity-mpa-s", type=_positive_float, help="medium viscosity (default: water, IAPWS 2008)")
-    p.add_argument("--exposure-ms", type=float, default=0.0, help="exposure, for the motion-blur correction (default 0)")
+    p.add_argument("--exposure-ms", type=float,
+                   help="exposure, for the motion-blur model (default: the whole frame interval, with a warning)")
     p.add_argument("--dilution", type=_positive_float, default=1.0)
     p.add_argument("--calibration", type=Path, help="detection-volume calibration (TOML) for concentrations")
-    p.add_argument("--invert", action="store_true", help="dark particles on a light background")
+    p.add_argument("--invert", action="store_true",
+                   help="dark particles on a light background (bright field: no light-sheet depth correction)")
+    p.add_argument("--no-volume-correction", dest="volume_correction", action="store_false",
+                   help="report the detected size distribution without the light-sheet detection-depth correction")
     p.add_argument("--feature-diameter-px", type=int, default=11, help="odd (default %(default)s)")
     p.add_argument("--minmass", type=float, default=300.0, help="detection threshold (default %(default)s)")
     p.add_argument("--min-track-length", type=int, default=None,
                    help="frames (default: chosen from the data's localisation error, 13 or more)")
-    p.add_argument("--search-range-px", type=_positive_float, help="link search range (default: from --min-diameter-nm)")
-    p.add_argument("--min-diameter-nm", type=_positive_float, default=30.0)
+    p.add_argument("--search-range-px", type=_positive_float,
+                   help="link search range (default: chosen from the first 100 frames' tracks, at most that of "
+                        "--min-diameter-nm)")
+    p.add_argument("--min-diameter-nm", type=_positive_float, default=30.0,
+                   help="smallest expected particle: the largest search range (default %(default)s)")
     p.add_argument("--detector", choices=["fast", "trackpy"], default="fast")
 
 
@@ -322,7 +329,12 @@ def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]
         raise ExoacqError(f"--feature-diameter-px {args.feature_diameter_px}: must be odd and >= 3", code="usage")
     if args.min_track_length is not None and args.min_track_length < 3:
         raise ExoacqError(f"--min-track-length {args.min_track_length}: must be >= 3 frames", code="usage")
-    if args.exposure_ms < 0 or args.exposure_ms > 1000.0 / fps:
+    exposure_ms = args.exposure_ms
+    if exposure_ms is None:
+        exposure_ms = 1000.0 / fps
+        warnings.append(f"no --exposure-ms given: the whole frame interval ({exposure_ms:.3g} ms) assumed "
+                        "(motion-blur model)")
+    if exposure_ms < 0 or exposure_ms > 1000.0 / fps * (1 + 1e-9):
         raise ExoacqError(f"--exposure-ms {args.exposure_ms:g}: must be from 0 to the frame interval "
                           f"{1000.0 / fps:.3g} ms", code="usage")
     temperature = args.temperature_c
@@ -339,11 +351,12 @@ def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]
         volume = calibration.result.detection_volume_nl
         depth = calibration.result.relative_detection_depth
     params = TrackingParameters.for_sample(
-        frame_rate_hz=fps, exposure_ms=args.exposure_ms, pixel_size_um=pixel, temperature_c=temperature,
+        frame_rate_hz=fps, exposure_ms=min(exposure_ms, 1000.0 / fps), pixel_size_um=pixel, temperature_c=temperature,
         min_diameter_nm=args.min_diameter_nm, viscosity_mpa_s=args.viscosity_mpa_s,
         link_search_range_px=args.search_range_px, feature_diameter_px=args.feature_diameter_px,
         minmass=args.minmass, min_track_length=args.min_track_length, detection_volume_nl=volume,
-        dilution=args.dilution, invert=args.invert, detector=args.detector, calibration_relative_depth=depth)
+        dilution=args.dilution, invert=args.invert, detector=args.detector, calibration_relative_depth=depth,
+        volume_correction=args.volume_correction and not args.invert)
     return params, warnings
 
 

@@ -115,16 +115,21 @@ def record(case: Case, *, capture_s: float, captures: int, calibration: Calibrat
             "result": combine_captures(results)}
 
 
-def calibrate(*, capture_s: float, captures: int, seed: int = 1,
+def calibrate(*, capture_s: float, captures: int, samples: int = 3, seed: int = 1,
               progress: Callable[[str], None] | None = None) -> Calibration:
-    """Detection volume from 100 nm beads at the beads' camera level, on their own seeds."""
-    bead = Case("calibration-100nm", (SampleComponent(100.0),), 3e8, seed=seed)
-    recorded = record(bead, capture_s=capture_s, captures=captures, calibration=None, progress=progress)
-    result, truth = recorded["result"], recorded["truth"]
-    volume_nl = result["particles_per_frame"] / truth["concentration_per_ml"] * 1e6
-    depth = float(np.mean([c["detection"]["mean_relative_depth"] for c in result["captures"]]))
-    return Calibration(volume_nl, depth, [{"particles_per_frame": result["particles_per_frame"],
-                                           "true_concentration_per_ml": truth["concentration_per_ml"]}])
+    """Detection volume from 100 nm beads at the beads' camera level: ``samples`` independent
+    samples (their own seeds, none shared with the cases) of ``captures`` x ``capture_s`` each;
+    volume and detection depth averaged over the samples."""
+    volumes, depths, videos = [], [], []
+    for k in range(samples):
+        bead = Case(f"calibration-100nm-{k + 1}", (SampleComponent(100.0),), 3e8, seed=seed + k)
+        recorded = record(bead, capture_s=capture_s, captures=captures, calibration=None, progress=progress)
+        result, truth = recorded["result"], recorded["truth"]
+        volumes.append(result["particles_per_frame"] / truth["concentration_per_ml"] * 1e6)
+        depths += [c["detection"]["mean_relative_depth"] for c in result["captures"]]
+        videos.append({"seed": bead.seed, "particles_per_frame": result["particles_per_frame"],
+                       "true_concentration_per_ml": truth["concentration_per_ml"], "volume_nl": volumes[-1]})
+    return Calibration(float(np.mean(volumes)), float(np.mean(depths)), videos)
 
 
 def _error_percent(measured: float | None, truth: float) -> float | None:
@@ -174,6 +179,8 @@ def bench_accuracy(cases: list[Case], *, capture_s: float = 60.0, captures: int 
             e = rows[-1]["error_percent"]
             progress(f"{case.name}: " + ", ".join(f"{k} {v:+.1f} %" for k, v in e.items() if v is not None))
     return {"calibration": {"detection_volume_nl": calibration.detection_volume_nl,
+                            "uncertainty_nl": float(np.std([v["volume_nl"] for v in calibration.videos], ddof=1)
+                                                    / math.sqrt(len(calibration.videos))),
                             "relative_depth": calibration.relative_depth, "videos": calibration.videos,
                             "captures": captures, "capture_s": capture_s},
             "cases": rows, "all_passed": all(all(r["passed"].values()) for r in rows),

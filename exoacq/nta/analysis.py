@@ -20,6 +20,7 @@ estimates (no deconvolution of their statistical spread).
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -46,6 +47,10 @@ tp.quiet()
 RUNNING_MIN_TRACK_LENGTH = 10
 #: Rayleigh tail: a 2-D step exceeds a * sigma with probability exp(-a^2 / 2); 3.5 -> 0.2 %.
 SEARCH_RANGE_SIGMAS = 3.5
+#: Automatic search range: frames held to choose it, tracks needed, smallest range.
+PILOT_FRAMES = 100
+PILOT_MIN_TRACKS = 20
+MIN_SEARCH_RANGE_PX = 3.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,10 @@ class TrackingParameters:
     minmass: float = 300.0
     #: Points for a track to be sized; None: chosen from the data (exoacq.nta.distribution.auto_min_track_length).
     min_track_length: int | None = None
+    #: Link search range; with auto_search_range, the largest one the pilot may choose.
     search_range_px: float = 20.0
+    #: Choose the search range from the first frames' tracks (StreamingTracker, PILOT_FRAMES).
+    auto_search_range: bool = False
     detection_volume_nl: float | None = None
     dilution: float = 1.0
     invert: bool = False
@@ -85,12 +93,14 @@ class TrackingParameters:
                    min_diameter_nm: float, viscosity_mpa_s: float | None = None,
                    link_search_range_px: float | None = None, **options: Any) -> "TrackingParameters":
         """Parameters at a measured temperature: water viscosity (IAPWS 2008) and the link search
-        range of the smallest expected particle, unless given."""
+        range: given, or chosen from the data (:class:`StreamingTracker`) up to that of the
+        smallest expected particle."""
         viscosity = viscosity_mpa_s or water_viscosity_iapws_mpa_s(temperature_c)
         search = link_search_range_px or search_range_px(min_diameter_nm, temperature_c, viscosity,
                                                          frame_rate_hz, pixel_size_um)
         return cls(frame_rate_hz=frame_rate_hz, exposure_ms=exposure_ms, pixel_size_um=pixel_size_um,
-                   temperature_c=temperature_c, viscosity_mpa_s=viscosity, search_range_px=search, **options)
+                   temperature_c=temperature_c, viscosity_mpa_s=viscosity, search_range_px=search,
+                   auto_search_range=link_search_range_px is None, **options)
 
     def locate_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`locate_features`."""
@@ -308,11 +318,44 @@ class StreamingTracker:
     features_per_frame: list[int] = field(default_factory=list)
     linking_resets: int = 0
     _auto_min_track_length: int | None = None
+    _pilot: list = field(default_factory=list)
 
     def add_frame(self, frame_number: int, features: Mapping[str, Any]) -> None:
         """Link one frame's features (a DataFrame or a mapping of arrays with y, x, mass in px)."""
+        self.features_per_frame.append(len(features["x"]))
+        if self.params.auto_search_range:  # pilot: hold the first frames until the range is chosen
+            self._pilot.append((frame_number, {k: np.asarray(features[k], float) for k in ("y", "x", "mass")}))
+            if len(self._pilot) >= PILOT_FRAMES:
+                self._choose_search_range()
+            return
+        self._link(frame_number, features)
+
+    def _choose_search_range(self) -> None:
+        """Link the held frames at the largest range; choose the range from their tracks; link them again.
+
+        The range covers the 2-D one-frame steps (all but 0.2 %) of a particle twice as mobile as
+        the 95th percentile of the tracks' D (CVE, tracks of >= 10 points): half the diameter of the
+        small end of the sample. Never above the largest range; with fewer than
+        PILOT_MIN_TRACKS tracks, the largest range stays.
+        """
+        frames, self._pilot = self._pilot, []
+        p = self.params
+        pilot = StreamingTracker(dataclasses.replace(p, auto_search_range=False, min_track_length=None))
+        for number, features in frames:
+            pilot.add_frame(number, features)
+        table = pilot.tracks_table()
+        d = table.loc[table["length_frames"] >= RUNNING_MIN_TRACK_LENGTH, "diffusion_um2_s"].to_numpy(float)
+        d = d[np.isfinite(d)]
+        chosen = p.search_range_px
+        if d.size >= PILOT_MIN_TRACKS and np.percentile(d, 95) > 0:
+            step_um = math.sqrt(2.0 * 2.0 * float(np.percentile(d, 95)) * p.frame_interval_s)
+            chosen = min(p.search_range_px, max(SEARCH_RANGE_SIGMAS * step_um / p.pixel_size_um, MIN_SEARCH_RANGE_PX))
+        self.params = dataclasses.replace(p, search_range_px=round(chosen, 2), auto_search_range=False)
+        for number, features in frames:
+            self._link(number, features)
+
+    def _link(self, frame_number: int, features: Mapping[str, Any]) -> None:
         count = len(features["x"])
-        self.features_per_frame.append(count)
         gap = self._last_frame is not None and frame_number != self._last_frame + 1
         self._last_frame = frame_number
         if count == 0 or gap:
@@ -399,6 +442,8 @@ class StreamingTracker:
         ``running``: the cheap form for progress reports: statistics of the per-track
         diameters of tracks of >= 10 points (or ``min_track_length``), no histogram.
         """
+        if not running and self._pilot:  # a video shorter than the pilot
+            self._choose_search_range()
         table = self.tracks_table()
         p = self.params
         frames = len(self.features_per_frame)
@@ -441,6 +486,7 @@ class StreamingTracker:
             "diffusion_um2_s": {"mean": float(diffusion.mean()) if diffusion.size else None,
                                 "median": float(np.median(diffusion)) if diffusion.size else None},
             "localisation_nm": localisation_nm,
+            "link_search_range_px": None if p.auto_search_range else p.search_range_px,
             "detection": None if distribution is None or "peak_mass_100nm" not in distribution else {
                 "peak_mass_100nm": distribution["peak_mass_100nm"],
                 "mean_relative_depth": distribution["mean_relative_depth"], "volume_ratio": volume_ratio},

@@ -2,9 +2,9 @@
 
 1. Tracks: every track of at least ``min_track_length`` points (given, or
    chosen from the data: :func:`auto_min_track_length`).
-2. Localisation error: sigma^2 pooled over the tracks by the covariance
+2. Localisation error: the median of the tracks' sigma^2 by the covariance
    estimator (Vestergaard, Blainey & Flyvbjerg 2014), with the motion-blur
-   coefficient of the exposure.
+   coefficient of the exposure (robust to a minority of noisy tracks).
 3. Detected distribution: maximum-likelihood deconvolution over track
    lengths (Walker 2012), each track weighted by its number of points, so
    the distribution is that of the particles present in a frame, the ones
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from exoacq.nta import sizing
+from exoacq.physics import stokes_einstein_diameter_nm
 
 #: Tracks needed for a size distribution worth reporting without comment.
 MIN_TRACKS_FOR_DISTRIBUTION = 50
@@ -36,6 +37,8 @@ AUTO_TRACK_BOUNDS = (5, 50)
 #: Sizes whose detection depth is below this fraction of the deepest detected size are not corrected up
 #: (just above the threshold the correction divides by a small, steep, uncertain depth).
 MIN_RELATIVE_DEPTH = 0.2
+GRID_LIMITS_NM = (5.0, 50_000.0)
+GRID_STEP_LN = 0.027
 
 
 def auto_min_track_length(reduced_localisation_error: float) -> int:
@@ -50,6 +53,21 @@ def auto_min_track_length(reduced_localisation_error: float) -> int:
     eps = reduced_localisation_error if math.isfinite(reduced_localisation_error) else 0.0
     steps = (6.0 + 4.0 * eps + 2.0 * eps * eps) / (2.0 * AUTO_TRACK_RELATIVE_SD ** 2)
     return int(np.clip(math.ceil(steps) + 1, *AUTO_TRACK_BOUNDS))
+
+
+def diameter_grid_nm(diffusion_um2_s: np.ndarray, temperature_c: float, viscosity_mpa_s: float) -> np.ndarray:
+    """Log-spaced diameters (2.7 % apart) from half the Stokes-Einstein diameter of the 99.5th percentile
+    of the tracks' D to twice that of the 0.5th percentile of the positive ones, within 5 nm - 50 um;
+    at least 10-2000 nm."""
+    d = np.asarray(diffusion_um2_s, float)
+    d = d[np.isfinite(d) & (d > 0)]
+    low, high = 10.0, 2000.0
+    if d.size:
+        fast, slow = np.percentile(d, [99.5, 0.5])
+        low = min(low, 0.5 * float(stokes_einstein_diameter_nm(fast, temperature_c, viscosity_mpa_s)))
+        high = max(high, 2.0 * float(stokes_einstein_diameter_nm(slow, temperature_c, viscosity_mpa_s)))
+    low, high = max(low, GRID_LIMITS_NM[0]), min(high, GRID_LIMITS_NM[1])
+    return np.geomspace(low, high, int(math.ceil(math.log(high / low) / GRID_STEP_LN)) + 1)
 
 
 def _whole(values: np.ndarray) -> np.ndarray:
@@ -112,14 +130,17 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
     if stepped.empty:
         warnings.append("no track of >= 3 points: no size distribution")
         return out
-    sigma2 = sizing.pooled_localisation_variance_um2(*sums, blur)
+    sigma2 = sizing.robust_localisation_variance_um2(*sums, blur)
     if min_track_length is None:
         d_mean = float(np.mean(sizing.cve_diffusion_um2_s(*sums, frame_interval_s)))
         eps = sigma2 / (d_mean * frame_interval_s) - 2.0 * blur if d_mean > 0 else math.nan
         min_track_length = auto_min_track_length(eps)
     used = stepped.loc[stepped["length_frames"] >= min_track_length]
+    if len(used) >= sizing.MIN_TRACKS_FOR_STATISTICS:  # sigma^2 of the tracks that are sized
+        sigma2 = sizing.robust_localisation_variance_um2(
+            *[used[c].to_numpy(float) for c in ("n_steps", "sum_sq_um2", "sum_cross_um2", "n_pairs")], blur)
     out |= {"min_track_length": int(min_track_length), "tracks_used": int(len(used)),
-            "localisation_nm": math.sqrt(sigma2) * 1e3 if sigma2 > 0 else 0.0}
+            "localisation_nm": math.sqrt(sigma2) * 1e3}
     if len(used) < MIN_TRACKS_FOR_DISTRIBUTION:
         warnings.append(f"only {len(used)} tracks of >= {min_track_length} frames were sized; "
                         f"a size distribution needs >= {MIN_TRACKS_FOR_DISTRIBUTION}")
@@ -128,7 +149,8 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
     detected = sizing.deconvolve_size_distribution(
         used["n_steps"], used["sum_sq_um2"], frame_interval_s=frame_interval_s, exposure_s=exposure_s,
         temperature_c=temperature_c, viscosity_mpa_s=viscosity_mpa_s, localisation_variance_um2=sigma2,
-        track_weights=used["length_frames"].to_numpy(float))
+        track_weights=used["length_frames"].to_numpy(float),
+        diameter_grid_nm=diameter_grid_nm(used["diffusion_um2_s"].to_numpy(float), temperature_c, viscosity_mpa_s))
     if not detected.converged:
         warnings.append(f"size deconvolution stopped {detected.kkt_gap:.2g} nats from its maximum")
     grid, p_detected = detected.diameter_nm, detected.probability

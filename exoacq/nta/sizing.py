@@ -110,6 +110,28 @@ def pooled_localisation_variance_um2(n_steps, sum_sq_um2, sum_cross_um2, n_pairs
     return float(np.sum(np.where(m > 0, v, 0.0) * m) / m.sum())
 
 
+def robust_localisation_variance_um2(n_steps, sum_sq_um2, sum_cross_um2, n_pairs, blur: float) -> float:
+    """sigma^2 of the typical track: the median of the per-track VBF eq. 15 estimates, weighted by
+    n_pairs, and at least 0.
+
+    Like :func:`pooled_localisation_variance_um2` for a homogeneous sample (the
+    per-track estimates are unbiased and nearly symmetric), but a minority of
+    tracks with a much larger sigma^2 (noise features linked at random, dim
+    particles at the sheet's edge) does not lend it to all the others; in the
+    likelihood of :func:`deconvolve_size_distribution`, too large a sigma^2
+    makes every particle look larger. A negative median (sigma^2 below what the
+    tracks can resolve) gives 0.
+    """
+    v = cve_localisation_variance_um2(n_steps, sum_sq_um2, sum_cross_um2, n_pairs, blur)
+    m = np.atleast_1d(np.asarray(n_pairs, float))
+    ok = (m > 0) & np.isfinite(v)
+    if not np.any(ok):
+        raise ValueError("sigma^2 needs at least one track with two consecutive steps (3 points)")
+    order = np.argsort(v[ok])
+    cumulative = np.cumsum(m[ok][order])
+    return max(float(v[ok][order][np.searchsorted(cumulative, cumulative[-1] / 2.0)]), 0.0)
+
+
 def cve_variance_um4_s2(diffusion_um2_s, localisation_variance_um2, n_steps, frame_interval_s: float,
                         blur: float, dimensions: int = 2) -> np.ndarray:
     """Variance of the CVE of D from one gap-free track of N = n_steps steps.
@@ -340,8 +362,8 @@ def deconvolve_size_distribution(
     The unknown is p on a diameter grid (Stokes-Einstein; IAPWS viscosity at
     ``temperature_c`` unless given). Track i contributes log sum_j p_j
     f(S_i | D_j, n_i), f from :func:`sum_sq_log_likelihood` with the blur of
-    ``exposure_s`` and ``localisation_variance_um2`` (per coordinate; known,
-    or :func:`pooled_localisation_variance_um2`, used as it is if slightly
+    ``exposure_s`` and ``localisation_variance_um2`` (per coordinate; known, or
+    :func:`robust_localisation_variance_um2` or :func:`pooled_localisation_variance_um2`, used as it is if slightly
     negative). Tracks of one step count; tracks of none are dropped.
 
     ``track_weights`` w_i (default 1) weigh each track's log-likelihood,
