@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("video", type=Path)
     add_analysis_options(b)
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
+    b = bench.add_parser("accuracy", help="sizes and concentrations of simulated samples against their truth")
+    b.add_argument("--cases", default="all",
+                   help="comma-separated case names, or 'all' (default); `--cases list` prints them")
+    b.add_argument("--captures", type=int, default=5, help="captures per sample (default %(default)s)")
+    b.add_argument("--capture-s", type=_positive_float, default=60.0, help="seconds per capture (default %(default)s)")
+    b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
 
     p = sub.add_parser("worker", help="run a locate worker of a daemon's tracking core (this or another host)")
     p.add_argument("--frames", required=True, help="the daemon's tracking frames endpoint (`exoacq status --json`)")
@@ -466,6 +472,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.benchmark == "realtime":
         result = bench.bench_realtime(width=args.width, height=args.height, fps=args.fps,
                                       duration_s=args.duration, workers=args.workers)
+    elif args.benchmark == "accuracy":
+        from exoacq.nta.accuracy import bench_accuracy, default_matrix
+        from exoacq.client import StatusLine
+        matrix = {c.name: c for c in default_matrix()}
+        if args.cases == "list":
+            print("\n".join(matrix))
+            return 0
+        names = list(matrix) if args.cases == "all" else [n.strip() for n in args.cases.split(",") if n.strip()]
+        unknown = [n for n in names if n not in matrix]
+        if unknown or not names:
+            raise ExoacqError(f"--cases: unknown case {', '.join(unknown) or '(none)'}; `--cases list` shows them",
+                              code="usage")
+        if args.captures < 1:
+            raise ExoacqError(f"--captures {args.captures}: must be >= 1", code="usage")
+        status = StatusLine()
+        try:
+            result = bench_accuracy([matrix[n] for n in names], capture_s=args.capture_s, captures=args.captures,
+                                    progress=lambda message: status.message(message))
+        finally:
+            status.close()
     else:
         from exoacq.nta.video import open_video
         params, _ = analysis_parameters(args, open_video(bench.require_video(args.video)))

@@ -85,6 +85,10 @@ class StatusLine:
             self.stream.write(text + "\n")
         self.stream.flush()
 
+    def message(self, text: str) -> None:
+        """One status message (kept on its own line)."""
+        self._line(text, final=True)
+
     def close(self) -> None:
         if self.tty:
             self.stream.write("\n")

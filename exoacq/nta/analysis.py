@@ -330,6 +330,11 @@ class StreamingTracker:
             return
         self._link(frame_number, features)
 
+    def finish(self) -> None:
+        """The video has ended: link frames still held for the search range (a video shorter than the pilot)."""
+        if self._pilot:
+            self._choose_search_range()
+
     def _choose_search_range(self) -> None:
         """Link the held frames at the largest range; choose the range from their tracks; link them again.
 
@@ -430,7 +435,8 @@ class StreamingTracker:
         })
 
     def positions_table(self) -> pd.DataFrame:
-        """Every linked feature: frame, particle, x_px, y_px, mass."""
+        """Every linked feature: frame, particle, x_px, y_px, mass (frames held for the pilot are linked first)."""
+        self.finish()
         data = np.concatenate(self._rows) if self._rows else np.empty((0, 5))
         table = pd.DataFrame(data, columns=["frame", "particle", "x_px", "y_px", "mass"])
         return table.astype({"frame": np.int64, "particle": np.int64})
@@ -442,8 +448,8 @@ class StreamingTracker:
         ``running``: the cheap form for progress reports: statistics of the per-track
         diameters of tracks of >= 10 points (or ``min_track_length``), no histogram.
         """
-        if not running and self._pilot:  # a video shorter than the pilot
-            self._choose_search_range()
+        if not running:
+            self.finish()
         table = self.tracks_table()
         p = self.params
         frames = len(self.features_per_frame)

@@ -155,6 +155,7 @@ class Linker:
             t = run.temperature_c
             run.tracker.params = dataclasses.replace(run.tracker.params, temperature_c=t,
                                                      viscosity_mpa_s=water_viscosity_iapws_mpa_s(t))
+        run.tracker.finish()
         files = write_tracks(run.tracker, run.output_dir)
         self.send("result", run_id=run.run_id, frames_processed=run.next_seq,
                   tracking=run.tracker.params.to_dict(), summary=run.tracker.summary(), files=files)
