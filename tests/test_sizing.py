@@ -21,7 +21,7 @@ import math
 import numpy as np
 import pytest
 
-from exoacq.nta import sizing
+from exoacq.nta import detection_volume, sizing
 from exoacq.physics import (
     stokes_einstein_diameter_nm,
     stokes_einstein_diffusion_um2_s,
@@ -198,13 +198,13 @@ def test_gaussian_sheet_depth_matches_a_detection_simulation_and_the_correction_
     heights = rng.uniform(-3 * w, 3 * w, diameters.size)
     detected = 4.0 * (diameters / 100.0) ** 6 * np.exp(-2 * heights**2 / w**2) > 1.0
     counts = np.array([np.sum(detected & (diameters == d)) for d in (100.0, 150.0)], float)
-    depth = sizing.gaussian_sheet_detection_depth_um(np.array([100.0, 150.0]), **options)
+    depth = detection_volume.gaussian_sheet_detection_depth_um(np.array([100.0, 150.0]), **options)
     assert counts / np.array([200000, 100000]) * 6 * w == pytest.approx(depth, rel=0.02)
-    corrected = sizing.correct_for_detection_volume(counts / counts.sum(), depth)
+    corrected = detection_volume.correct_for_detection_volume(counts / counts.sum(), depth)
     print(f"\ndetected ratio {counts[0] / counts[1]:.3f}, corrected {corrected[0] / corrected[1]:.3f} (true 2)")
     assert corrected[0] / corrected[1] == pytest.approx(2.0, rel=0.05)
     assert counts[0] / counts[1] < 1.5  # uncorrected: larger particles over-counted
-    below = sizing.gaussian_sheet_detection_depth_um(np.array([70.0, 79.0]), **options)
+    below = detection_volume.gaussian_sheet_detection_depth_um(np.array([70.0, 79.0]), **options)
     assert below[0] == 0.0 and below[1] == 0.0  # 4 (d/100)^6 < 1 below 79.4 nm
 
 
@@ -212,12 +212,12 @@ def test_detection_volume_correction_after_deconvolution():
     """Tracks of a 2:1 (100/150 nm) population detected in proportion to depth(d) (6000 tracks):
     the detected mean is +5 %, the corrected number mean within 3 % of 116.7 nm (SE ~0.7 %)."""
     options = dict(sheet_half_width_um=2.0, reference_diameter_nm=100.0, peak_over_threshold_at_reference=4.0)
-    depth = sizing.gaussian_sheet_detection_depth_um(np.array([100.0, 150.0]), **options)
+    depth = detection_volume.gaussian_sheet_detection_depth_um(np.array([100.0, 150.0]), **options)
     detected_small = 2 * depth[0] / (2 * depth[0] + depth[1])
     rng = np.random.default_rng(8)
     result = deconvolve(mixture_sums(rng, 6000, detected_small))
-    weight = sizing.gaussian_sheet_detection_depth_um(result.diameter_nm, **options)
-    corrected = sizing.correct_for_detection_volume(result.probability, weight)
+    weight = detection_volume.gaussian_sheet_detection_depth_um(result.diameter_nm, **options)
+    corrected = detection_volume.correct_for_detection_volume(result.probability, weight)
     stats = sizing.distribution_statistics(result.diameter_nm, corrected)
     small = corrected[result.diameter_nm < math.sqrt(100.0 * 150.0)].sum()
     true_mean = (2 * 100.0 + 150.0) / 3
@@ -285,7 +285,7 @@ def test_edge_cases():
     with pytest.raises(ValueError, match="exposure"):
         sizing.blur_coefficient(0.05, DT)
     with pytest.raises(ValueError, match="detection weight"):
-        sizing.correct_for_detection_volume(np.array([0.5, 0.5, 0.0]), np.array([0.0, 0.0, 1.0]))
+        detection_volume.correct_for_detection_volume(np.array([0.5, 0.5, 0.0]), np.array([0.0, 0.0, 1.0]))
     with pytest.raises(ValueError, match="probabilities"):
         sizing.distribution_statistics([10.0, 20.0, 30.0], [0.0, 0.0, 0.0])
 

@@ -7,7 +7,7 @@ over independent samples (seeds). The particle count in the light sheet
 decorrelates only as particles diffuse through it (~ 6 s for 100 nm), so a
 single 30 s video varies by ~ 7 %: the calibration averages 20 of them.
 
-    python tools/calibrate_simulated_nta.py --seeds 20 --duration 30 --version 2 \
+    python tools/calibrate_simulated_nta.py --seeds 20 --duration 30 --version 3 \
         --output calibrations/nta/simulated-camera.toml
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ CONCENTRATION_PER_ML = 3e8
 TEMPERATURE_C = 25.0
 
 
-def measure_one(seed: int, duration_s: float) -> float:
-    """Detection volume (nL) from one simulated video."""
+def measure_one(seed: int, duration_s: float) -> tuple[float, float]:
+    """Detection volume (nL) and the beads' mean relative detection depth from one simulated video."""
     cam_cfg, nta = CameraConfig(), NTAAnalysisConfig()
     camera, _, sample = make_simulated_nta(
         [BEAD], CONCENTRATION_PER_ML, temperature_c=TEMPERATURE_C, illumination_mw=lambda: LASER_POWER_MW,
@@ -49,7 +49,8 @@ def measure_one(seed: int, duration_s: float) -> float:
         tracker.add_frame(i, locate_features(frame, **params.locate_options()))
     box_ml = float(np.prod(sample.box_um)) * 1e-12
     true_per_ml = len(sample) / box_ml
-    return float(np.mean(tracker.features_per_frame)) / true_per_ml * 1e6
+    depth = tracker.summary()["detection"]["mean_relative_depth"]
+    return float(np.mean(tracker.features_per_frame)) / true_per_ml * 1e6, depth
 
 
 def main() -> int:
@@ -59,10 +60,12 @@ def main() -> int:
     parser.add_argument("--output", required=True)
     parser.add_argument("--version", type=int, default=1, help="calibration version: raise it on every re-measurement")
     args = parser.parse_args()
-    volumes = []
+    volumes, depths = [], []
     for seed in range(args.seeds):
-        volumes.append(measure_one(seed, args.duration))
-        print(f"seed {seed}: {volumes[-1]:.4f} nL", file=sys.stderr, flush=True)
+        volume, depth = measure_one(seed, args.duration)
+        volumes.append(volume)
+        depths.append(depth)
+        print(f"seed {seed}: {volume:.4f} nL, relative depth {depth:.4f}", file=sys.stderr, flush=True)
     v = np.array(volumes)
     mean, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size))
     cam_cfg, nta = CameraConfig(), NTAAnalysisConfig()
@@ -97,6 +100,7 @@ lot = "simulation seeds 0-{args.seeds - 1}"
 detection_volume_nl = {mean:.5f}
 uncertainty_nl = {se:.5f}   # standard error of the mean over the samples
 measurements = {args.seeds}
+relative_detection_depth = {float(np.mean(depths)):.5g}   # beads' mean detection depth / sheet half-width
 """
     with open(args.output, "w", encoding="utf-8") as out:
         out.write(text)

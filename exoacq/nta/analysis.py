@@ -6,21 +6,23 @@ arrive) and offline analysis. Methods:
 * detection: trackpy.locate (Crocker & Grier 1996, J. Colloid Interface Sci.
   179:298) with its bandpass and centroid refinement;
 * linking: trackpy's incremental ``Linker`` (Crocker-Grier), one frame at a
-  time; a missing frame ends every track, so steps always span one interval;
-* per-track diffusion from the mean squared one-frame step in 2-D with the
-  motion-blur correction for an exposure t_E (Savin & Doyle 2005, Biophys. J.
-  88:623; Michalet 2010): <r^2> = 4 D (dt - t_E / 3) (+ 4 sigma^2, neglected);
-* per-track diameter by Stokes-Einstein, with 1/D made unbiased for the
-  track's length: for k Gaussian coordinate steps, E[1/chi^2_k] = 1/(k - 2),
-  so (k - 2)/k * 1/D_hat is unbiased for 1/D.
-
-The size distribution reported is the distribution of these per-track
-estimates (no deconvolution of their statistical spread).
+  time; a missing frame ends every track, so steps always span one interval.
+  The search range is chosen from the first ``PILOT_FRAMES`` frames' tracks
+  unless given (:meth:`StreamingTracker._choose_search_range`);
+* per track, O(1) running sums: steps, squared steps, products of consecutive
+  steps (for the covariance-based D of exoacq.nta.sizing), masses; the
+  ensemble flow drift is removed from them at the end;
+* the reported size distribution: exoacq.nta.distribution (deconvolution over
+  track lengths, detection-depth correction). The per-track diameter of the
+  blur-corrected MSD, <r^2> = 4 D (dt - t_E / 3) (Savin & Doyle 2005, Biophys.
+  J. 88:623), with 1/D made unbiased for the track's length (E[1/chi^2_k] =
+  1/(k - 2)), serves the running statistics of progress reports and the
+  per-track table.
 """
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 

@@ -11,7 +11,7 @@
    counted for the concentration (exoacq.nta.sizing).
 4. Sample distribution: divided by the detection depth of each size in a
    Gaussian light sheet, whose brightness scale comes from the tracks'
-   brightest features (:func:`exoacq.nta.sizing.reference_peak_mass`) and
+   brightest features (:func:`exoacq.nta.detection_volume.reference_peak_mass`) and
    the detection threshold ``minmass``; the concentration likewise counts each
    size in its own detection volume, relative to the calibrated one.
 
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from exoacq.nta import sizing
+from exoacq.nta import detection_volume, sizing
 from exoacq.physics import stokes_einstein_diameter_nm
 
 #: Tracks needed for a size distribution worth reporting without comment.
@@ -115,7 +115,7 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
     ``volume_ratio`` and ``warnings``.
 
     ``mean_relative_depth``: sum_d p(d) depth(d), depth from
-    :func:`exoacq.nta.sizing.gaussian_sheet_detection_depth_um` with a sheet
+    :func:`exoacq.nta.detection_volume.gaussian_sheet_detection_depth_um` with a sheet
     half-width of 1. ``calibration_relative_depth``: the same quantity measured on
     the calibration beads; with it, ``volume_ratio`` = that over the sample's:
     the factor from the calibrated detection volume to the sample's
@@ -156,9 +156,9 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
     grid, p_detected = detected.diameter_nm, detected.probability
     p, p_mode = p_detected, detected.mode_probability
     if volume_correction:
-        peak = sizing.reference_peak_mass(used["max_mass"], detected.track_ln_diameter,
+        peak = detection_volume.reference_peak_mass(used["max_mass"], detected.track_ln_diameter,
                                           scattering_exponent=scattering_exponent)
-        depth = sizing.gaussian_sheet_detection_depth_um(
+        depth = detection_volume.gaussian_sheet_detection_depth_um(
             grid, sheet_half_width_um=1.0, reference_diameter_nm=100.0,
             peak_over_threshold_at_reference=peak / minmass if minmass > 0 else math.inf,
             scattering_exponent=scattering_exponent)
@@ -168,8 +168,8 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
                             f"({minmass:g}): no detection-volume correction")
         else:
             depth = np.where(depth >= MIN_RELATIVE_DEPTH * seen.max(), depth, 0.0)
-            p = sizing.correct_for_detection_volume(p_detected, depth)
-            p_mode = sizing.correct_for_detection_volume(p_mode, depth)
+            p = detection_volume.correct_for_detection_volume(p_detected, depth)
+            p_mode = detection_volume.correct_for_detection_volume(p_mode, depth)
             mean_depth = float(p @ depth)
             out |= {"peak_mass_100nm": peak, "mean_relative_depth": mean_depth}
             if calibration_relative_depth:

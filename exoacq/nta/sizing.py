@@ -1,4 +1,4 @@
-"""Measurement science of NTA sizing: per-track diffusion, size-distribution deconvolution, detection volume.
+"""Measurement science of NTA sizing: per-track diffusion and size-distribution deconvolution.
 
 Plain functions over numpy arrays; each track enters through running sums that
 a tracker can keep in O(1) per feature (one frame interval per step, no gaps):
@@ -22,6 +22,7 @@ R = 0 for a flash. The coordinate steps are then a Gaussian MA(1) process:
     <dx_n dx_{n+m}>   = 0 for m >= 2 (t_E <= dt).
 
 The 2-D MSD at lag 1 is 4 D (dt - t_E/3) + 4 sigma^2, as in exoacq.nta.analysis.
+The correction for the size-dependent detection depth is in exoacq.nta.detection_volume.
 """
 from __future__ import annotations
 
@@ -437,64 +438,6 @@ def deconvolve_size_distribution(
     ln_d[keep] = (posterior @ np.log(grid)) / posterior.sum(axis=1)
     return SizeDistribution(grid, p, statistics, reason, int(n.size), iterations, converged, gap,
                             log_likelihood + float(w @ row_max), width, mode_width, mode_p / mode_p.sum(), ln_d)
-
-
-def gaussian_sheet_detection_depth_um(diameter_nm, *, sheet_half_width_um: float, reference_diameter_nm: float,
-                                      peak_over_threshold_at_reference: float,
-                                      scattering_exponent: float = 6.0) -> np.ndarray:
-    """Thickness of the slab in which a particle is bright enough to be detected.
-
-    Gaussian light sheet of 1/e^2 intensity half-width w; a particle at height
-    z scatters I0 (d/d_ref)^k exp(-2 z^2/w^2) (k = 6 for Rayleigh scatterers,
-    smaller once d approaches lambda/n: Mie) and is detected above I_thr:
-    depth = 2 w sqrt(ln(I0 (d/d_ref)^k / I_thr) / 2), 0 when the peak is below
-    threshold. ``peak_over_threshold_at_reference`` is I0 / I_thr.
-    """
-    d = np.asarray(diameter_nm, float)
-    ratio = peak_over_threshold_at_reference * (d / reference_diameter_nm) ** scattering_exponent
-    return 2.0 * sheet_half_width_um * np.sqrt(np.log(np.maximum(ratio, 1.0)) / 2.0)
-
-
-def correct_for_detection_volume(probability, detection_weight) -> np.ndarray:
-    """Number distribution of the sample from that of the detected particles.
-
-    A particle of diameter d is counted in proportion to its detection
-    weight w(d) (e.g. :func:`gaussian_sheet_detection_depth_um`): the sample's
-    distribution is p_detected(d) / w(d), renormalised. Sizes with w = 0 are
-    invisible: the result is 0 there whatever was detected. Just above the
-    threshold w is small and steep (d ln w / d ln d = 3 / ln(I0/I_thr) for the
-    sheet): there the division amplifies any error in p_detected or in d.
-    """
-    p = np.asarray(probability, float)
-    w = np.asarray(detection_weight, float)
-    if p.shape != w.shape or np.any(p < 0) or np.any(w < 0):
-        raise ValueError("probability and detection_weight: same shape, >= 0")
-    corrected = np.divide(p, w, out=np.zeros_like(p), where=w > 0)
-    if not corrected.sum() > 0:
-        raise ValueError("no detected probability where the detection weight is positive")
-    return corrected / corrected.sum()
-
-
-def reference_peak_mass(max_mass, track_ln_diameter, *, reference_diameter_nm: float = 100.0,
-                        scattering_exponent: float = 6.0) -> float:
-    """Brightness (feature mass) of a particle of ``reference_diameter_nm`` at the light sheet's centre.
-
-    Each track's brightest feature, scaled to the reference size along I ~ d^k
-    with the track's posterior mean ln(d) (:class:`SizeDistribution`), gives
-    one estimate; the median over tracks is returned. A track's brightest
-    feature is taken near the sheet centre for most tracks long enough to
-    be sized; those that stayed off-centre make it low, and the median is
-    robust to them. The detection depth depends on it only through
-    sqrt(ln(peak / threshold)), so a 30 % error moves the depth by ~ 7 %
-    at a peak of 8 x the threshold.
-    """
-    m = np.asarray(max_mass, float)
-    ln_d = np.asarray(track_ln_diameter, float)
-    ok = np.isfinite(ln_d) & (m > 0)
-    if not np.any(ok):
-        raise ValueError("no track with a brightness and a size")
-    scaled = np.log(m[ok]) - scattering_exponent * (ln_d[ok] - math.log(reference_diameter_nm))
-    return float(np.exp(np.median(scaled)))
 
 
 def rebin_number_distribution(diameter_nm, probability, edges_nm) -> np.ndarray:

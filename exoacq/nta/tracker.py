@@ -155,10 +155,10 @@ class Linker:
             t = run.temperature_c
             run.tracker.params = dataclasses.replace(run.tracker.params, temperature_c=t,
                                                      viscosity_mpa_s=water_viscosity_iapws_mpa_s(t))
-        run.tracker.finish()
+        summary = run.tracker.summary()  # first: it links held frames and settles the minimum track length
         files = write_tracks(run.tracker, run.output_dir)
         self.send("result", run_id=run.run_id, frames_processed=run.next_seq,
-                  tracking=run.tracker.params.to_dict(), summary=run.tracker.summary(), files=files)
+                  tracking=run.tracker.params.to_dict(), summary=summary, files=files)
         del self.runs[run.run_id]
 
     def close(self) -> None:
