@@ -362,7 +362,8 @@ def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]
         link_search_range_px=args.search_range_px, feature_diameter_px=args.feature_diameter_px,
         minmass=args.minmass, min_track_length=args.min_track_length, detection_volume_nl=volume,
         dilution=args.dilution, invert=args.invert, detector=args.detector, calibration_relative_depth=depth,
-        volume_correction=args.volume_correction and not args.invert)
+        volume_correction=args.volume_correction and not args.invert,
+        frame_width_px=video.width, frame_height_px=video.height)
     return params, warnings
 
 
@@ -426,7 +427,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     summary, params, _ = analyze_with_progress(args, [args.output])
     per_frame = summary["features_per_frame"]
     in_cell_per_ml = args.bead_concentration_per_ml / args.dilution
-    ppf = float(sum(per_frame) / len(per_frame))
+    ppf = float(sum(per_frame) / len(per_frame)) * (summary["crowding_correction"] or 1.0)  # merged features back
     # blocks of ~2 s: the light sheet's population renews as beads diffuse through it
     block = max(1, round(2.0 * params.frame_rate_hz))
     volume_nl = ppf / in_cell_per_ml * 1e6
@@ -442,8 +443,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                               diameter_nm=args.bead_diameter_nm, refractive_index=args.bead_refractive_index,
                               lot=args.bead_lot),
         instrument=args.instrument,
-        method=f"mean particles per frame over {len(per_frame)} frames of {args.video.name} "
-               "/ bead concentration in the cell")
+        method=f"mean particles per frame (merged close features counted back) over {len(per_frame)} frames "
+               f"of {args.video.name} / bead concentration in the cell")
     args.output.write_text(text, encoding="utf-8")
     measured = summary["size_nm"]["mean"]
     print(f"detection volume {volume_nl:.4g} +/- {uncertainty_nl:.2g} nL ({ppf:.1f} particles/frame) -> {args.output}")

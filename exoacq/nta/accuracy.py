@@ -108,7 +108,8 @@ def record(case: Case, *, capture_s: float, captures: int, calibration: Calibrat
             frame_rate_hz=camera.frame_rate_hz, exposure_ms=camera.exposure_ms, pixel_size_um=camera.pixel_size_um,
             temperature_c=thermometer.temperature_c(), min_diameter_nm=min(30.0, 0.6 * smallest), minmass=MINMASS,
             detection_volume_nl=calibration.detection_volume_nl if calibration else None,
-            calibration_relative_depth=calibration.relative_depth if calibration else None)
+            calibration_relative_depth=calibration.relative_depth if calibration else None,
+            frame_width_px=camera.width, frame_height_px=camera.height)
         tracker = StreamingTracker(params)
         for i in range(int(round(capture_s * camera.frame_rate_hz))):
             camera.fill(frame)
@@ -134,7 +135,8 @@ def calibrate(*, capture_s: float, captures: int, samples: int = 3, seed: int = 
         bead = Case(f"calibration-100nm-{k + 1}", (SampleComponent(100.0),), 3e8, seed=seed + k)
         recorded = record(bead, capture_s=capture_s, captures=captures, calibration=None, progress=progress)
         result, truth = recorded["result"], recorded["truth"]
-        volumes.append(result["particles_per_frame"] / truth["concentration_per_ml"] * 1e6)
+        crowding = np.mean([c["crowding_correction"] for c in result["captures"]])
+        volumes.append(result["particles_per_frame"] * crowding / truth["concentration_per_ml"] * 1e6)
         depths += [c["detection"]["mean_relative_depth"] for c in result["captures"]]
         videos.append({"seed": bead.seed, "particles_per_frame": result["particles_per_frame"],
                        "true_concentration_per_ml": truth["concentration_per_ml"], "volume_nl": volumes[-1]})

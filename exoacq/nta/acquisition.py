@@ -223,4 +223,5 @@ class NTAAcquisition:
             link_search_range_px=nta.search_range_px, feature_diameter_px=nta.feature_diameter_px,
             minmass=nta.minmass, min_track_length=nta.min_track_length,
             detection_volume_nl=nta.detection_volume_nl, dilution=dilution, detector=nta.detector,
-            calibration_relative_depth=nta.calibration_relative_depth)
+            calibration_relative_depth=nta.calibration_relative_depth,
+            frame_width_px=cam.width, frame_height_px=cam.height)

@@ -35,6 +35,7 @@ from trackpy.linking.utils import SubnetOversizeException
 
 from exoacq.nta import sizing
 from exoacq.nta.detect import locate_fast
+from exoacq.nta.detection_volume import crowding_factor
 from exoacq.nta.distribution import number_histogram, size_distribution
 from exoacq.physics import (
     BOLTZMANN_J_K,
@@ -85,6 +86,18 @@ class TrackingParameters:
     scattering_exponent: float = 6.0
     #: Detection depth of the calibration beads (sheet half-width 1; exoacq.calibration); None: not known.
     calibration_relative_depth: float | None = None
+    #: Frame size, for the correction of counts for merged close features; None: not corrected.
+    frame_width_px: int | None = None
+    frame_height_px: int | None = None
+
+    def crowding(self, counts_per_frame) -> tuple[float, float]:
+        """(particles / features per frame, worst occupied fraction): exoacq.nta.detection_volume.crowding_factor
+        over the frame less the detector's edge margin; (1, 0) without a frame size."""
+        if not (self.frame_width_px and self.frame_height_px):
+            return 1.0, 0.0
+        margin = self.feature_diameter_px // 2  # exoacq.nta.detect: separation = diameter + 1
+        area = max(self.frame_width_px - 2 * margin, 1) * max(self.frame_height_px - 2 * margin, 1)
+        return crowding_factor(counts_per_frame, area, self.feature_diameter_px + 1)
 
     @property
     def frame_interval_s(self) -> float:
@@ -475,10 +488,17 @@ class StreamingTracker:
             sizes = distribution["size_nm"] or dict.fromkeys(("mean", "mode", "sd", "d10", "d50", "d90"))
             size_detected, volume_ratio = distribution["size_nm_detected"], distribution["volume_ratio"]
             localisation_nm = distribution["localisation_nm"]
+        crowding, occupied = p.crowding(self.features_per_frame)
+        if not math.isfinite(crowding):
+            warnings.append(f"features fill {occupied:.0%} of the frame within the merging distance: too crowded "
+                            "to count; dilute the sample")
+        elif crowding > 1.1:
+            warnings.append(f"crowded: {crowding - 1:.0%} of the particles merge with a brighter neighbour "
+                            "(counted back in); dilute the sample for better sizes")
         concentration = None
-        if p.detection_volume_nl:
-            concentration = ppf / (p.detection_volume_nl * 1e-6) * p.dilution * volume_ratio
-        else:
+        if p.detection_volume_nl and math.isfinite(crowding):
+            concentration = ppf * crowding / (p.detection_volume_nl * 1e-6) * p.dilution * volume_ratio
+        elif not p.detection_volume_nl:
             warnings.append("no detection volume configured: concentration not reported")
         if self.linking_resets:
             warnings.append(f"linking gave up {self.linking_resets} times on crowded frames; "
@@ -490,6 +510,7 @@ class StreamingTracker:
             "size_nm_detected": size_detected,
             "concentration_per_ml": concentration,
             "particles_per_frame": ppf,
+            "crowding_correction": crowding if math.isfinite(crowding) else None,
             "tracks": {"total": int(len(table)), "used": int(len(used)), "min_length_frames": min_track_length},
             "diffusion_um2_s": {"mean": float(diffusion.mean()) if diffusion.size else None,
                                 "median": float(np.median(diffusion)) if diffusion.size else None},

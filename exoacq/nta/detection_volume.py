@@ -72,3 +72,29 @@ def reference_peak_mass(max_mass, track_ln_diameter, *, reference_diameter_nm: f
         raise ValueError("no track with a brightness and a size")
     scaled = np.log(m[ok]) - scattering_exponent * (ln_d[ok] - math.log(reference_diameter_nm))
     return float(np.exp(np.quantile(scaled, quantile)))
+
+
+def crowding_factor(counts_per_frame, area_px2: float, separation_px: float) -> tuple[float, float]:
+    """Particles per frame over features per frame when close features are merged; and the worst frame's
+    occupied fraction rho_o a.
+
+    The detector keeps the brighter of two features closer than ``separation_px``
+    (exoacq.nta.detect, as trackpy): Matern type II thinning of a Poisson field
+    (Matern 1960; Stoyan, Kendall & Mecke 1995, sec. 5.4), whose retained density is
+    rho_o = (1 - exp(-rho a)) / a with a = pi separation^2, so
+    rho = -ln(1 - rho_o a) / a, frame by frame. ~ 1.5 % at 25 features in a
+    640 x 480 frame with an 11 px feature diameter, ~ 11 % at 150. ``area_px2`` is
+    where features can be found (the frame less the detector's edge margin).
+    Frames with rho_o a >= 1 are beyond what the model can correct (factor inf).
+    """
+    counts = np.asarray(counts_per_frame, float)
+    if counts.size == 0 or not counts.sum() > 0:
+        return 1.0, 0.0
+    a = math.pi * separation_px ** 2
+    occupied = counts / area_px2 * a
+    worst = float(occupied.max())
+    if worst >= 1.0:
+        return math.inf, worst
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_frame = np.where(occupied > 0, -np.log1p(-occupied) / occupied, 1.0)
+    return float((counts * per_frame).sum() / counts.sum()), worst

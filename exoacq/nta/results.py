@@ -51,6 +51,7 @@ def combine_captures(captures: list[dict[str, Any]]) -> dict[str, Any]:
         "size_nm_detected": {k: _mean([c["size_nm_detected"][k] for c in per_capture if c.get("size_nm_detected")])
                              for k in SIZE_KEYS} if any(c.get("size_nm_detected") for c in per_capture) else None,
         "localisation_nm": _mean([c.get("localisation_nm") for c in per_capture]),
+        "crowding_correction": _mean([c.get("crowding_correction") for c in per_capture]),
         "concentration_per_ml": stats["concentration_per_ml"]["average"],
         "particles_per_frame": stats["particles_per_frame"]["average"],
         "tracks": {"total": sum(c["tracks"]["total"] for c in per_capture),
