@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", type=Path, help="file to check")
 
     p = sub.add_parser("demo", help="simulated instruments, a short acquisition of 100 nm particles, a result table")
-    p.add_argument("--duration", type=_positive_float, default=10.0, help="seconds of video (default %(default)s)")
+    p.add_argument("--duration", type=_positive_float, default=30.0, help="seconds of video (default %(default)s)")
     return parser
 
 

@@ -106,7 +106,7 @@ def test_acquire_nta_publishes_documents_matching_the_protocol(daemon):
     assert cli_result["frames"]["processed"] == 125
     assert cli_result["temperature_c"] == pytest.approx(25.0)
     assert cli_result["viscosity_mpa_s"] == pytest.approx(0.8900, rel=1e-3)
-    # 5 s of a 100 nm sample: tens of tracks; the mean is within 15 % (a 10 s demo is held to 10 %)
+    # 5 s of a 100 nm sample: tens of tracks; the mean is within 15 % (accuracy: `exoacq bench accuracy`)
     assert cli_result["size_nm"]["mean"] == pytest.approx(100.0, rel=0.15)
     # Concentration from the shipped calibration: a 5 s video samples the light sheet's
     # population only about once (SD ~ 25 %), so this checks units and plumbing, not accuracy.
