@@ -121,8 +121,10 @@ def bench_analyze(video_path: Path, params, *, threads: int | None = None) -> di
     frames = list(open_video(video_path).frames())
     features = tp.batch(frames, params.feature_diameter_px, minmass=params.minmass, invert=params.invert,
                         engine="numba", processes=1)
-    linked = tp.link(features, params.search_range_px, memory=0)
-    kept = tp.filter_stubs(linked, summary["tracks"]["min_length_frames"])
+    # the baseline links with the range and keeps the track length exoacq chose from the data
+    search_range, min_length = summary["link_search_range_px"], summary["tracks"]["min_length_frames"]
+    linked = tp.link(features, search_range, memory=0)
+    kept = tp.filter_stubs(linked, min_length)
     msd = tp.imsd(kept, params.pixel_size_um, params.frame_rate_hz)
     trackpy_s = time.perf_counter() - t0
     return {
@@ -133,8 +135,8 @@ def bench_analyze(video_path: Path, params, *, threads: int | None = None) -> di
                      "trackpy": int(len(features))},
         "tracks_used": {"exoacq": summary["tracks"]["used"], "trackpy": int(msd.shape[1])},
         "settings": {"exoacq_threads": threads or os.cpu_count(), "trackpy_processes": 1,
-                     **{k: v for k, v in params.to_dict().items()
-                        if k in ("feature_diameter_px", "minmass", "search_range_px", "min_track_length")}},
+                     "feature_diameter_px": params.feature_diameter_px, "minmass": params.minmass,
+                     "search_range_px": search_range, "min_track_length": min_length},
         "machine": machine(),
     }
 
