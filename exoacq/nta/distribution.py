@@ -70,6 +70,11 @@ def diameter_grid_nm(diffusion_um2_s: np.ndarray, temperature_c: float, viscosit
     return np.geomspace(low, high, int(math.ceil(math.log(high / low) / GRID_STEP_LN)) + 1)
 
 
+def _step_sums(tracks: pd.DataFrame) -> list[np.ndarray]:
+    """(n_steps, sum_sq_um2, sum_cross_um2, n_pairs) of a tracks table, as exoacq.nta.sizing takes them."""
+    return [tracks[c].to_numpy(float) for c in ("n_steps", "sum_sq_um2", "sum_cross_um2", "n_pairs")]
+
+
 def _whole(values: np.ndarray) -> np.ndarray:
     """Round to integers keeping the (rounded) total: largest remainders first (Hamilton's method)."""
     floor = np.floor(values).astype(int)
@@ -124,21 +129,19 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
     warnings: list[str] = []
     blur = sizing.blur_coefficient(exposure_s, frame_interval_s)
     stepped = table.loc[(table["n_pairs"] > 0) & (table["sum_sq_um2"] > 0)]
-    sums = [stepped[c].to_numpy(float) for c in ("n_steps", "sum_sq_um2", "sum_cross_um2", "n_pairs")]
     out: dict[str, Any] = {"size_nm": None, "size_nm_detected": None, "tracks_used": 0, "localisation_nm": None,
                            "min_track_length": min_track_length, "volume_ratio": 1.0, "warnings": warnings}
     if stepped.empty:
         warnings.append("no track of >= 3 points: no size distribution")
         return out
-    sigma2 = sizing.robust_localisation_variance_um2(*sums, blur)
+    sigma2 = sizing.robust_localisation_variance_um2(*_step_sums(stepped), blur)
     if min_track_length is None:
-        d_mean = float(np.mean(sizing.cve_diffusion_um2_s(*sums, frame_interval_s)))
+        d_mean = float(np.mean(sizing.cve_diffusion_um2_s(*_step_sums(stepped), frame_interval_s)))
         eps = sigma2 / (d_mean * frame_interval_s) - 2.0 * blur if d_mean > 0 else math.nan
         min_track_length = auto_min_track_length(eps)
     used = stepped.loc[stepped["length_frames"] >= min_track_length]
     if len(used) >= sizing.MIN_TRACKS_FOR_STATISTICS:  # sigma^2 of the tracks that are sized
-        sigma2 = sizing.robust_localisation_variance_um2(
-            *[used[c].to_numpy(float) for c in ("n_steps", "sum_sq_um2", "sum_cross_um2", "n_pairs")], blur)
+        sigma2 = sizing.robust_localisation_variance_um2(*_step_sums(used), blur)
     out |= {"min_track_length": int(min_track_length), "tracks_used": int(len(used)),
             "localisation_nm": math.sqrt(sigma2) * 1e3}
     if len(used) < MIN_TRACKS_FOR_DISTRIBUTION:
@@ -155,13 +158,14 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
         warnings.append(f"size deconvolution stopped {detected.kkt_gap:.2g} nats from its maximum")
     grid, p_detected = detected.diameter_nm, detected.probability
     p, p_mode = p_detected, detected.mode_probability
-    if volume_correction:
+    if volume_correction and not minmass > 0:
+        warnings.append("minmass = 0: no detection threshold, so no detection-depth correction")
+    elif volume_correction:
         peak = detection_volume.reference_peak_mass(used["max_mass"], detected.track_ln_diameter,
-                                          scattering_exponent=scattering_exponent)
+                                                    scattering_exponent=scattering_exponent)
         depth = detection_volume.gaussian_sheet_detection_depth_um(
             grid, sheet_half_width_um=1.0, reference_diameter_nm=100.0,
-            peak_over_threshold_at_reference=peak / minmass if minmass > 0 else math.inf,
-            scattering_exponent=scattering_exponent)
+            peak_over_threshold_at_reference=peak / minmass, scattering_exponent=scattering_exponent)
         seen = depth[p_detected > 1e-6 * p_detected.max()]
         if not seen.max() > 0:
             warnings.append(f"the tracks' brightest features ({peak:.3g} at 100 nm) are not above minmass "
