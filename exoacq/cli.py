@@ -341,7 +341,7 @@ def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]
         warnings.append(f"no --exposure-ms given: the whole frame interval ({exposure_ms:.3g} ms) assumed "
                         "(motion-blur model)")
     if exposure_ms < 0 or exposure_ms > 1000.0 / fps * (1 + 1e-9):
-        raise ExoacqError(f"--exposure-ms {args.exposure_ms:g}: must be from 0 to the frame interval "
+        raise ExoacqError(f"--exposure-ms {exposure_ms:g}: must be from 0 to the frame interval "
                           f"{1000.0 / fps:.3g} ms", code="usage")
     temperature = args.temperature_c
     if temperature is None:
@@ -427,11 +427,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     summary, params, _ = analyze_with_progress(args, [args.output])
     per_frame = summary["features_per_frame"]
     in_cell_per_ml = args.bead_concentration_per_ml / args.dilution
-    ppf = float(sum(per_frame) / len(per_frame)) * (summary["crowding_correction"] or 1.0)  # merged features back
+    crowding = summary["crowding_correction"] or 1.0  # merged close features counted back
+    ppf = float(sum(per_frame) / len(per_frame)) * crowding
     # blocks of ~2 s: the light sheet's population renews as beads diffuse through it
     block = max(1, round(2.0 * params.frame_rate_hz))
     volume_nl = ppf / in_cell_per_ml * 1e6
-    uncertainty_nl = block_standard_error(per_frame, block) / in_cell_per_ml * 1e6
+    uncertainty_nl = block_standard_error(per_frame, block) * crowding / in_cell_per_ml * 1e6
     text = nta_calibration_text(
         volume_nl=volume_nl, uncertainty_nl=uncertainty_nl, frames=len(per_frame),
         relative_detection_depth=(summary.get("detection") or {}).get("mean_relative_depth"),
