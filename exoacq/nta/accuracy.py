@@ -62,7 +62,7 @@ def default_matrix(seed: int = 1000) -> list[Case]:
     """Sizes 50-400 nm (with and without a 3 um/s drift), 15/25/37 C, 1e8-2e9 /mL, a 2:1 100+150 nm mix.
 
     Monodisperse samples at 3e8 /mL (~ 20 particles per frame, as SOPs ask), 400 nm at 1e9 /mL:
-    its slow particles renew the population in view only every ~ 40 s, so with ~ 20 in view
+    its slow particles renew the population in view only every ~ 25 s, so with ~ 20 in view
     one 5 x 60 s sample's concentration scatters widely (at 3e8: two samples +10.5 % and
     -0.1 %, one sample's captures from -1 % to +19 %); the mixture at
     1e9 /mL, so that the ~ 350 particles drawn hold close to 2:1 (at 3e8, ~ 100 particles

@@ -365,7 +365,7 @@ class StreamingTracker:
             min_track_length = distribution["min_track_length"]
             if p.min_track_length is None:
                 self._auto_min_track_length = min_track_length
-            used = table.loc[(table["length_frames"] >= (min_track_length or 0)) & (table["n_pairs"] > 0)]
+            used = distribution["used"]
             sizes = distribution["size_nm"] or dict.fromkeys(("mean", "mode", "sd", "d10", "d50", "d90"))
             size_detected, volume_ratio = distribution["size_nm_detected"], distribution["volume_ratio"]
             localisation_nm = distribution["localisation_nm"]

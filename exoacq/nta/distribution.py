@@ -116,7 +116,8 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
     ``diameter_nm`` with ``probability`` (sample), ``probability_detected`` and
     ``probability_smoothed`` (the sample's, smoothed within the likelihood bound
     of the mode: for histograms),
-    ``tracks_used``, ``min_track_length``, ``localisation_nm``,
+    ``used`` (the rows of ``table`` that are sized) and their number ``tracks_used``,
+    ``min_track_length``, ``localisation_nm``,
     ``volume_ratio`` and ``warnings``.
 
     ``mean_relative_depth``: sum_d p(d) depth(d), depth from
@@ -129,7 +130,8 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
     warnings: list[str] = []
     blur = sizing.blur_coefficient(exposure_s, frame_interval_s)
     stepped = table.loc[(table["n_pairs"] > 0) & (table["sum_sq_um2"] > 0)]
-    out: dict[str, Any] = {"size_nm": None, "size_nm_detected": None, "tracks_used": 0, "localisation_nm": None,
+    out: dict[str, Any] = {"size_nm": None, "size_nm_detected": None, "used": stepped, "tracks_used": 0,
+                           "localisation_nm": None,
                            "min_track_length": min_track_length, "volume_ratio": 1.0, "warnings": warnings}
     if stepped.empty:
         warnings.append("no track of >= 3 points: no size distribution")
@@ -142,7 +144,7 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
     used = stepped.loc[stepped["length_frames"] >= min_track_length]
     if len(used) >= sizing.MIN_TRACKS_FOR_STATISTICS:  # sigma^2 of the tracks that are sized
         sigma2 = sizing.robust_localisation_variance_um2(*_step_sums(used), blur)
-    out |= {"min_track_length": int(min_track_length), "tracks_used": int(len(used)),
+    out |= {"min_track_length": int(min_track_length), "used": used, "tracks_used": int(len(used)),
             "localisation_nm": math.sqrt(sigma2) * 1e3}
     if len(used) < MIN_TRACKS_FOR_DISTRIBUTION:
         warnings.append(f"only {len(used)} tracks of >= {min_track_length} frames were sized; "
