@@ -8,15 +8,11 @@ driver. Error numbers and bits are the driver's tables, so both stay in step.
 from __future__ import annotations
 
 import math
-import os
-import pty
-import select
-import threading
 import time
-import tty
 from collections.abc import Callable
 
 from exoacq.drivers.obis import FAULT_BITS, STATUS_BITS
+from exoacq.drivers.serial_sim import PtySimulator
 
 # Short form of every mnemonic, keyed by short and long form (SCPI).
 _SHORT: dict[str, str] = {
@@ -56,7 +52,7 @@ def _on_off(argument: str) -> bool:
     return argument.upper() == "ON"
 
 
-class ObisSimulator:
+class ObisSimulator(PtySimulator):
     """An OBIS LX laser on a pty. ``with ObisSimulator() as sim: ObisLaser(sim.port)``.
 
     Measured power equals the set point while emitting (plus ``ripple`` x a
@@ -64,6 +60,8 @@ class ObisSimulator:
     emission off for ``cdrh_delay_s`` after ``SOUR:AM:STAT ON``. An open
     interlock refuses emission with ERR-221 and sets the laser-ready fault bit.
     """
+
+    name = "obis"
 
     def __init__(self, *, wavelength_nm: int = 488, max_power_w: float = 0.050,
                  serial_number: str = "SIM-0001", firmware: str = "V1.0.1",
@@ -77,8 +75,7 @@ class ObisSimulator:
         self.base_temperature_c = base_temperature_c
         self.cdrh_delay_s = cdrh_delay_s
         self.ripple = ripple
-        self._lock = threading.Lock()
-        self._transcript: list[tuple[str, str]] = []
+        super().__init__()
         self._handshake = True
         self._cdrh = True
         self._mode = "CWP"
@@ -88,9 +85,6 @@ class ObisSimulator:
         self._fault = 0
         self._interlock_open = False
         self._reads = 0
-        self._fds: list[int] = []
-        self._port = ""
-        self._thread: threading.Thread | None = None
         self._handlers: dict[str, Callable[[str], str | None]] = {
             "*IDN?": lambda _: self.identity,
             "SYST:INF:SNUM?": lambda _: self.serial_number,
@@ -112,50 +106,6 @@ class ObisSimulator:
             "SYST:STAT?": lambda _: f"{self._status_word():08X}",
             "SYST:FAUL?": lambda _: f"{self._fault:08X}",
         }
-
-    # -- public API ----------------------------------------------------------
-    def start(self) -> ObisSimulator:
-        """Open the pty (raw mode) and serve it from a daemon thread."""
-        if self._thread is None:
-            master, slave = pty.openpty()
-            tty.setraw(slave)
-            wake_r, wake_w = os.pipe()
-            self._fds = [master, slave, wake_r, wake_w]
-            self._port = os.ttyname(slave)
-            self._thread = threading.Thread(target=self._serve, name="obis-sim", daemon=True)
-            self._thread.start()
-        return self
-
-    @property
-    def port(self) -> str:
-        """Path of the pty slave, e.g. ``/dev/pts/3``: the driver's port."""
-        return self._port
-
-    def close(self) -> None:
-        """Stop serving and close every fd. Idempotent."""
-        if self._thread is not None:
-            os.write(self._fds[3], b"x")
-            self._thread.join(timeout=2.0)
-            self._thread = None
-            for fd in self._fds:
-                os.close(fd)
-            self._fds = []
-
-    def __enter__(self) -> ObisSimulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def transcript(self) -> list[tuple[str, str]]:
-        """Lines exchanged, without terminators: ("rx", received) / ("tx", sent)."""
-        with self._lock:
-            return list(self._transcript)
-
-    def clear_transcript(self) -> None:
-        with self._lock:
-            self._transcript.clear()
 
     @property
     def emitted_power_mw(self) -> float:
@@ -225,7 +175,7 @@ class ObisSimulator:
         watts = self._setpoint_w if self._emitting() else 0.0
         return f"{watts * (1.0 + self.ripple * math.sin(self._reads)):.5f}"
 
-    def _reply(self, line: str) -> list[str]:
+    def reply(self, line: str) -> list[str]:
         """The lines the laser sends back for one received line."""
         header, _, argument = line.partition(" ")
         key = _canonical(header)
@@ -240,29 +190,3 @@ class ObisSimulator:
         except _Err as err:
             return [f"ERR-{err.code}"]
         return ([] if data is None else [data]) + (["OK"] if self._handshake else [])
-
-    def _serve(self) -> None:
-        master, wake = self._fds[0], self._fds[2]
-        pending = b""
-        while True:
-            ready, _, _ = select.select([master, wake], [], [])
-            if wake in ready:
-                return
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                return
-            *lines, pending = (pending + chunk.replace(b"\r", b"\n")).split(b"\n")
-            for raw in lines:
-                line = raw.decode("ascii", errors="replace").strip()
-                if not line:
-                    continue
-                with self._lock:
-                    self._transcript.append(("rx", line))
-                    replies = self._reply(line)
-                    self._transcript.extend(("tx", reply) for reply in replies)
-                if replies:
-                    try:
-                        os.write(master, "".join(r + "\r\n" for r in replies).encode("ascii"))
-                    except OSError:
-                        return

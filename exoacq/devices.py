@@ -7,6 +7,7 @@ return plain Python values in the units their names state.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -44,6 +45,9 @@ class Laser(Device, Protocol):
     def faults(self) -> list[str]:
         """Active faults as readable strings; empty when healthy."""
 
+    def interlock_open(self) -> bool:
+        """True while the safety interlock is open (emission impossible)."""
+
 
 @runtime_checkable
 class Camera(Device, Protocol):
@@ -76,3 +80,60 @@ class Camera(Device, Protocol):
 class Thermometer(Device, Protocol):
     def temperature_c(self) -> float:
         """Sample temperature in degrees Celsius."""
+
+
+@runtime_checkable
+class TemperatureController(Thermometer, Protocol):
+    """A sample-stage temperature controller (TEC): a thermometer that also holds a set point."""
+
+    def set_setpoint_c(self, setpoint_c: float) -> None:
+        """Set the target temperature (validated against the controller's limits)."""
+
+    def setpoint_c(self) -> float: ...
+
+    def set_output(self, on: bool) -> None:
+        """Switch the regulation (the TEC current) on or off."""
+
+    def output(self) -> bool: ...
+
+
+@runtime_checkable
+class Pump(Device, Protocol):
+    """A syringe pump moving sample through the flow cell. Volumes in uL, rates in uL/min."""
+
+    def set_diameter_mm(self, diameter_mm: float) -> None:
+        """Inner diameter of the syringe (the pump converts volumes to plunger travel)."""
+
+    def set_rate_ul_min(self, rate_ul_min: float) -> None: ...
+
+    def set_direction(self, infuse: bool) -> None:
+        """Infuse (push sample through the cell) or withdraw."""
+
+    def set_volume_ul(self, volume_ul: float | None) -> None:
+        """Stop by itself after this volume; None (or 0): run until stopped."""
+
+    def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def running(self) -> bool: ...
+
+    def dispensed_ul(self) -> float:
+        """Volume moved since the counter was last cleared (infused minus withdrawn)."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A device setting an operator may change while previewing (``set``): the
+    names of the device's getter and setter methods, the unit and the range.
+    ``maximum`` may name a device attribute holding the limit (e.g. ``max_power_mw``)."""
+
+    get: str
+    set: str
+    unit: str
+    minimum: float
+    maximum: float | str
+    description: str = ""
+
+    def limit(self, device: Any) -> float:
+        return float(getattr(device, self.maximum)) if isinstance(self.maximum, str) else float(self.maximum)
