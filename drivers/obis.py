@@ -242,6 +242,10 @@ class ObisLaser:
         status = int(self._number("status", hex_word=True))
         return faults + _bits(status & STATUS_FAULTS, STATUS_BITS)
 
+    def interlock_open(self) -> bool:
+        """The interlock bit of ``SYST:STAT?``."""
+        return bool(int(self._number("status", hex_word=True)) & STATUS_FAULTS)
+
     def describe(self) -> dict[str, Any]:
         """Identity and present settings for run records."""
         parts = [p.strip() for p in self._identity.split(" - ")]  # maker - model - firmware - date
