@@ -28,7 +28,11 @@ import numba
 import numpy as np
 from scipy.special import erf
 
-from exoacq.errors import DeviceError
+from pydantic import Field
+
+from exoacq.devices import Setting
+from exoacq.registry import Driver, DriverOptions
+from exoacq.errors import ConfigError, DeviceError
 from exoacq.physics import (rayleigh_polarizability_factor, stokes_einstein_diffusion_um2_s,
                             water_viscosity_iapws_mpa_s)
 
@@ -312,6 +316,8 @@ class SimulatedNTACamera:
                  blur_substeps: int = 8, realtime: bool = True, seed: int | None = None):
         _check("sample", sample, sample is not None, "a SimulatedSample (see make_simulated_nta)")
         self.sample, self.illumination_mw = sample, illumination_mw
+        #: None, or a callable giving the holder's temperature (None while it has none): the sample follows it.
+        self.sample_temperature_c: Callable[[], float | None] | None = None
         self.reference_power_mw = _positive("reference_power_mw", reference_power_mw)
         self.width, self.height = _int_in("width", width, 8, 16384), _int_in("height", height, 8, 16384)
         self.pixel_size_um = _positive("pixel_size_um", pixel_size_um)
@@ -361,6 +367,31 @@ class SimulatedNTACamera:
         _check("exposure_ms", value, math.isfinite(v) and 0.0 < v <= interval_ms,
                f"0 < exposure_ms <= {interval_ms:g} (the frame interval at {self._frame_rate_hz:g} frames/s)")
         self._exposure_ms = v
+
+    #: Settings an operator may change while previewing (exoacq set).
+    settings = {
+        "exposure_ms": Setting(get="get_exposure_ms", set="set_exposure_ms", unit="ms", minimum=0.01,
+                               maximum="max_exposure_ms", description="exposure (shutter) time"),
+        "gain": Setting(get="get_gain", set="set_gain", unit="ADU/e-", minimum=0.05, maximum=50.0,
+                        description="camera gain"),
+    }
+
+    def get_exposure_ms(self) -> float:
+        return self.exposure_ms
+
+    def set_exposure_ms(self, value: float) -> None:
+        self.exposure_ms = value
+
+    @property
+    def max_exposure_ms(self) -> float:
+        return 1000.0 / self._frame_rate_hz
+
+    def get_gain(self) -> float:
+        return self.gain_adu_per_e
+
+    def set_gain(self, value: float) -> None:
+        self.gain_adu_per_e = _positive("gain", value)
+        self._bg_key = None
 
     def connect(self) -> None:
         """Nothing to open, but the kernels are compiled (or loaded from numba's disk cache)
@@ -422,6 +453,8 @@ class SimulatedNTACamera:
             raise DeviceError("simulated NTA camera is not connected: call connect() first")
         if self._t0_mono is None:
             raise DeviceError("simulated NTA camera is not acquiring: call start() first")
+        if self.sample_temperature_c is not None and (holder_c := self.sample_temperature_c()) is not None:
+            self.sample.temperature_c = holder_c  # the sample sits in a temperature-controlled holder
         if buffer.shape != (self.height, self.width) or buffer.dtype != self.dtype:
             raise ValueError(f"buffer is {buffer.dtype} {buffer.shape}; needs uint16 ({self.height}, {self.width})")
         interval, exposure = 1.0 / self._frame_rate_hz, self._exposure_ms * 1e-3
@@ -541,3 +574,58 @@ def make_simulated_nta(components: Sequence[SampleComponent], concentration_per_
                              drift_um_s=drift_um_s, medium_index=medium_index, seed=s_sample)
     camera = SimulatedNTACamera(sample, illumination_mw=illumination_mw, seed=s_camera, **camera_kwargs)
     return camera, SimulatedThermometer(sample, thermometer_noise_c, seed=s_thermo), sample
+
+
+# -- as the daemon finds them (exoacq.registry) -------------------------------------------
+def _simulation(context: dict[str, Any], what: str) -> Any:
+    sim = context.get("nta_simulation")
+    if sim is None:
+        raise ConfigError(f"the {what} belongs to a simulated NTA instrument (method nta, with its [simulation])")
+    return sim
+
+
+def _open_camera(options: Any, address: str | None, context: dict[str, Any]) -> SimulatedNTACamera:
+    """The simulated camera looks at the instrument's simulated sample, lit by its simulated laser,
+    in its temperature-controlled holder when it has one."""
+    sim = _simulation(context, "simulated-nta camera")
+    simulators = context.setdefault("simulators", {})
+    laser = simulators.get("laser")
+    if laser is None or not hasattr(laser, "emitted_power_mw"):
+        raise ConfigError("the simulated-nta camera sees a simulated laser's light: set the laser's simulated = true")
+    camera, _, sample = make_simulated_nta(
+        [SampleComponent(**c.model_dump()) for c in sim.components], sim.concentration_per_ml,
+        temperature_c=sim.temperature_c, drift_um_s=tuple(sim.drift_um_s),
+        illumination_mw=lambda: laser.emitted_power_mw, seed=sim.seed, **options.model_dump())
+
+    def holder_c() -> float | None:
+        holder = simulators.get("temperature")
+        return getattr(holder, "temperature_c", None) if holder is not None else None
+
+    camera.sample_temperature_c = holder_c
+    context["sample"] = sample
+    return camera
+
+
+def _open_thermometer(options: Any, address: str | None, context: dict[str, Any]) -> SimulatedThermometer:
+    _simulation(context, "simulated thermometer")
+    if "sample" not in context:
+        raise ConfigError("the simulated thermometer reads the simulated camera's sample: configure the camera first")
+    return SimulatedThermometer(context["sample"], options.noise_c)
+
+
+def _camera_options() -> type:
+    from exoacq.nta.settings import SimulatedCameraOptions
+    return SimulatedCameraOptions
+
+
+class SimulatedThermometerOptions(DriverOptions):
+    #: SD of Gaussian read noise added to the sample's temperature.
+    noise_c: float = Field(0.0, ge=0.0, le=5.0)
+
+
+CAMERA_DRIVER = Driver(name="simulated-nta", kind="camera", options=_camera_options(), open=_open_camera,
+                       simulation_only=True,
+                       description="physically faithful simulated NTA camera (Rayleigh scatter in a light sheet)")
+THERMOMETER_DRIVER = Driver(name="simulated-thermometer", kind="thermometer", options=SimulatedThermometerOptions,
+                            open=_open_thermometer, simulation_only=True,
+                            description="reads the simulated NTA sample's temperature")

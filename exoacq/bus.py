@@ -16,12 +16,13 @@ import zmq
 
 from exoacq.errors import ExoacqError
 
-#: Versions of every published document schema (docs/schemas/*.json).
+#: Versions of the core's document schemas (docs/schemas/*.json); methods declare their own topics.
+#: /2: run.state names the instrument and the SOP step (docs/protocol.md, Versions).
 SCHEMAS = {
-    "run.state": "exoacq.run.state/1",
-    "nta.progress": "exoacq.nta.progress/1",
-    "nta.result": "exoacq.nta.result/1",
+    "run.state": "exoacq.run.state/2",
 }
+#: The shape of the ``status`` reply; /2: methods and instruments with their devices.
+STATUS_SCHEMA = "exoacq.status/2"
 
 #: Frame topic on the live-frames PUB and on the tracker socket.
 FRAME_TOPIC = b"frame"
@@ -54,9 +55,11 @@ def loads(data: bytes) -> Any:
     return json.loads(data.decode("utf-8"))
 
 
-def make_document(topic: str, run_id: str | None, **payload: Any) -> dict[str, Any]:
-    """A published document: schema, run_id and time first, then the payload."""
-    return {"schema": SCHEMAS[topic], "run_id": run_id, "time": utc_now_iso(), **payload}
+def make_document(topic: str, run_id: str | None, *, schema: str | None = None, **payload: Any) -> dict[str, Any]:
+    """A published document: schema, run_id and time first, then the payload.
+
+    ``schema`` is the topic's schema id; the core's topics have theirs in SCHEMAS."""
+    return {"schema": schema or SCHEMAS[topic], "run_id": run_id, "time": utc_now_iso(), **payload}
 
 
 def publish(socket: zmq.Socket, topic: str, document: dict[str, Any]) -> None:

@@ -1,6 +1,8 @@
-"""The ``exoacq`` command line: daemon, clients and the demo.
+"""The ``exoacq`` command line: daemon, clients, simulators and the demo.
 
-Every failure the operator can act on ends as one line on stderr,
+The core verbs are here; each method plugin adds its own under ``acquire``,
+``analyze``, ``calibrate``, ``simulate`` and ``bench`` (``exoacq acquire
+nta``). Every failure the operator can act on ends as one line on stderr,
 ``exoacq: error: ...``, and a non-zero exit status; never a traceback.
 """
 from __future__ import annotations
@@ -8,30 +10,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from exoacq import __version__
+from exoacq.cli_common import add_control, positive_float
 from exoacq.errors import ConfigError, ExoacqError
 
-DEFAULT_CONTROL = "tcp://127.0.0.1:5555"
-TOPICS = ("run.state", "nta.progress", "nta.result")
-
-
-def _default_control() -> str:
-    return os.environ.get("EXOACQ_CONTROL", DEFAULT_CONTROL)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
-    return value
+#: Verbs whose sub-commands the methods supply.
+METHOD_VERBS = {
+    "acquire": "run an acquisition on the daemon and print its result",
+    "analyze": "analyse recorded data offline (same code as the daemon)",
+    "calibrate": "measure a calibration from a standard",
+    "simulate": "write test data from a simulated instrument",
+    "bench": "benchmarks, exoacq and its baseline side by side (JSON)",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,148 +35,102 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"exoacq: error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(registry: Any = None) -> argparse.ArgumentParser:
+    from exoacq.registry import installed
+
     parser = _Parser(prog="exoacq", description="Acquisition daemon and clients for EV characterization.")
     parser.add_argument("--version", action="version", version=f"exoacq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    def client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--control", default=_default_control(),
-                       help="daemon control endpoint (default: $EXOACQ_CONTROL or %(default)s)")
-        return p
-
     p = sub.add_parser("daemon", help="run the acquisition daemon")
     p.add_argument("--config", type=Path, help="configuration file (TOML); see `exoacq config example`")
-    p.add_argument("--simulated", action="store_true", help="use simulated instruments")
+    p.add_argument("--simulated", action="store_true",
+                   help="simulated instruments: with --config, every device's simulated twin; alone, one "
+                        "simulated instrument per installed method")
     p.add_argument("--data-dir", type=Path, help="where runs are stored (overrides the file)")
     p.add_argument("--control", help="control endpoint (overrides the file)")
     p.add_argument("--results", help="results endpoint (overrides the file)")
     p.add_argument("--frames", help="live frames endpoint (overrides the file)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=cmd_daemon)
 
-    p = sub.add_parser("acquire", help="run an acquisition on the daemon and print its result")
-    p.add_argument("method", choices=["nta"], help="measurement method")
-    p.add_argument("--duration", type=_positive_float, default=60.0,
-                   help="seconds of each video (default %(default)s)")
-    p.add_argument("--captures", type=int, default=5, help="videos to record and average (default %(default)s)")
-    p.add_argument("--sample", default="unnamed", help="sample name")
-    p.add_argument("--dilution", type=_positive_float, default=1.0, help="dilution factor (default %(default)s: neat)")
-    p.add_argument("--json", action="store_true", help="print the final nta.result document alone on stdout")
-    client(p)
+    verbs: dict[str, Any] = {"exoacq": sub}
+    for verb, text in METHOD_VERBS.items():
+        p = sub.add_parser(verb, help=text)
+        verbs[verb] = p.add_subparsers(dest="what", required=True, metavar="METHOD", parser_class=_Parser)
 
-    p = client(sub.add_parser("status", help="daemon, instruments and current run"))
+    p = add_control(sub.add_parser("status", help="daemon, methods, instruments and their devices, runs"))
     p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
 
-    p = client(sub.add_parser("watch", help="print published documents as JSON lines"))
-    p.add_argument("topics", nargs="*", metavar="TOPIC", help=f"topics (prefixes) to show; default all: {', '.join(TOPICS)}")
+    p = add_control(sub.add_parser("watch", help="print published documents as JSON lines"))
+    p.add_argument("topics", nargs="*", metavar="TOPIC", help="topics (prefixes) to show; default all")
     p.add_argument("--count", type=int, default=None, help="exit after this many documents")
+    p.set_defaults(func=cmd_watch)
 
-    p = client(sub.add_parser("stop", help="abort the current run"))
-    p.add_argument("--run-id", help="abort this run (queued or current) instead")
+    p = add_control(sub.add_parser("stop", help="abort the running run (the only one, or the one named)"))
+    p.add_argument("--run-id", help="abort this run (queued or current)")
+    p.add_argument("--instrument", help="abort the run on this instrument")
+    p.set_defaults(func=cmd_stop)
 
-    p = client(sub.add_parser("runs", help="list past runs, or `runs show ID`"))
+    p = add_control(sub.add_parser("runs", help="list past runs, or `runs show ID`"))
     p.add_argument("action", nargs="?", choices=["show"], help="show one run")
     p.add_argument("run_id", nargs="?", help="run id for `show`")
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("analyze", help="analyse a recorded video offline (same code as the daemon)")
-    p.add_argument("method", choices=["nta"], help="measurement method")
-    p.add_argument("video", type=Path, help="video (AVI, MOV, MP4, ...), multi-page TIFF or folder of PNG/TIFF frames")
-    add_analysis_options(p)
-    p.add_argument("--json", action="store_true", help="print the result document alone on stdout")
-    p.add_argument("--csv", type=Path, help="also write a NanoSight-style ExperimentSummary CSV here")
-    p.add_argument("--report", type=Path, help="also write a self-contained HTML report here")
+    p = add_control(sub.add_parser("preview", help="live mode on an instrument: light on, frames and features "
+                                                   "published, nothing recorded"))
+    p.add_argument("state", choices=["on", "off"])
+    p.add_argument("--instrument", help="default: the only instrument")
+    p.set_defaults(func=cmd_preview)
 
-    p = sub.add_parser("calibrate", help="measure the detection volume from beads of known concentration")
-    p.add_argument("method", choices=["nta"], help="measurement method")
-    p.add_argument("video", type=Path, help="a video of the bead standard")
-    p.add_argument("--bead-diameter-nm", type=_positive_float, required=True)
-    p.add_argument("--bead-concentration-per-ml", type=_positive_float, required=True,
-                   help="of the bead stock; divided by --dilution for the measured suspension")
-    p.add_argument("--bead-refractive-index", type=_positive_float, default=1.59, help="default: polystyrene")
-    p.add_argument("--bead-lot", default="", help="lot number of the standard")
-    p.add_argument("--laser-power-mw", type=_positive_float, required=True, help="laser power of the recording")
-    p.add_argument("--instrument", default="unnamed instrument", help="which instrument this calibrates")
-    p.add_argument("--output", type=Path, required=True, help="calibration file to write (TOML)")
-    add_analysis_options(p)
+    p = add_control(sub.add_parser("set", help="change a device setting (exposure, gain, laser power, pump flow, "
+                                               "set temperature) within its range; `exoacq settings` lists them"))
+    p.add_argument("device", help="the device's role in the instrument (laser, camera, pump, temperature)")
+    p.add_argument("setting", help="e.g. power_mw, exposure_ms, rate_ul_min, setpoint_c")
+    p.add_argument("value", type=float)
+    p.add_argument("--instrument", help="default: the only instrument")
+    p.set_defaults(func=cmd_set)
 
-    p = sub.add_parser("simulate", help="write test data from the simulated instrument")
-    p.add_argument("what", choices=["video"], help="what to write")
-    p.add_argument("output", type=Path, help="output .avi (uncompressed 8-bit, as NTA instruments record)")
-    p.add_argument("--frames", type=int, default=450)
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--fps", type=_positive_float, default=25.0)
-    p.add_argument("--diameter-nm", type=_positive_float, default=100.0)
-    p.add_argument("--concentration-per-ml", type=_positive_float, default=3e8)
-    p.add_argument("--seed", type=int, default=0)
-
-    p = sub.add_parser("bench", help="benchmarks, exoacq and its baseline side by side (JSON)")
-    bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK", parser_class=_Parser)
-    b = bench.add_parser("locate", help="detection speed and accuracy: exoacq vs trackpy.locate")
-    b.add_argument("--frames", type=int, default=20, help="frames per case (default %(default)s)")
-    b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
-    b = bench.add_parser("realtime", help="the daemon with a simulated camera: drops and latency")
-    b.add_argument("--width", type=int, default=1280)
-    b.add_argument("--height", type=int, default=1024)
-    b.add_argument("--fps", type=_positive_float, default=30.0)
-    b.add_argument("--duration", type=_positive_float, default=30.0)
-    b.add_argument("--workers", type=int, default=1)
-    b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
-    b = bench.add_parser("analyze", help="`exoacq analyze nta` against a plain trackpy pipeline")
-    b.add_argument("video", type=Path)
-    add_analysis_options(b)
-    b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
-    b = bench.add_parser("accuracy", help="sizes and concentrations of simulated samples against their truth")
-    b.add_argument("--cases", default="all",
-                   help="comma-separated case names, or 'all' (default); `--cases list` prints them")
-    b.add_argument("--captures", type=int, default=5, help="captures per sample (default %(default)s)")
-    b.add_argument("--capture-s", type=_positive_float, default=60.0, help="seconds per capture (default %(default)s)")
-    b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
-
-    p = sub.add_parser("worker", help="run a locate worker of a daemon's tracking core (this or another host)")
-    p.add_argument("--frames", required=True, help="the daemon's tracking frames endpoint (`exoacq status --json`)")
-    p.add_argument("--features", required=True, help="the daemon's tracking features endpoint")
+    p = add_control(sub.add_parser("settings", help="the settable device settings with values, units and ranges"))
+    p.add_argument("--instrument", help="default: the only instrument")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_settings)
 
     p = sub.add_parser("config", help="configuration helpers")
     p.add_argument("action", choices=["example", "check"], help="print a commented example, or check a file")
     p.add_argument("file", nargs="?", type=Path, help="file to check")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("sim", help="hardware simulators for other programs (vendor tools, scripts)")
+    sim = p.add_subparsers(dest="what", required=True, metavar="ACTION", parser_class=_Parser)
+    p = sim.add_parser("serve", help="serve simulated devices on real transports until stopped; one JSON line "
+                                     "per simulator (name, driver, port) first")
+    p.add_argument("--config", type=Path, help="serve the simulated twins of this configuration's devices "
+                                               "(default: one of each driver that has a simulator)")
+    p.set_defaults(func=cmd_sim_serve)
+
+    p = sub.add_parser("laser", help="laser safety: switch every configured laser off (systemd ExecStopPost)")
+    p.add_argument("state", choices=["off"])
+    p.add_argument("--config", type=Path, required=True, help="the daemon's configuration")
+    p.set_defaults(func=cmd_laser_off)
 
     p = sub.add_parser("demo", help="simulated instruments, a short acquisition of 100 nm particles, a result table")
-    p.add_argument("--duration", type=_positive_float, default=30.0, help="seconds of video (default %(default)s)")
+    p.add_argument("--duration", type=positive_float, default=30.0, help="seconds of video (default %(default)s)")
+    p.set_defaults(func=cmd_demo)
+
+    registry = registry or installed()
+    for name, method in sorted(registry.methods.items()):
+        method.add_cli(verbs)
     return parser
 
 
-def add_analysis_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--fps", type=_positive_float, help="frame rate (default: the container's)")
-    p.add_argument("--pixel-size-um", type=_positive_float, help="object-plane pixel size (required unless in --calibration)")
-    p.add_argument("--temperature-c", type=float, help="sample temperature (default 25 C, with a warning)")
-    p.add_argument("--viscosity-mpa-s", type=_positive_float, help="medium viscosity (default: water, IAPWS 2008)")
-    p.add_argument("--exposure-ms", type=float,
-                   help="exposure, for the motion-blur model (default: the whole frame interval, with a warning)")
-    p.add_argument("--dilution", type=_positive_float, default=1.0)
-    p.add_argument("--calibration", type=Path, help="detection-volume calibration (TOML) for concentrations")
-    p.add_argument("--invert", action="store_true",
-                   help="dark particles on a light background (bright field: no light-sheet depth correction)")
-    p.add_argument("--no-volume-correction", dest="volume_correction", action="store_false",
-                   help="report the detected size distribution without the light-sheet detection-depth correction")
-    p.add_argument("--feature-diameter-px", type=int, default=11, help="odd (default %(default)s)")
-    p.add_argument("--minmass", type=float, default=300.0, help="detection threshold (default %(default)s)")
-    p.add_argument("--min-track-length", type=int, default=None,
-                   help="frames (default: chosen from the data's localisation error, 13 or more)")
-    p.add_argument("--search-range-px", type=_positive_float,
-                   help="link search range (default: chosen from the first 100 frames' tracks, at most that of "
-                        "--min-diameter-nm)")
-    p.add_argument("--min-diameter-nm", type=_positive_float, default=30.0,
-                   help="smallest expected particle: the largest search range (default %(default)s)")
-    p.add_argument("--detector", choices=["fast", "trackpy"], default="fast")
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        args = build_parser().parse_args(argv)
+        return args.func(args)
     except ExoacqError as exc:
         for line in str(exc).splitlines() or ["unknown error"]:
             print(f"exoacq: error: {line}", file=sys.stderr)
@@ -200,9 +148,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = load_config(args.config, simulated=args.simulated)
     if args.config is None and not args.simulated:
         raise ConfigError("no configuration: give --config FILE, or --simulated for simulated instruments")
+    config = load_config(args.config, simulated=args.simulated)
     for name in ("control", "results", "frames", "data_dir"):
         value = getattr(args, name)
         if value is not None:
@@ -215,41 +163,37 @@ def _client(args: argparse.Namespace):
     return ControlClient(args.control)
 
 
-def cmd_acquire(args: argparse.Namespace) -> int:
-    from exoacq.client import ProgressBar, follow_run, format_result
-
-    request = {"method": args.method, "duration_s": args.duration, "captures": args.captures,
-               "sample": args.sample, "dilution": args.dilution}
-    bar = ProgressBar()
-    with _client(args) as client:
-        try:
-            result = follow_run(client, request, on_document=bar)
-        finally:
-            bar.close()
-    print(json.dumps(result) if args.json else format_result(result))
-    return 0
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         status = client.request("status")
     if args.json:
         print(json.dumps(status))
         return 0
-    run = status["current_run"]
-    laser = status["instruments"].get("laser", {})
     print(f"exoacq daemon {status['version']} (pid {status['pid']}, up {status['uptime_s']:.0f} s, "
-          f"{'simulated' if status['simulated'] else 'hardware'})")
+          f"{'simulated' if status['simulated'] else 'hardware'}, {'ready' if status['ready'] else 'starting'})")
     for name, address in status["endpoints"].items():
         print(f"  {name:<8} {address}")
     print(f"  data     {status['data_dir']}")
-    print(f"  laser    {laser.get('model', '?')}: emission {'on' if laser.get('emission') else 'off'}, "
-          f"{laser.get('power_mw', float('nan')):.1f} mW")
-    print(f"  tracker  pid {status['tracker']['pid']}, {'ready' if status['tracker']['ready'] else 'starting'}")
-    print("  run      " + ("none" if run is None else f"{run['run_id']} {run['state']}, "
-                                                  f"{run.get('frames_acquired', 0)} frames"))
-    if status["queued"]:
-        print(f"  queued   {', '.join(status['queued'])}")
+    methods = [f"{m} ({len(v['instruments'])} instrument(s))" for m, v in status["methods"].items()]
+    print(f"  methods  {', '.join(methods)}")
+    for name, inst in status["instruments"].items():
+        run = f", run {inst['run']}" if inst["run"] else ""
+        queued = f", queued {', '.join(inst['queued'])}" if inst["queued"] else ""
+        print(f"  instrument {name} ({inst['method']}): {inst['state']}{run}{queued}")
+        for role, device in inst["devices"].items():
+            settings = device.get("settings") or {}
+            extra = ""
+            if device["kind"] == "laser":
+                emission = settings.get("emission")
+                extra = (f", emission {'on' if emission else 'off'}" if emission is not None else "") + \
+                    f", interlock {device.get('interlock', 'unknown')}"
+            where = f" at {device['address']}" if device.get("address") else ""
+            problem = f": {device['error']}" if device.get("error") else ""
+            print(f"    {role:<12} {device['driver']}{' (simulated)' if device['simulated'] else ''}{where}: "
+                  f"{device['state']}{extra}{problem}")
+    for run in status["runs"]:
+        step = f", step {run['step']['index']}/{run['step']['of']} {run['step']['step']}" if run.get("step") else ""
+        print(f"  run      {run['run_id']} on {run['instrument']}: {run['state']}{step}")
     return 0
 
 
@@ -273,7 +217,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        reply = client.request("stop", run_id=args.run_id)
+        reply = client.request("stop", run_id=args.run_id, instrument=args.instrument)
     print(f"run {reply['run_id']}: {reply['state']}")
     return 0
 
@@ -288,8 +232,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 print(json.dumps(record))
             else:
                 from exoacq.client import format_result
-                print(f"{record['run_id']}: {record['state']}  sample '{record['sample']}'  "
-                      f"started {record['started']}  finished {record['finished']}")
+                print(f"{record['run_id']}: {record['state']}  sample '{record['sample']}'  instrument "
+                      f"{record.get('instrument') or '-'}  started {record['started']}  finished {record['finished']}")
                 if record.get("error"):
                     print(f"  error: {record['error']}")
                 if record.get("result"):
@@ -299,9 +243,39 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(runs))
         return 0
-    print(f"{'run_id':<28} {'method':<6} {'state':<10} {'started':<25} sample")
+    print(f"{'run_id':<28} {'method':<6} {'instrument':<12} {'state':<10} {'started':<25} sample")
     for r in runs:
-        print(f"{r['run_id']:<28} {r['method']:<6} {r['state']:<10} {r['started'] or '-':<25} {r['sample']}")
+        print(f"{r['run_id']:<28} {r['method']:<6} {r.get('instrument') or '-':<12} {r['state']:<10} "
+              f"{r['started'] or '-':<25} {r['sample']}")
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reply = client.request("preview", instrument=args.instrument, on=args.state == "on")
+    print(f"instrument {reply['instrument']}: preview {'on' if reply['preview'] else 'off'}")
+    return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reply = client.request("set", instrument=args.instrument, device=args.device, setting=args.setting,
+                               value=args.value)
+    print(f"instrument {reply['instrument']}: {reply['device']}.{reply['setting']} = {reply['value']} {reply['unit']}")
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reply = client.request("settings", instrument=args.instrument)
+    if args.json:
+        print(json.dumps(reply))
+        return 0
+    print(f"instrument {reply['instrument']}:")
+    for device, settings in reply["devices"].items():
+        for name, s in settings.items():
+            print(f"  {device}.{name:<14} {s['value']} {s['unit']}  (range {s['minimum']:g}..{s['maximum']:g}) "
+                  f"{s['description']}")
     return 0
 
 
@@ -313,208 +287,22 @@ def cmd_config(args: argparse.Namespace) -> int:
         return 0
     if args.file is None:
         raise ExoacqError("`exoacq config check` needs a FILE", code="usage")
-    load_config(args.file)
-    print(f"{args.file}: valid")
+    config = load_config(args.file)
+    names = ", ".join(f"{n} ({i.method})" for n, i in config.instruments.items()) or "none"
+    print(f"{args.file}: valid; instruments: {names}")
     return 0
 
 
-def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]]:
-    """TrackingParameters for an offline analysis from the command line; with warnings."""
-    from exoacq.calibration import check_optics, load_nta_calibration
-    from exoacq.nta.analysis import TrackingParameters
-
-    warnings = []
-    fps = args.fps or video.fps
-    if fps is None:
-        raise ExoacqError(f"{video.path} has no frame rate: give --fps", code="usage")
-    calibration = load_nta_calibration(args.calibration) if args.calibration else None
-    pixel = args.pixel_size_um or (calibration.optics.pixel_size_um if calibration else None)
-    if pixel is None:
-        raise ExoacqError("--pixel-size-um is required: the object-plane size of one pixel (um)", code="usage")
-    if args.feature_diameter_px < 3 or args.feature_diameter_px % 2 == 0:
-        raise ExoacqError(f"--feature-diameter-px {args.feature_diameter_px}: must be odd and >= 3", code="usage")
-    if args.min_track_length is not None and args.min_track_length < 3:
-        raise ExoacqError(f"--min-track-length {args.min_track_length}: must be >= 3 frames", code="usage")
-    exposure_ms = args.exposure_ms
-    if exposure_ms is None:
-        exposure_ms = 1000.0 / fps
-        warnings.append(f"no --exposure-ms given: the whole frame interval ({exposure_ms:.3g} ms) assumed "
-                        "(motion-blur model)")
-    if exposure_ms < 0 or exposure_ms > 1000.0 / fps * (1 + 1e-9):
-        raise ExoacqError(f"--exposure-ms {exposure_ms:g}: must be from 0 to the frame interval "
-                          f"{1000.0 / fps:.3g} ms", code="usage")
-    temperature = args.temperature_c
-    if temperature is None:
-        temperature = 25.0
-        warnings.append("no --temperature-c given: 25 C assumed (sizes scale with T / viscosity)")
-    if not 0.0 < temperature < 100.0:
-        raise ExoacqError(f"--temperature-c {temperature:g}: must be above 0 and below 100 C (liquid water)",
-                          code="usage")
-    volume = depth = None
-    if calibration is not None:
-        check_optics(calibration, args.calibration, pixel_size_um=pixel, frame_rate_hz=fps,
-                     feature_diameter_px=args.feature_diameter_px, minmass=args.minmass)
-        volume = calibration.result.detection_volume_nl
-        depth = calibration.result.relative_detection_depth
-    params = TrackingParameters.for_sample(
-        frame_rate_hz=fps, exposure_ms=min(exposure_ms, 1000.0 / fps), pixel_size_um=pixel, temperature_c=temperature,
-        min_diameter_nm=args.min_diameter_nm, viscosity_mpa_s=args.viscosity_mpa_s,
-        link_search_range_px=args.search_range_px, feature_diameter_px=args.feature_diameter_px,
-        minmass=args.minmass, min_track_length=args.min_track_length, detection_volume_nl=volume,
-        dilution=args.dilution, invert=args.invert, detector=args.detector, calibration_relative_depth=depth,
-        volume_correction=args.volume_correction and not args.invert,
-        frame_width_px=video.width, frame_height_px=video.height)
-    return params, warnings
+def cmd_sim_serve(args: argparse.Namespace) -> int:
+    from exoacq.simserve import serve
+    return serve(args.config)
 
 
-def analyze_with_progress(args: argparse.Namespace, outputs: list[Path | None]) -> tuple[dict, Any, list[str]]:
-    """Open and analyse ``args.video`` (progress on stderr); output folders are checked first."""
-    from exoacq.nta.offline import StderrProgress, analyze_video
-    from exoacq.nta.video import open_video
-
-    for output in outputs:  # before a long analysis, not after it
-        if output is not None and not output.resolve().parent.is_dir():
-            raise ExoacqError(f"cannot write {output}: no folder {output.resolve().parent}")
-    video = open_video(args.video)
-    params, warnings = analysis_parameters(args, video)
-    progress = StderrProgress()
-    try:
-        summary = analyze_video(video, params, progress=progress)
-    finally:
-        progress.close()
-    return summary, params, warnings
-
-
-def cmd_analyze(args: argparse.Namespace) -> int:
-    from exoacq.client import format_summary
-
-    summary, params, warnings = analyze_with_progress(args, [args.csv, args.report])
-    summary.pop("features_per_frame")
-    document = {"schema": "exoacq.nta.analysis/1", "video": str(args.video), **summary,
-                "temperature_c": params.temperature_c, "viscosity_mpa_s": params.viscosity_mpa_s,
-                "dilution": params.dilution, "settings": params.to_dict(),
-                "warnings": warnings + summary["warnings"]}
-    write_exports(args, document, params)
-    if args.json:
-        print(json.dumps(document))
-    else:
-        print(f"{args.video}: {summary['frames_analysed']} frames at {params.frame_rate_hz:g} frames/s")
-        print(format_summary(document))
-    return 0
-
-
-def write_exports(args: argparse.Namespace, document: dict[str, Any], params: Any) -> None:
-    """--csv and --report of an offline analysis (one capture)."""
-    from exoacq.nta.export import write_experiment_summary_csv, write_html_report
-
-    sample = Path(args.video).name
-    calibration = {"file": str(args.calibration), "detection_volume_nl": params.detection_volume_nl} \
-        if args.calibration else None
-    try:
-        if args.csv:
-            write_experiment_summary_csv(args.csv, [document], sample=sample, settings={"tracking": params.to_dict()})
-        if args.report:
-            write_html_report(args.report, [document], sample=sample, settings={"tracking": params.to_dict()},
-                              calibration=calibration)
-    except OSError as exc:
-        raise ExoacqError(f"cannot write {exc.filename}: {exc.strerror}") from None
-
-
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    from exoacq.calibration import BeadStandard, NTAOptics, block_standard_error, nta_calibration_text
-    if args.calibration:
-        raise ExoacqError("calibrate measures a calibration: --calibration does not apply", code="usage")
-    summary, params, _ = analyze_with_progress(args, [args.output])
-    per_frame = summary["features_per_frame"]
-    in_cell_per_ml = args.bead_concentration_per_ml / args.dilution
-    crowding = summary["crowding_correction"] or 1.0  # merged close features counted back
-    ppf = float(sum(per_frame) / len(per_frame)) * crowding
-    # blocks of ~2 s: the light sheet's population renews as beads diffuse through it
-    block = max(1, round(2.0 * params.frame_rate_hz))
-    volume_nl = ppf / in_cell_per_ml * 1e6
-    uncertainty_nl = block_standard_error(per_frame, block) * crowding / in_cell_per_ml * 1e6
-    text = nta_calibration_text(
-        volume_nl=volume_nl, uncertainty_nl=uncertainty_nl, frames=len(per_frame),
-        relative_detection_depth=(summary.get("detection") or {}).get("mean_relative_depth"),
-        optics=NTAOptics(pixel_size_um=params.pixel_size_um, frame_rate_hz=params.frame_rate_hz,
-                         exposure_ms=params.exposure_ms, laser_power_mw=args.laser_power_mw,
-                         feature_diameter_px=params.feature_diameter_px, minmass=params.minmass),
-        standard=BeadStandard(description=f"{args.bead_diameter_nm:g} nm beads, "
-                                          f"{args.bead_concentration_per_ml:.4g} /mL stock, dilution {args.dilution:g}",
-                              diameter_nm=args.bead_diameter_nm, refractive_index=args.bead_refractive_index,
-                              lot=args.bead_lot),
-        instrument=args.instrument,
-        method=f"mean particles per frame (merged close features counted back) over {len(per_frame)} frames "
-               f"of {args.video.name} / bead concentration in the cell")
-    args.output.write_text(text, encoding="utf-8")
-    measured = summary["size_nm"]["mean"]
-    print(f"detection volume {volume_nl:.4g} +/- {uncertainty_nl:.2g} nL ({ppf:.1f} particles/frame) -> {args.output}")
-    if measured is not None and abs(measured / args.bead_diameter_nm - 1) > 0.15:
-        print(f"warning: the beads measure {measured:.0f} nm, not {args.bead_diameter_nm:g} nm: check the "
-              "optics settings and the standard before using this calibration", file=sys.stderr)
-    return 0
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from exoacq.nta.simulate import write_simulated_video
-
-    truth = write_simulated_video(args.output, frames=args.frames, width=args.width, height=args.height,
-                                  frame_rate_hz=args.fps, diameter_nm=args.diameter_nm,
-                                  concentration_per_ml=args.concentration_per_ml, seed=args.seed)
-    print(json.dumps(truth))
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from exoacq import bench
-
-    if args.benchmark == "locate":
-        from exoacq.nta.locate_bench import bench_locate
-        result = bench_locate(frames=args.frames)
-    elif args.benchmark == "realtime":
-        result = bench.bench_realtime(width=args.width, height=args.height, fps=args.fps,
-                                      duration_s=args.duration, workers=args.workers)
-    elif args.benchmark == "accuracy":
-        from exoacq.nta.accuracy import bench_accuracy, default_matrix
-        from exoacq.client import StatusLine
-        matrix = {c.name: c for c in default_matrix()}
-        if args.cases == "list":
-            print("\n".join(matrix))
-            return 0
-        names = list(matrix) if args.cases == "all" else [n.strip() for n in args.cases.split(",") if n.strip()]
-        unknown = [n for n in names if n not in matrix]
-        if unknown or not names:
-            raise ExoacqError(f"--cases: unknown case {', '.join(unknown) or '(none)'}; `--cases list` shows them",
-                              code="usage")
-        if args.captures < 1:
-            raise ExoacqError(f"--captures {args.captures}: must be >= 1", code="usage")
-        status = StatusLine()
-        try:
-            result = bench_accuracy([matrix[n] for n in names], capture_s=args.capture_s, captures=args.captures,
-                                    progress=lambda message: status.message(message))
-        finally:
-            status.close()
-    else:
-        from exoacq.nta.video import open_video
-        params, _ = analysis_parameters(args, open_video(bench.require_video(args.video)))
-        result = bench.bench_analyze(args.video, params)
-    print(json.dumps(result))
-    return 0
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    from exoacq.nta.worker import serve
-    serve(args.frames, args.features)
-    return 0
+def cmd_laser_off(args: argparse.Namespace) -> int:
+    from exoacq.simserve import lasers_off
+    return lasers_off(args.config)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from exoacq.demo import run_demo
     return run_demo(duration_s=args.duration)
-
-
-COMMANDS: dict[str, Any] = {
-    "daemon": cmd_daemon, "acquire": cmd_acquire, "status": cmd_status, "watch": cmd_watch,
-    "stop": cmd_stop, "runs": cmd_runs, "config": cmd_config, "demo": cmd_demo, "worker": cmd_worker,
-    "analyze": cmd_analyze, "simulate": cmd_simulate, "bench": cmd_bench, "calibrate": cmd_calibrate,
-}

@@ -1,8 +1,20 @@
-"""Configuration: one TOML file for the instruments and the daemon.
+"""Configuration: one TOML file for the daemon and its instruments.
 
-Units are part of every key name (``power_mw``, ``exposure_ms``). Validation is
-pydantic's; :func:`load_config` turns its report into lines that name the key,
-the value and what is allowed, so that the daemon refuses a bad file at start.
+An instrument is a named group of devices serving one method::
+
+    [instruments.nta]                      # the instrument's name
+    method = "nta"
+    [instruments.nta.devices.laser]        # role = a device, by driver
+    driver = "obis"
+    port = "/dev/ttyACM0"
+    [instruments.nta.settings]             # the method's settings for it
+    [instruments.nta.simulation]           # the sample its simulated devices see
+
+Units are part of every key name (``power_mw``, ``exposure_ms``). Validation
+is pydantic's, in two stages: the file's shape here, then each device's keys
+by its driver and each instrument's settings by its method (both plugins).
+:func:`load_config` turns every report into lines that name the key, the
+value and what is allowed, so that the daemon refuses a bad file at start.
 """
 from __future__ import annotations
 
@@ -10,14 +22,16 @@ import difflib
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from exoacq.errors import ConfigError
+from exoacq.registry import Registry, installed
 
 Endpoint = Annotated[str, Field(pattern=r"^(tcp|ipc|inproc)://.+$")]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")]
 
 
 class _Section(BaseModel):
@@ -30,157 +44,103 @@ class DaemonConfig(_Section):
     frames: Endpoint = "tcp://127.0.0.1:5557"
     #: None: the user's state directory (``~/.local/state/exoacq``).
     data_dir: Path | None = None
-    #: Frames that may wait for the tracking core before new ones are dropped (and counted).
-    frame_queue: int = Field(16, ge=2, le=1024)
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir else Path(platformdirs.user_state_dir("exoacq"))
 
 
-class LaserConfig(_Section):
-    driver: Literal["obis"] = "obis"
-    #: Serial device (``/dev/ttyUSB0``) or pyserial URL. Ignored when simulated:
-    #: the simulator serves the same protocol on a pseudo-terminal.
-    port: str = "/dev/ttyUSB0"
+class DeviceConfig(_Section):
+    """One device: its driver, whether it is simulated, and the driver's own keys."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    driver: str
+    #: true: the driver's simulated twin is started and the real driver talks to it.
     simulated: bool = False
-    power_mw: float = Field(40.0, gt=0.0, le=1000.0)
-    timeout_s: float = Field(1.0, gt=0.0, le=30.0)
+    _driver: Any = PrivateAttr(None)
+    _options: Any = PrivateAttr(None)
+
+    @property
+    def plugin(self) -> Any:
+        """The :class:`exoacq.registry.Driver`."""
+        return self._driver
+
+    @property
+    def options(self) -> Any:
+        """The driver's validated options (its ``DriverOptions`` model)."""
+        return self._options
+
+    def driver_keys(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
-class CameraConfig(_Section):
-    driver: Literal["simulated-nta"] = "simulated-nta"
-    simulated: bool = True
-    width: int = Field(640, ge=64, le=4096)
-    height: int = Field(480, ge=64, le=4096)
-    frame_rate_hz: float = Field(25.0, gt=0.0, le=1000.0)
-    exposure_ms: float = Field(15.0, gt=0.0, le=1000.0)
-    bit_depth: int = Field(12, ge=8, le=16)
-    #: Object-plane size of one pixel (camera pixel / magnification).
-    pixel_size_um: float = Field(0.166, gt=0.0, le=100.0)
+class InstrumentConfig(_Section):
+    method: str
+    description: str = ""
+    devices: dict[Name, DeviceConfig] = {}
+    settings: dict[str, Any] = {}
+    simulation: dict[str, Any] = {}
+    _method: Any = PrivateAttr(None)
+    _settings: Any = PrivateAttr(None)
+    _simulation: Any = PrivateAttr(None)
 
-    @model_validator(mode="after")
-    def _exposure_fits(self) -> "CameraConfig":
-        if self.exposure_ms > 1000.0 / self.frame_rate_hz:
-            raise ValueError(
-                f"exposure_ms = {self.exposure_ms} is longer than the frame interval "
-                f"{1000.0 / self.frame_rate_hz:.3g} ms at frame_rate_hz = {self.frame_rate_hz}")
-        return self
+    @property
+    def plugin(self) -> Any:
+        """The :class:`exoacq.methods.Method`."""
+        return self._method
 
+    @property
+    def options(self) -> Any:
+        """The method's validated settings."""
+        return self._settings
 
-class ThermometerConfig(_Section):
-    driver: Literal["simulated"] = "simulated"
-    simulated: bool = True
+    @property
+    def sample(self) -> Any:
+        """The method's validated simulation section."""
+        return self._simulation
 
-
-class InstrumentsConfig(_Section):
-    laser: LaserConfig = LaserConfig()
-    camera: CameraConfig = CameraConfig()
-    thermometer: ThermometerConfig = ThermometerConfig()
-
-
-class SampleComponentConfig(_Section):
-    diameter_nm: float = Field(gt=0.0, le=5000.0)
-    #: Relative SD of a log-normal size spread; 0 is monodisperse.
-    cv: float = Field(0.0, ge=0.0, le=2.0)
-    number_fraction: float = Field(1.0, gt=0.0)
-    refractive_index: float = Field(1.59, gt=1.0, le=4.0)
-
-
-class SimulationConfig(_Section):
-    """The sample inside the simulated instrument (the 'truth' of a simulation)."""
-
-    components: list[SampleComponentConfig] = [SampleComponentConfig(diameter_nm=100.0)]
-    concentration_per_ml: float = Field(3e8, gt=0.0, le=1e11)
-    temperature_c: float = Field(25.0, gt=0.0, lt=100.0)
-    drift_um_s: tuple[float, float] = (0.0, 0.0)
-    seed: int | None = None
-
-
-class NTAAnalysisConfig(_Section):
-    """Tracking parameters; defaults are right for the default simulated camera."""
-
-    #: "fast" (exoacq's compiled Crocker-Grier locate) or "trackpy" (trackpy.locate): the same method.
-    detector: Literal["fast", "trackpy"] = "fast"
-    #: trackpy feature diameter, odd, in pixels.
-    feature_diameter_px: int = Field(11, ge=3, le=51)
-    #: Minimum integrated brightness of a feature (trackpy ``minmass``).
-    minmass: float = Field(300.0, ge=0.0)
-    #: Tracks shorter than this many frames are not sized.
-    #: Points for a track to be sized; None (the default): chosen from the data (localisation error).
-    min_track_length: int | None = Field(None, ge=3, le=10000)
-    #: Smallest particle expected; sets the link search range from its diffusion.
-    min_diameter_nm: float = Field(30.0, gt=0.0)
-    #: Override of the link search range (pixels); None derives it from min_diameter_nm.
-    search_range_px: float | None = Field(None, gt=0.0)
-    #: Detection-volume calibration file (calibrations/nta/*.toml); a relative path is looked
-    #: up beside the configuration file, then in the project root.
-    calibration: Path | None = None
-    #: Effective detection volume (nL), when given directly instead of a calibration file;
-    #: None and no calibration: no concentration is reported.
-    detection_volume_nl: float | None = Field(None, gt=0.0)
-    #: Keep every raw frame of a run (frames.npy in the run's folder: frames x rows x columns,
-    #: the camera's own bits) for re-analysis with `exoacq analyze`; large: ~0.6 MB a frame at 640x480.
-    save_frames: bool = False
-    #: Where detection_volume_nl came from, stored with each result.
-    detection_volume_source: str = "not calibrated"
-    #: Set from the calibration: the beads' relative detection depth (exoacq.calibration).
-    calibration_relative_depth: float | None = None
-
-    @model_validator(mode="after")
-    def _odd_diameter(self) -> "NTAAnalysisConfig":
-        if self.feature_diameter_px % 2 == 0:
-            raise ValueError(f"feature_diameter_px = {self.feature_diameter_px} must be odd")
-        return self
-
-
-class TrackingConfig(_Section):
-    """The tracking core's processes: a linker and locate workers (docs/protocol.md, Frames)."""
-
-    #: Locate worker processes the daemon starts on this host (0: only workers on other hosts).
-    workers: int = Field(1, ge=0, le=64)
-    #: Frame endpoint the workers pull from; a random loopback port unless workers run elsewhere.
-    frames: Endpoint = "tcp://127.0.0.1:*"
-    #: Feature endpoint the linker binds for the workers' results.
-    features: Endpoint = "tcp://127.0.0.1:*"
+    @property
+    def simulated(self) -> bool:
+        return any(d.simulated for d in self.devices.values())
 
 
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    instruments: InstrumentsConfig = InstrumentsConfig()
-    simulation: SimulationConfig = SimulationConfig()
-    nta: NTAAnalysisConfig = NTAAnalysisConfig()
+    instruments: dict[Name, InstrumentConfig] = {}
 
 
 def example_text() -> str:
-    """The commented example configuration (also the embedded simulated default)."""
+    """The commented example configuration (several instruments)."""
     return resources.files("exoacq").joinpath("config_example.toml").read_text(encoding="utf-8")
 
 
+# -- error reports -------------------------------------------------------------------------
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc[:-1]:
-        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
-            if isinstance(part, int):
-                continue
-            ann = getattr(field, "annotation", None)
-            args = getattr(ann, "__args__", ())
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return list(model.model_fields)
+        ann = field.annotation
+        candidates = (ann, *getattr(ann, "__args__", ()))
+        sub = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is None:
+            args = getattr(ann, "__args__", ())  # dict[str, Model]: the key is a name, the value a model
             sub = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
             if sub is None:
                 return []
-            model = sub
-            continue
-        model = field.annotation
+        model = sub
     return list(model.model_fields)
 
 
-def _describe_errors(exc: ValidationError, source: str) -> str:
+def describe_validation(exc: ValidationError, source: str, model: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per problem: the key (with ``prefix``), the value and what is allowed."""
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        key = prefix + (".".join(str(p) for p in loc) or "(top level)")
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(Config, loc)
+            allowed = _allowed_keys(model, loc)
             near = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.5)
             hint = f" (did you mean '{near[0]}'? units are part of the key name)" if near else ""
             lines.append(f"{source}: unknown key '{key}'{hint}; allowed here: {', '.join(allowed)}")
@@ -188,60 +148,140 @@ def _describe_errors(exc: ValidationError, source: str) -> str:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "string_pattern_mismatch" and "tcp|ipc" in msg:
                 msg = "must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555 or ipc:///run/exoacq/control"
+            elif err["type"] == "string_pattern_mismatch":
+                msg = "must be a name of letters, digits, - and _ (starting with a letter)"
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f" = {value!r}"
             lines.append(f"{source}: {key}{shown}: {msg}")
-    return "\n".join(lines)
+    return lines
 
 
-def parse_config(data: dict[str, Any], source: str = "configuration") -> Config:
+def validate_section(model: type[BaseModel], data: dict[str, Any], source: str, prefix: str) -> Any:
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe_errors(exc, source)) from None
+        raise ConfigError("\n".join(describe_validation(exc, source, model, prefix))) from None
 
 
-def load_config(path: Path | str | None = None, *, simulated: bool = False) -> Config:
-    """Read and validate a configuration file; None means the embedded example.
+# -- loading ---------------------------------------------------------------------------
+def parse_config(data: dict[str, Any], source: str = "configuration", *, registry: Registry | None = None,
+                 relative_to: Path | None = None, simulated: bool = False) -> Config:
+    """Validate a configuration's data, drivers' keys and methods' settings included.
 
-    ``simulated`` switches every instrument to its simulated twin.
+    ``simulated`` switches every device to its simulated twin (a device
+    without one is replaced by what its method simulates in that role).
     """
-    if path is None:
-        text, source = example_text(), "embedded default configuration"
-    else:
-        source = str(path)
+    config = validate_section(Config, data, source, "")
+    registry = registry or installed()
+    problems: list[str] = []
+    for name, instrument in config.instruments.items():
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+            resolve_instrument(name, instrument, registry, source, relative_to, simulated=simulated)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config
+
+
+def resolve_instrument(name: str, instrument: InstrumentConfig, registry: Registry, source: str,
+                       relative_to: Path | None, *, simulated: bool = False) -> None:
+    """Check one instrument against its method's roles and its drivers' options."""
+    prefix = f"instruments.{name}"
+    try:
+        method = registry.method(instrument.method)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {prefix}.method = {instrument.method!r}: {exc}") from None
+    instrument._method = method
+    problems: list[str] = []
+    unknown = sorted(set(instrument.devices) - set(method.roles))
+    if unknown:
+        problems.append(f"{source}: {prefix}.devices: unknown role(s) {', '.join(unknown)} for method "
+                        f"{method.name}; its roles: {', '.join(method.roles)}")
+    for role, spec in method.roles.items():
+        device = instrument.devices.get(role)
+        if device is None:
+            if spec.required:
+                problems.append(f"{source}: {prefix}.devices.{role} is missing: method {method.name} needs a "
+                                f"{' or '.join(spec.kinds)} ({spec.description})")
+            continue
+        if simulated and not device.simulated:
+            substitute = _simulated_twin(method, role, device, registry)
+            if substitute is not device:
+                instrument.devices[role] = device = substitute
+            device.simulated = True
+        try:
+            driver = registry.driver(device.driver)
+        except ConfigError as exc:
+            problems.append(f"{source}: {prefix}.devices.{role}.driver = {device.driver!r}: {exc}")
+            continue
+        if driver.kind not in spec.kinds:
+            problems.append(f"{source}: {prefix}.devices.{role}.driver = {device.driver!r} is a {driver.kind}; "
+                            f"the {role} of method {method.name} must be a {' or '.join(spec.kinds)}")
+            continue
+        if device.simulated and driver.simulator is None and not driver.simulation_only:
+            problems.append(f"{source}: {prefix}.devices.{role}: driver {driver.name!r} has no simulated twin")
+        if not device.simulated and driver.simulation_only:
+            problems.append(f"{source}: {prefix}.devices.{role}: driver {driver.name!r} is a simulation: "
+                            "set simulated = true")
+        try:
+            device._options = validate_section(driver.options, device.driver_keys(), source,
+                                               f"{prefix}.devices.{role}.")
+            device._driver = driver
+        except ConfigError as exc:
+            problems.append(str(exc))
+    try:
+        instrument._settings = validate_section(method.settings_model, instrument.settings, source,
+                                                f"{prefix}.settings.")
+        instrument._simulation = validate_section(method.simulation_model, instrument.simulation, source,
+                                                  f"{prefix}.simulation.")
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    method.prepare(instrument, relative_to, source)
+
+
+def _simulated_twin(method: Any, role: str, device: DeviceConfig, registry: Registry) -> DeviceConfig:
+    """The device itself if its driver has a simulated twin, else the method's simulation of the role."""
+    driver = registry.drivers.get(device.driver)
+    if driver is not None and (driver.simulator is not None or driver.simulation_only):
+        return device
+    substitute = method.simulated_instrument()["devices"].get(role)
+    if substitute is None:
+        raise ConfigError(f"device {role} (driver {device.driver!r}) has no simulated twin")
+    return DeviceConfig.model_validate(substitute)
+
+
+def load_config(path: Path | str | None = None, *, simulated: bool = False,
+                registry: Registry | None = None) -> Config:
+    """Read and validate a configuration file.
+
+    None: one simulated instrument per installed method (``exoacq daemon --simulated``).
+    """
+    registry = registry or installed()
+    if path is None:
+        return parse_config(simulated_config_data(registry), "simulated instruments", registry=registry,
+                            simulated=True)
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    config = parse_config(data, source)
-    _apply_calibration(config, None if path is None else Path(path).resolve().parent, source)
-    if simulated:
-        for section in (config.instruments.laser, config.instruments.camera, config.instruments.thermometer):
-            section.simulated = True
-    return config
+    return parse_config(data, source, registry=registry, relative_to=Path(path).resolve().parent,
+                        simulated=simulated)
 
 
-def _apply_calibration(config: Config, relative_to: Path | None, source: str) -> None:
-    """Read nta.calibration, check it fits the optics, and take its detection volume."""
-    from exoacq.calibration import check_optics, load_nta_calibration, resolve
-
-    nta = config.nta
-    if nta.calibration is None:
-        return
-    if nta.detection_volume_nl is not None:
-        raise ConfigError(f"{source}: give nta.calibration or nta.detection_volume_nl, not both")
-    path = resolve(nta.calibration, relative_to)
-    calibration = load_nta_calibration(path)
-    camera = config.instruments.camera
-    check_optics(calibration, path, pixel_size_um=camera.pixel_size_um, frame_rate_hz=camera.frame_rate_hz,
-                 exposure_ms=camera.exposure_ms, laser_power_mw=config.instruments.laser.power_mw,
-                 feature_diameter_px=nta.feature_diameter_px, minmass=nta.minmass)
-    nta.calibration = path
-    nta.detection_volume_nl = calibration.result.detection_volume_nl
-    nta.calibration_relative_depth = calibration.result.relative_detection_depth
-    nta.detection_volume_source = calibration.source(path)
+def simulated_config_data(registry: Registry) -> dict[str, Any]:
+    """One simulated instrument per installed method, named after the method."""
+    instruments = {}
+    for name, method in sorted(registry.methods.items()):
+        try:
+            instruments[name] = method.simulated_instrument()
+        except NotImplementedError:
+            continue
+    return {"instruments": instruments}

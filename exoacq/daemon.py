@@ -1,13 +1,17 @@
-"""The exoacq daemon: control socket, results publisher, run queue, tracking core.
+"""The exoacq daemon: control socket, results publisher, run queues, supervision.
 
-Threads and processes:
+It knows no method: each configured instrument brings its method plugin's
+service (:mod:`exoacq.methods`), and runs queue per instrument.
 
-* main thread: the control ROUTER, the results PUB and the event PULL; it is
-  the only writer of the run store and the only publisher of documents;
-* acquisition thread: runs one queued run at a time through the method's
-  engine (setup, exec, teardown) and owns the frame sockets;
-* tracking core (:mod:`exoacq.nta.pipeline`): locate workers fed over a
-  bounded PUSH socket, and a linker process answering with events.
+Threads:
+
+* main thread: the control ROUTER, the results PUB and the event PULL; the
+  only writer of the run store and the only publisher of documents;
+* one acquisition thread per instrument (:class:`InstrumentRunner`): runs
+  its queued runs one at a time through the method's engine (setup, exec,
+  teardown), or a live preview, and reconnects lost devices with backoff;
+* a frames proxy: each acquisition thread publishes live frames on its own
+  socket; the proxy forwards them to the daemon's frames endpoint.
 """
 from __future__ import annotations
 
@@ -25,145 +29,108 @@ from typing import Any
 import zmq
 
 from exoacq import __version__
-from exoacq.bus import dumps, loads, make_document, publish
+from exoacq.bus import STATUS_SCHEMA, dumps, loads, make_document, publish, utc_now_iso
 from exoacq.config import Config
-from exoacq.errors import ExoacqError, ProtocolError
-from exoacq.instruments import Instruments, connect_instruments
+from exoacq.errors import ConfigError, DeviceError, ExoacqError, ProtocolError
+from exoacq.instruments import Instrument
+from exoacq.methods import MethodService, RunStatus, ServiceContext
 from exoacq.sdnotify import notify
-from exoacq.nta.acquisition import NTAAcquisition, Run, validate_request
-from exoacq.nta.pipeline import TrackingPipeline
-from exoacq.nta.results import combine_captures
 from exoacq.storage import FINAL_STATES, RunStore
 
 log = logging.getLogger("exoacq.daemon")
 
-#: nta.progress is published when the tracking core reports (at most this often) and at least every
-#: PROGRESS_INTERVAL_S while a run acquires or processes.
-MIN_PROGRESS_INTERVAL_S = 0.1
+#: Progress documents are published at least this often while a run acquires or processes.
 PROGRESS_INTERVAL_S = 0.5
-#: Finished runs whose status the daemon keeps in memory (late tracker results of aborted runs).
+#: Finished runs whose status the daemon keeps in memory (late results of aborted runs).
 RUNS_IN_MEMORY = 100
-TRACKER_START_TIMEOUT_S = 60.0
-#: After the last frame, how long the tracker may take per queued frame, plus a floor.
-PROCESSING_TIMEOUT_S = 30.0
+SERVICE_START_TIMEOUT_S = 60.0
+#: While idle, an instrument checks that its devices still answer this often.
+HEALTH_INTERVAL_S = 5.0
+LIVE_FRAMES = "inproc://live-frames"
 
 
-class _RunStatus:
-    """What the main thread knows of the run in progress."""
+class _Preview:
+    """A live-mode request in an instrument's queue."""
 
-    def __init__(self, run: Run):
-        self.run = run
-        self.state = "queued"
-        self.acquisition: dict[str, Any] = {"frames_acquired": 0, "frames_dropped": 0}
-        self.tracker: dict[str, Any] = {}
-        self.instrument_settings: dict[str, Any] = {}
-        self.tracking: dict[str, Any] = {}
-        self.processing_since: float | None = None
-        #: Why the main thread failed this run while the acquisition thread still held the hardware.
-        self.failure: str | None = None
-        #: The tracking core's results, by capture number.
-        self.capture_results: dict[int, dict[str, Any]] = {}
-        self.capture = 0
-        self.result_stored = False
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.reason = ""
 
 
-class Daemon:
-    def __init__(self, config: Config):
-        self.config = config
-        self.ctx = zmq.Context()
-        self.store = RunStore(config.daemon.resolved_data_dir())
-        for run_id in self.store.fail_unfinished("the daemon stopped during this run"):
-            log.warning("run %s was left unfinished by a previous daemon: marked failed", run_id)
-        self._stopping = threading.Event()
-        self._queue: queue.Queue[Run | None] = queue.Queue()
-        self._runs: dict[str, _RunStatus] = {}
-        self._current: _RunStatus | None = None
-        self._started = time.time()
-        self._last_progress = 0.0
-        self.instruments: Instruments | None = None
-        self._bind_sockets()
+class InstrumentRunner:
+    """One instrument's queue and acquisition thread."""
 
-    # -- set-up ----------------------------------------------------------------
-    def _bind(self, kind: int, address: str, what: str, option: str | None = None, hwm: int | None = None) -> zmq.Socket:
-        socket = self.ctx.socket(kind)
-        socket.setsockopt(zmq.LINGER, 0)
-        if hwm is not None:  # before bind: a high-water mark applies to connections made after it is set
-            socket.setsockopt(zmq.SNDHWM, hwm)
-        try:
-            socket.bind(address)
-        except zmq.ZMQError as exc:
-            socket.close()
-            self.ctx.term()
-            hint = (f"another daemon on this port? use {option or '--' + what} to choose another"
-                    if exc.errno == zmq.EADDRINUSE
-                    else "give an address of this host, e.g. tcp://127.0.0.1:5555")
-            raise ExoacqError(f"cannot bind the {what} socket to {address}: {zmq.strerror(exc.errno)} ({hint})",
-                              code="bind_failed") from None
-        return socket
+    def __init__(self, instrument: Instrument, service: MethodService, emit):
+        self.instrument = instrument
+        self.service = service
+        self.emit = emit
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.current: RunStatus | None = None
+        self.preview: _Preview | None = None
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=f"acquisition-{instrument.name}", daemon=True)
+        self._last_health = time.monotonic()
 
-    def _bind_sockets(self) -> None:
-        d = self.config.daemon
-        self.control = self._bind(zmq.ROUTER, d.control, "control")
-        self.results = self._bind(zmq.PUB, d.results, "results")
-        self.live_frames = self._bind(zmq.PUB, d.frames, "frames", hwm=4)
-        self.events = self.ctx.socket(zmq.PULL)
-        self.events.bind("inproc://events")
-        events_port = self.events.bind_to_random_port("tcp://127.0.0.1")
-        # Frames for the locate workers: never blocking, a full queue drops (and counts) the frame.
-        self.worker_frames = self._bind(zmq.PUSH, self.config.tracking.frames, "tracking frames",
-                                        "[tracking] frames in the configuration", hwm=d.frame_queue)
-        self.tracking = TrackingPipeline(
-            self.ctx, workers=self.config.tracking.workers,
-            frames_endpoint=_connectable(self.worker_frames.getsockopt(zmq.LAST_ENDPOINT).decode()),
-            events_endpoint=f"tcp://127.0.0.1:{events_port}", features_bind=self.config.tracking.features)
+    @property
+    def name(self) -> str:
+        return self.instrument.name
 
-    def start(self) -> None:
-        """Connect instruments, start the tracking core and the acquisition thread."""
-        self.instruments = connect_instruments(self.config)  # fail fast on a bad port
-        self.tracking.start()
-        emit_socket = self.ctx.socket(zmq.PUSH)
-        emit_socket.connect("inproc://events")
-        self._emit_lock = threading.Lock()
-
-        def emit(event: dict[str, Any]) -> None:
-            with self._emit_lock:
-                emit_socket.send(dumps(event))
-
-        self._emit_socket = emit_socket
-        self.engine = NTAAcquisition(self.config, self.instruments, self.worker_frames, self.live_frames, emit)
-        self._emit = emit
-        self._worker = threading.Thread(target=self._acquisition_loop, name="acquisition", daemon=True)
-        self._worker.start()
-        deadline = time.monotonic() + TRACKER_START_TIMEOUT_S
-        while not self.tracking.ready:
-            if time.monotonic() > deadline or self.tracking.check() is not None:
-                raise ExoacqError("the tracking core did not start (see the log above)", code="tracker_failed")
-            if self.events.poll(100):
-                self._on_event(loads(self.events.recv()))
-
-    # -- the acquisition thread --------------------------------------------------
-    def _acquisition_loop(self) -> None:
+    def _loop(self) -> None:
         while True:
-            run = self._queue.get()
-            if run is None:
+            try:
+                item = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                self._idle()
+                continue
+            if item is None:
                 return
-            if run.abort.is_set():
-                continue  # aborted while queued: the main thread has recorded it
-            self._execute(run)
+            if isinstance(item, _Preview):
+                self._preview(item)
+            elif not item.abort.is_set():  # aborted while queued: the main thread has recorded it
+                self._execute(item)
 
-    def _execute(self, run: Run) -> None:
-        emit = self._emit
+    def _idle(self) -> None:
+        if self.stopping.is_set():
+            return
+        self.instrument.reconnect_due()
+        if time.monotonic() - self._last_health > HEALTH_INTERVAL_S:
+            self._last_health = time.monotonic()
+            self.instrument.healthy()
+
+    def _preview(self, request: _Preview) -> None:
+        self.preview = request
+        try:
+            self.service.preview(request.stop)
+        except ExoacqError as exc:
+            request.reason = str(exc)
+            log.error("%s: preview ended: %s", self.name, exc)
+            self.instrument.healthy()
+        except Exception as exc:
+            request.reason = f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("%s: preview failed", self.name)
+        finally:
+            self.preview = None
+
+    def _execute(self, run) -> None:
+        emit = self.emit
         emit({"event": "state", "run_id": run.run_id, "state": "preparing"})
+        missing = [f"{s.role} ({s.error or s.state})" for s in self.instrument.slots.values() if s.state != "connected"]
+        if missing:
+            emit({"event": "state", "run_id": run.run_id, "state": "failed",
+                  "error": f"instrument {self.name}: not connected: {', '.join(missing)}"})
+            return
         counters: dict[str, Any] = {}
         try:
             try:
-                self.engine.setup(run)
+                self.service.setup(run)
                 emit({"event": "state", "run_id": run.run_id, "state": "acquiring"})
-                counters = self.engine.exec(run)
+                counters = self.service.exec(run)
             finally:
-                self.engine.teardown(run)
+                self.service.teardown(run)
         except ExoacqError as exc:
             emit({"event": "state", "run_id": run.run_id, "state": "failed", "error": str(exc)})
+            if isinstance(exc, DeviceError):
+                self.instrument.healthy()  # a device that stopped answering is reconnected with backoff
             return
         except Exception as exc:  # a bug: record it on the run, keep the daemon alive
             log.exception("run %s failed", run.run_id)
@@ -178,56 +145,188 @@ class Daemon:
               "settings": run.settings})
         run.finished.wait()  # the main thread sets it on the result, a failure or shutdown
 
+
+class Daemon:
+    def __init__(self, config: Config):
+        if not config.instruments:
+            raise ConfigError("no instruments configured: add an [instruments.NAME] section "
+                              "(see `exoacq config example`), or use --simulated")
+        self.config = config
+        self.ctx = zmq.Context()
+        self.store = RunStore(config.daemon.resolved_data_dir())
+        for run_id in self.store.fail_unfinished("the daemon stopped during this run"):
+            log.warning("run %s was left unfinished by a previous daemon: marked failed", run_id)
+        self._stopping = threading.Event()
+        self._runs: dict[str, RunStatus] = {}
+        self._started = time.time()
+        self._last_progress = 0.0
+        self.runners: dict[str, InstrumentRunner] = {}
+        self._watched: dict[zmq.Socket, Any] = {}
+        self._bind_sockets()
+
+    # -- set-up ----------------------------------------------------------------
+    def _bind(self, kind: int, address: str, what: str, hwm: int | None = None) -> zmq.Socket:
+        socket = self.ctx.socket(kind)
+        socket.setsockopt(zmq.LINGER, 0)
+        if hwm is not None:  # before bind: a high-water mark applies to connections made after it is set
+            socket.setsockopt(zmq.SNDHWM, hwm)
+        try:
+            socket.bind(address)
+        except zmq.ZMQError as exc:
+            socket.close()
+            for other in getattr(self, "_bound", []):
+                other.close()
+            self.ctx.term()
+            hint = (f"another daemon on this port? use --{what} to choose another"
+                    if exc.errno == zmq.EADDRINUSE
+                    else "give an address of this host, e.g. tcp://127.0.0.1:5555")
+            raise ExoacqError(f"cannot bind the {what} socket to {address}: {zmq.strerror(exc.errno)} ({hint})",
+                              code="bind_failed") from None
+        self._bound = [*getattr(self, "_bound", []), socket]
+        return socket
+
+    def _bind_sockets(self) -> None:
+        d = self.config.daemon
+        self.control = self._bind(zmq.ROUTER, d.control, "control")
+        self.results = self._bind(zmq.PUB, d.results, "results")
+        self.live_frames = self._bind(zmq.XPUB, d.frames, "frames", hwm=4)
+        self.live_in = self.ctx.socket(zmq.XSUB)
+        self.live_in.bind(LIVE_FRAMES)
+        self.events = self.ctx.socket(zmq.PULL)
+        self.events.bind("inproc://events")
+        self._proxy_control = self.ctx.socket(zmq.PAIR)
+        self._proxy_control.bind("inproc://live-frames-control")
+
+    def _live_frames_socket(self) -> zmq.Socket:
+        socket = self.ctx.socket(zmq.PUB)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDHWM, 4)
+        socket.connect(LIVE_FRAMES)
+        return socket
+
+    def _proxy(self) -> None:
+        control = self.ctx.socket(zmq.PAIR)
+        control.connect("inproc://live-frames-control")
+        try:
+            zmq.proxy_steerable(self.live_in, self.live_frames, None, control)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            control.close(linger=0)
+
+    def start(self) -> None:
+        """Connect every instrument, start the methods' services and the acquisition threads."""
+        emit_socket = self.ctx.socket(zmq.PUSH)
+        emit_socket.connect("inproc://events")
+        self._emit_lock = threading.Lock()
+        self._emit_socket = emit_socket
+
+        def emit(event: dict[str, Any]) -> None:
+            with self._emit_lock:
+                emit_socket.send(dumps(event))
+
+        self._emit = emit
+        self._proxy_thread = threading.Thread(target=self._proxy, name="frames-proxy", daemon=True)
+        self._proxy_thread.start()
+        context = ServiceContext(zmq_context=self.ctx, emit=emit, finish=self._finish,
+                                 live_frames=self._live_frames_socket, watch=self._watch,
+                                 run_status=lambda run_id: self._runs.get(run_id),
+                                 progress_now=self.publish_progress_now, fail=self._fail,
+                                 data_dir=self.config.daemon.resolved_data_dir())
+        for name, instrument_config in self.config.instruments.items():
+            instrument = Instrument(name, instrument_config)
+            try:
+                instrument.connect()  # fail fast on a bad port
+            except ExoacqError as exc:
+                raise type(exc)(f"instrument {name}: {exc}", code=exc.code) from None
+            service = instrument.method.service(instrument, context)
+            self.runners[name] = InstrumentRunner(instrument, service, emit)
+            service.start()
+        for runner in self.runners.values():
+            runner.thread.start()
+        deadline = time.monotonic() + SERVICE_START_TIMEOUT_S
+        while not all(r.service.ready for r in self.runners.values()):
+            for runner in self.runners.values():
+                failure = runner.service.check(None)
+                if failure is not None or time.monotonic() > deadline:
+                    raise ExoacqError(f"instrument {runner.name}: the {runner.instrument.method.name} service did "
+                                      f"not start ({failure or 'timed out'}; see the log above)", code="service_failed")
+            if self.events.poll(50):
+                self._on_event(loads(self.events.recv()))
+            for socket, callback in self._watched.items():
+                if socket.poll(0):
+                    callback()
+
     # -- the main loop -----------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
         self._stopping.set()
+
+    def _watch(self, socket: zmq.Socket, callback) -> None:
+        self._watched[socket] = callback
 
     def serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.events, zmq.POLLIN)
+        for socket in self._watched:
+            poller.register(socket, zmq.POLLIN)
         while not self._stopping.is_set():
             ready = dict(poller.poll(100))
             if self.control in ready:
                 self._on_control(self.control.recv_multipart())
             while self.events.poll(0):
                 self._on_event(loads(self.events.recv()))
-            now = time.monotonic()
-            if now - self._last_progress >= PROGRESS_INTERVAL_S:
-                self._publish_progress()
-                self._check_tracker()
+            for socket, callback in self._watched.items():
+                if socket in ready:
+                    callback()
+            if time.monotonic() - self._last_progress >= PROGRESS_INTERVAL_S:
+                self._last_progress = time.monotonic()
+                for runner in self.runners.values():
+                    self._publish_progress(runner.current)
+                    self._supervise(runner)
 
     def shutdown(self) -> None:
-        """Abort the run in progress, switch the laser off, stop the tracker. Fast (< 5 s)."""
-        current = self._current
-        while True:  # drain the queue: queued runs are aborted too
-            try:
-                queued = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if queued is not None:
-                self._set_state(queued.run_id, "aborted", error="the daemon was stopped")
-        if current is not None and current.state not in FINAL_STATES:
-            current.run.request_abort("the daemon was stopped")
-        self._queue.put(None)
-        if hasattr(self, "_worker"):
-            self._worker.join(timeout=3.0)
-            if self._worker.is_alive():
-                frame = sys._current_frames().get(self._worker.ident)
-                log.error("the acquisition thread did not stop within 3 s:\n%s",
+        """Abort runs in progress and queued ones, switch the lasers off, stop the services. Fast (< 5 s)."""
+        for runner in self.runners.values():
+            runner.stopping.set()
+            while True:  # drain the queue: queued runs are aborted too
+                try:
+                    queued = runner.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if queued is not None and not isinstance(queued, _Preview):
+                    self._set_state(queued.run_id, "aborted", error="the daemon was stopped")
+            if runner.current is not None and runner.current.state not in FINAL_STATES:
+                runner.current.run.request_abort("the daemon was stopped")
+            if runner.preview is not None:
+                runner.preview.stop.set()
+            runner.queue.put(None)
+        for runner in self.runners.values():
+            if runner.thread.is_alive():
+                runner.thread.join(timeout=3.0)
+            if runner.thread.is_alive():
+                frame = sys._current_frames().get(runner.thread.ident)
+                log.error("the acquisition thread of %s did not stop within 3 s:\n%s", runner.name,
                           "".join(traceback.format_stack(frame)) if frame else "?")
         while self.events.poll(0):
             self._on_event(loads(self.events.recv()))
-        if current is not None and current.state not in FINAL_STATES:
-            self._set_state(current.run.run_id, "aborted", error="the daemon was stopped")
-            current.run.finished.set()
-        if self.instruments is not None:
-            self.instruments.close()
-        self.tracking.stop()
+        for runner in self.runners.values():
+            current = runner.current
+            if current is not None and current.state not in FINAL_STATES:
+                self._set_state(current.run.run_id, "aborted", error="the daemon was stopped")
+                current.run.finished.set()
+            runner.instrument.close()  # lasers first
+            runner.service.stop()
         self.store.close()
+        try:
+            self._proxy_control.send(b"TERMINATE")
+            self._proxy_thread.join(timeout=2.0)
+        except AttributeError:
+            pass
         if hasattr(self, "_emit_socket"):
             self._emit_socket.close(linger=0)
-        for socket in (self.control, self.results, self.live_frames, self.events, self.worker_frames):
+        for socket in (self.control, self.results, self.live_frames, self.live_in, self.events,
+                       self._proxy_control):
             socket.close(linger=0)
         self.ctx.term()
 
@@ -264,34 +363,99 @@ class Daemon:
 
     def _cmd_status(self) -> dict[str, Any]:
         d = self.config.daemon
-        current = self._current
+        methods: dict[str, Any] = {}
+        for runner in self.runners.values():
+            method = runner.instrument.method
+            entry = methods.setdefault(method.name, {"description": method.description,
+                                                     "topics": sorted(method.topics), "instruments": []})
+            entry["instruments"].append(runner.name)
         return {
+            "schema": STATUS_SCHEMA,
             "version": __version__,
             "pid": os.getpid(),
             "uptime_s": time.time() - self._started,
             "data_dir": str(self.store.data_dir),
             "endpoints": {name: _connectable(getattr(d, name)) for name in ("control", "results", "frames")},
-            "simulated": bool(self.instruments and self.instruments.simulated),
-            "simulation": self.config.simulation.model_dump() if self.instruments and self.instruments.simulated
-            else None,
-            "instruments": self.instruments.describe() if self.instruments else {},
-            "tracker": self.tracking.describe(),
-            "current_run": None if current is None else {
-                "run_id": current.run.run_id, "state": current.state, **current.acquisition},
-            "queued": [r.run.run_id for r in self._runs.values() if r.state == "queued"],
+            "ready": all(r.service.ready for r in self.runners.values()),
+            "simulated": all(r.instrument.simulated for r in self.runners.values()),
+            "methods": methods,
+            "instruments": {name: self._describe_runner(runner) for name, runner in self.runners.items()},
+            "runs": [self._describe_run(r) for r in self._runs.values() if r.state not in FINAL_STATES],
         }
 
-    def _cmd_acquire(self, method: str = "nta", **params: Any) -> dict[str, Any]:
-        if method != "nta":
-            raise ProtocolError(f"unknown method {method!r}; this daemon runs: nta", code="unknown_method")
-        settings = validate_request(params)
-        run_id = self.store.create("nta", settings["sample"], settings)
-        run = Run(run_id, settings, self.store.run_dir(run_id))
-        self._runs[run_id] = _RunStatus(run)
+    def _describe_runner(self, runner: InstrumentRunner) -> dict[str, Any]:
+        current = runner.current
+        instrument = runner.instrument
+        state = ("busy" if current is not None else "preview" if runner.preview is not None
+                 else "idle" if instrument.all_connected else "degraded")
+        return {
+            "method": instrument.method.name, "description": instrument.config.description,
+            "state": state, "simulated": instrument.simulated,
+            "run": None if current is None else current.run.run_id,
+            "queued": [r.run.run_id for r in self._runs.values()
+                       if r.state == "queued" and r.run.instrument == runner.name],
+            "devices": instrument.describe(),
+            "service": runner.service.describe(),
+            "simulation": instrument.config.sample.model_dump(mode="json") if instrument.simulated else None,
+        }
+
+    def _describe_run(self, status: RunStatus) -> dict[str, Any]:
+        return {"run_id": status.run.run_id, "method": status.run.method, "instrument": status.run.instrument,
+                "state": status.state, "step": status.step, **status.acquisition}
+
+    def _runner_for(self, method: str | None, instrument: str | None) -> InstrumentRunner:
+        """The instrument named, or the only one serving the method; clear errors otherwise."""
+        if instrument is not None:
+            runner = self.runners.get(instrument) if isinstance(instrument, str) else None
+            if runner is None:
+                raise ProtocolError(f"unknown instrument {instrument!r}; this daemon has: "
+                                    f"{', '.join(self.runners)}", code="unknown_instrument")
+            if method is not None and runner.instrument.method.name != method:
+                raise ProtocolError(f"instrument {instrument!r} runs method {runner.instrument.method.name}, "
+                                    f"not {method}", code="wrong_method")
+            return runner
+        choices = [r for r in self.runners.values() if method is None or r.instrument.method.name == method]
+        if len(choices) == 1:
+            return choices[0]
+        if not choices:
+            served = sorted({r.instrument.method.name for r in self.runners.values()})
+            raise ProtocolError(f"no instrument serves method {method!r}; this daemon runs: {', '.join(served)}",
+                                code="unknown_method")
+        raise ProtocolError(f"several instruments {'serve ' + method if method else 'exist'}: "
+                            f"{', '.join(r.name for r in choices)}; name one with instrument",
+                            code="ambiguous_instrument")
+
+    def _cmd_acquire(self, method: str = "nta", instrument: str | None = None, sop: str | None = None,
+                     **params: Any) -> dict[str, Any]:
+        if not isinstance(method, str):
+            raise ProtocolError(f"method = {method!r}: must be a method name")
+        runner = self._runner_for(method, instrument)
+        plugin = runner.instrument.method
+        parsed = None
+        if sop is not None:
+            from exoacq.sop import parse_sop
+            if not isinstance(sop, str) or len(sop) > 256 * 1024:
+                raise ProtocolError("sop: must be the text of a SOP file (TOML or a NanoSight script), "
+                                    "at most 256 KiB", code="bad_sop")
+            parsed = parse_sop(sop, "sop")
+            if parsed.method not in (None, method):
+                raise ProtocolError(f"the SOP is for method {parsed.method}, not {method}", code="bad_sop")
+            kinds = set(runner.instrument.by_kind()) | {s.kind for s in runner.instrument.slots.values()}
+            missing = sorted(parsed.required_devices() - kinds)
+            if missing:
+                raise ProtocolError(f"the SOP needs a {' and a '.join(missing)}, which instrument "
+                                    f"{runner.name} does not have", code="bad_sop")
+        settings = plugin.validate_request(params, runner.instrument, sop=parsed)
+        run_id = self.store.create(method, settings["sample"], settings, instrument=runner.name)
+        run = plugin.make_run(run_id, settings, self.store.run_dir(run_id), runner.name)
+        self._runs[run_id] = RunStatus(run)
         self._forget_old_runs()
         self._set_state(run_id, "queued")
-        self._queue.put(run)
-        return {"run_id": run_id, "state": "queued"}
+        if runner.preview is not None:
+            runner.preview.reason = f"run {run_id} started"
+            runner.preview.stop.set()
+        runner.queue.put(run)
+        return {"run_id": run_id, "state": "queued", "instrument": runner.name}
 
     def _forget_old_runs(self) -> None:
         """Keep the in-memory status of the last RUNS_IN_MEMORY runs (the store has them all)."""
@@ -299,12 +463,21 @@ class Daemon:
         for run_id in finished[: max(0, len(self._runs) - RUNS_IN_MEMORY)]:
             del self._runs[run_id]
 
-    def _cmd_stop(self, run_id: str | None = None) -> dict[str, Any]:
-        target = self._runs.get(run_id) if run_id else self._current
-        if run_id and target is None:
-            raise ExoacqError(f"no active or queued run {run_id!r}", code="unknown_run")
-        if target is None or target.state in FINAL_STATES:
-            raise ExoacqError("no run in progress", code="no_run")
+    def _cmd_stop(self, run_id: str | None = None, instrument: str | None = None) -> dict[str, Any]:
+        if run_id is not None:
+            target = self._runs.get(run_id) if isinstance(run_id, str) else None
+            if target is None or target.state in FINAL_STATES:
+                raise ExoacqError(f"no active or queued run {run_id!r}", code="unknown_run")
+        else:
+            runners = [self._runner_for(None, instrument)] if instrument is not None else list(self.runners.values())
+            running = [r.current for r in runners if r.current is not None and r.current.state not in FINAL_STATES]
+            if not running:
+                raise ExoacqError("no run in progress", code="no_run")
+            if len(running) > 1:
+                raise ExoacqError("several runs in progress: " + ", ".join(
+                    f"{s.run.run_id} on {s.run.instrument}" for s in running) + "; name one with --run-id",
+                    code="ambiguous_run")
+            target = running[0]
         if target.state == "processing":
             raise ExoacqError(f"run {target.run.run_id} has finished acquiring and is being analysed; "
                               "it cannot be aborted now", code="too_late")
@@ -313,35 +486,83 @@ class Daemon:
             self._set_state(target.run.run_id, "aborted", error="stopped by the operator before it started")
         return {"run_id": target.run.run_id, "state": "aborted" if target.state == "aborted" else "aborting"}
 
+    def _cmd_preview(self, instrument: str | None = None, on: bool = True) -> dict[str, Any]:
+        """Live mode: light on, frames published, features detected, nothing recorded."""
+        if not isinstance(on, bool):
+            raise ProtocolError(f"on = {on!r}: must be true or false")
+        runner = self._runner_for(None, instrument) if instrument is not None else self._only_previewable()
+        if not on:
+            if runner.preview is None:
+                return {"instrument": runner.name, "preview": False}
+            runner.preview.reason = "stopped by the operator"
+            runner.preview.stop.set()
+            return {"instrument": runner.name, "preview": False}
+        if runner.current is not None or any(r.state == "queued" and r.run.instrument == runner.name
+                                             for r in self._runs.values()):
+            raise ExoacqError(f"instrument {runner.name} is running a run; preview after it", code="busy")
+        if runner.preview is None:
+            runner.preview = _Preview()  # visible at once; the thread takes it from the queue
+            runner.queue.put(runner.preview)
+        return {"instrument": runner.name, "preview": True}
+
+    def _only_previewable(self) -> InstrumentRunner:
+        if len(self.runners) == 1:
+            return next(iter(self.runners.values()))
+        raise ProtocolError(f"several instruments: {', '.join(self.runners)}; name one with instrument",
+                            code="ambiguous_instrument")
+
+    def _cmd_set(self, device: str, setting: str, value: Any = None, instrument: str | None = None) -> dict[str, Any]:
+        """Change a device's declared setting within its validated range."""
+        runner = self._runner_for(None, instrument) if instrument is not None else self._only_previewable()
+        inst = runner.instrument
+        if device not in inst.slots:
+            raise ProtocolError(f"instrument {runner.name} has no device {device!r}; its devices: "
+                                f"{', '.join(inst.slots)}", code="unknown_device")
+        target = inst.device(device)
+        declared = getattr(target, "settings", {})
+        if setting not in declared:
+            raise ProtocolError(f"{device} has no setting {setting!r}; settable: "
+                                f"{', '.join(declared) or 'none'}", code="unknown_setting")
+        spec = declared[setting]
+        if runner.current is not None and (device, setting) not in inst.method.settable_during_run:
+            raise ExoacqError(f"instrument {runner.name} is recording run {runner.current.run.run_id}: "
+                              f"{device}.{setting} cannot change during a run", code="busy")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ProtocolError(f"value = {value!r}: {device}.{setting} takes a number in {spec.unit}")
+        maximum = spec.limit(target)
+        if not spec.minimum <= value <= maximum:
+            raise ProtocolError(f"{device}.{setting} = {value:g} {spec.unit} is out of range "
+                                f"{spec.minimum:g}..{maximum:g} {spec.unit}", code="out_of_range")
+        getattr(target, spec.set)(value)
+        now = getattr(target, spec.get)()
+        log.info("%s: %s.%s set to %s %s", runner.name, device, setting, now, spec.unit)
+        return {"instrument": runner.name, "device": device, "setting": setting, "value": now, "unit": spec.unit}
+
+    def _cmd_settings(self, instrument: str | None = None) -> dict[str, Any]:
+        """Every device's settable settings with value, unit and range."""
+        runner = self._runner_for(None, instrument) if instrument is not None else self._only_previewable()
+        out = {}
+        for role, slot in runner.instrument.slots.items():
+            if slot.device is not None:
+                out[role] = runner.instrument.settings_of(role)
+        return {"instrument": runner.name, "devices": out}
+
     def _cmd_runs(self, limit: int = 100) -> list[dict[str, Any]]:
-        if not isinstance(limit, int) or limit < 1:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ProtocolError(f"limit = {limit!r}: must be a positive integer")
         return self.store.list(limit)
 
     def _cmd_run(self, run_id: str) -> dict[str, Any]:
+        if not isinstance(run_id, str):
+            raise ProtocolError(f"run_id = {run_id!r}: must be a run id string")
         return self.store.get(run_id)
 
-    # -- events from the acquisition thread and the tracker ---------------------------
+    # -- events from the acquisition threads and the services -------------------------
     def _on_event(self, event: dict[str, Any]) -> None:
-        if self.tracking.on_event(event):
-            return
-        kind = event.pop("event")
-        if kind == "to_tracker":  # from the acquisition thread: this thread owns the linker's socket
-            if not self.tracking.send(event["topic"], event["message"]):
-                status = self._runs.get(event["message"]["run_id"])
-                if status is not None:
-                    self._fail(status, f"the tracking core did not take {event['topic']} (is it running?)")
-            return
-        run_id, _, capture = str(event.get("run_id")).partition("/")  # the tracker names captures run/k
+        run_id = str(event.get("run_id")).partition("/")[0]  # a method may name parts of a run run/k
         status = self._runs.get(run_id)
-        if kind == "error":
-            log.error("tracking core: %s\n%s", event.get("message"), event.get("detail", ""))
-            if status is not None:
-                self._fail(status, f"tracking core: {event.get('message')}")
-            return
-        if status is None:
-            return
-        if kind == "state":
+        kind = event.get("event")
+        if kind == "state" and status is not None:
             status.acquisition.update(event.get("counters") or {})
             if "settings" in event:
                 status.run.settings.update(event["settings"])
@@ -352,60 +573,39 @@ class Daemon:
                 state, error = "failed", status.failure  # the hardware is safe now: record the real cause
             if status.state not in FINAL_STATES:
                 self._set_state(status.run.run_id, state, error=error)
-            self._maybe_finish(status)
-        elif kind == "settings":
-            status.tracking, status.instrument_settings = event["tracking"], event["instruments"]
-        elif kind == "acquisition":
-            status.acquisition.update(event)
-            status.capture = event.get("capture", status.capture)
-        elif kind == "progress":
-            status.tracker = event
-            now = time.monotonic()
-            if now - self._last_progress >= MIN_PROGRESS_INTERVAL_S:  # fresh frames: publish now
-                self._publish_progress()
-        elif kind == "result":
-            status.capture_results[int(capture or 1)] = {"capture": int(capture or 1), **event}
-            self._maybe_finish(status)
-
-    def _maybe_finish(self, status: _RunStatus) -> None:
-        """Once every capture's result is in, store (and, if done, publish) the run's result."""
-        if status.result_stored or status.state not in ("processing", "aborted"):
+                service = self._service(status)
+                if state == "processing":
+                    service.on_processing(status)
+                elif state == "aborted":
+                    service.on_aborted(status)
             return
-        # done: every capture; aborted: the ones completely handed to the tracker (a partial result)
-        wanted = status.run.settings["captures"] if status.state == "processing" else status.run.captures_ended
-        if wanted == 0 or len(status.capture_results) < wanted:
+        if kind == "step" and status is not None:
+            status.step = {k: event[k] for k in ("index", "of", "step", "detail") if k in event}
+            self._set_state(status.run.run_id, status.state)
+            return
+        for runner in self.runners.values():  # the service that the event is for
+            if status is not None and status.run.instrument != runner.name:
+                continue
+            if event.get("instrument") not in (None, runner.name):
+                continue
+            runner.service.on_event(status, event)
+            if status is not None:
+                break
+
+    def _service(self, status: RunStatus) -> MethodService:
+        return self.runners[status.run.instrument].service
+
+    def _finish(self, status: RunStatus, document: dict[str, Any]) -> None:
+        """A method's result document for a run: stored; published (and the run done) if it completed."""
+        if status.result_stored:
             return
         status.result_stored = True
-        run = status.run
-        summary = combine_captures([status.capture_results[k] for k in sorted(status.capture_results)])
-        acq = status.acquisition
-        frames = {"planned": acq.get("frames_planned"), "acquired": acq.get("frames_acquired", 0),
-                  "processed": sum(r["frames_processed"] for r in status.capture_results.values()),
-                  "dropped": acq.get("frames_dropped", 0),
-                  "dropped_by": acq.get("frames_dropped_by", {"camera": 0, "tracker": 0})}
-        warnings = list(summary.pop("warnings"))
-        by = frames["dropped_by"]
-        if by["tracker"]:
-            warnings.append(f"{by['tracker']} of {frames['acquired']} frames were dropped: the tracking core "
-                            "fell behind the camera; results use the frames it processed")
-        if by["camera"]:
-            warnings.append(f"the camera lost {by['camera']} frames: the acquisition fell behind its frame "
-                            "clock (machine overloaded?)")
-        tracking = status.tracking
-        document = make_document(
-            "nta.result", run.run_id, method="nta", complete=status.state != "aborted",
-            sample=run.settings["sample"], dilution=run.settings["dilution"],
-            duration_s=run.settings["duration_s"], **summary, frames=frames, warnings=warnings,
-            detection_volume={"nl": tracking.get("detection_volume_nl"),
-                              "source": self.config.nta.detection_volume_source},
-            settings={"acquisition": run.settings, "tracking": tracking,
-                      "instruments": status.instrument_settings},
-        )
-        self.store.save_result(run.run_id, document)
+        self.store.save_result(status.run.run_id, document)
         if status.state == "processing":
-            publish(self.results, "nta.result", document)
-            self._set_state(run.run_id, "done")
-        run.finished.set()
+            topic = self.runners[status.run.instrument].instrument.method.result_topic
+            publish(self.results, topic, document)
+            self._set_state(status.run.run_id, "done")
+        status.run.finished.set()
 
     def _set_state(self, run_id: str, state: str, error: str | None = None) -> None:
         status = self._runs.get(run_id)
@@ -413,55 +613,37 @@ class Daemon:
         self.store.set_state(run_id, state, error=error)
         if status is not None:
             status.state = state
-            if state in ("preparing", "acquiring", "processing"):
-                self._current = status
+            runner = self.runners.get(status.run.instrument)
+            if runner is not None:
+                if state in ("preparing", "acquiring", "processing"):
+                    runner.current = status
+                if state in FINAL_STATES and runner.current is status:
+                    runner.current = None
             if state in FINAL_STATES:
-                if self._current is status:
-                    self._current = None
                 status.run.finished.set()
         record = self.store.get(run_id)
         publish(self.results, "run.state", make_document(
             "run.state", run_id, state=state, previous=previous, method=record["method"],
-            sample=record["sample"], error=error))
+            instrument=record.get("instrument"), sample=record["sample"], error=error,
+            step=status.step if status is not None else None))
 
-    def _publish_progress(self) -> None:
-        self._last_progress = time.monotonic()
-        status = self._current
+    def _publish_progress(self, status: RunStatus | None) -> None:
         if status is None or status.state not in ("acquiring", "processing"):
             return
-        acq, tracker = status.acquisition, status.tracker
-        summary = tracker.get("summary", {})
-        size = summary.get("size_nm") or {}
-        publish(self.results, "nta.progress", make_document(
-            "nta.progress", status.run.run_id, state=status.state,
-            capture=status.capture, captures=status.run.settings["captures"],
-            duration_s=status.run.settings["duration_s"],
-            elapsed_s=acq.get("elapsed_s", 0.0),
-            frames={"planned": acq.get("frames_planned"), "acquired": acq.get("frames_acquired", 0),
-                    "processed": tracker.get("frames_processed", 0), "dropped": acq.get("frames_dropped", 0),
-                    "dropped_by": acq.get("frames_dropped_by", {"camera": 0, "tracker": 0})},
-            particles_per_frame=summary.get("particles_per_frame"),
-            tracks=summary.get("tracks", {"total": 0, "used": 0}),
-            size_nm={k: size.get(k) for k in ("mean", "mode", "sd", "d10", "d50", "d90")},
-            concentration_per_ml=summary.get("concentration_per_ml"),
-            temperature_c=status.tracking.get("temperature_c"),
-            last_frame_timestamp=tracker.get("last_frame_timestamp"),
-        ))
+        payload = self._service(status).progress(status)
+        if payload is not None:
+            method = self.runners[status.run.instrument].instrument.method
+            publish(self.results, method.progress_topic,
+                    {"schema": method.topics[method.progress_topic], "run_id": status.run.run_id,
+                     "time": utc_now_iso(), "instrument": status.run.instrument, **payload})
 
-    def _check_tracker(self) -> None:
-        status = self._current
-        failure = self.tracking.check()
-        if failure is not None:
-            if status is not None:
-                self._fail(status, failure)
-            return
-        if status is not None and status.state == "processing" and status.processing_since is not None:
-            backlog = status.acquisition.get("frames_acquired", 0) - status.tracker.get("frames_processed", 0)
-            limit = PROCESSING_TIMEOUT_S + backlog / max(self.instruments.camera.frame_rate_hz, 1.0)
-            if time.monotonic() - status.processing_since > limit:
-                self._fail(status, f"the tracking core gave no result within {limit:.0f} s of the last frame")
+    def _supervise(self, runner: InstrumentRunner) -> None:
+        status = runner.current
+        failure = runner.service.check(status)
+        if failure is not None and status is not None:
+            self._fail(status, failure)
 
-    def _fail(self, status: _RunStatus, reason: str) -> None:
+    def _fail(self, status: RunStatus, reason: str) -> None:
         """Fail a run. While the acquisition thread holds the hardware, ask it to stop first:
         the run becomes 'failed' when it reports back, with the laser already off."""
         if status.state in FINAL_STATES or status.failure is not None:
@@ -471,6 +653,12 @@ class Daemon:
             status.run.request_abort(reason)
         else:
             self._set_state(status.run.run_id, "failed", error=reason)
+
+    def publish_progress_now(self, status: RunStatus) -> None:
+        """For services: publish a progress document at once (fresh data), at most every 0.1 s."""
+        if time.monotonic() - status.data.get("_last_progress", 0.0) >= 0.1:
+            status.data["_last_progress"] = time.monotonic()
+            self._publish_progress(status)
 
 
 def _connectable(address: str) -> str:
@@ -486,9 +674,9 @@ def run_daemon(config: Config) -> int:
     try:
         daemon.start()
         d = config.daemon
-        log.info("exoacq daemon %s ready: control %s, results %s, frames %s, data %s",
-                 __version__, d.control, d.results, d.frames, daemon.store.data_dir)
-        notify(f"READY=1\nSTATUS=serving on {d.control}")
+        log.info("exoacq daemon %s ready: instruments %s; control %s, results %s, frames %s, data %s",
+                 __version__, ", ".join(daemon.runners), d.control, d.results, d.frames, daemon.store.data_dir)
+        notify(f"READY=1\nSTATUS=serving {len(daemon.runners)} instrument(s) on {d.control}")
         daemon.serve()
     finally:
         notify("STOPPING=1")

@@ -45,7 +45,7 @@ def start_daemon(data_dir: Path, log_path: Path, extra: list[str] | None = None,
                 raise ExoacqError(f"the daemon exited with code {process.returncode}; its log: {log_path}")
             try:
                 status = client.request("status")
-                if status["tracker"]["ready"]:
+                if status["ready"]:
                     return process, control
             except ExoacqError:
                 pass
@@ -73,12 +73,14 @@ def run_demo(duration_s: float = 30.0) -> int:
     try:
         with ControlClient(control) as client:
             status = client.request("status")
-            truth = status["simulation"]
+            nta = status["instruments"]["nta"]
+            truth = nta["simulation"]
+            devices = {role: d.get("settings") or {} for role, d in nta["devices"].items()}
             component = truth["components"][0]
             print(f"exoacq demo: simulated sample: {component['diameter_nm']:g} nm spheres (n = "
                   f"{component['refractive_index']:g}) in water at {truth['temperature_c']:g} C, "
                   f"{truth['concentration_per_ml']:.3g} particles/mL; "
-                  f"laser {status['instruments']['laser'].get('model', '?')}", file=sys.stderr)
+                  f"laser {devices['laser'].get('model', '?')}", file=sys.stderr)
             bar = ProgressBar()
             try:
                 result = follow_run(client, {"method": "nta", "duration_s": duration_s, "captures": 1,
@@ -91,7 +93,7 @@ def run_demo(duration_s: float = 30.0) -> int:
     print(format_result(result))
     mean, true_nm = result["size_nm"]["mean"], component["diameter_nm"]
     # the simulator draws its particle count (Poisson): the realised concentration is the truth
-    drawn = (status["instruments"].get("camera") or {}).get("sample") or {}
+    drawn = devices["camera"].get("sample") or {}
     true_per_ml = truth["concentration_per_ml"]
     if drawn.get("particle_count") is not None and drawn.get("box_um"):
         true_per_ml = drawn["particle_count"] / math.prod(drawn["box_um"]) * 1e12

@@ -85,32 +85,36 @@ class Registry:
 
     drivers: dict[str, Driver] = field(default_factory=dict)
     methods: dict[str, Any] = field(default_factory=dict)
+    #: Plugins that failed to load, by name, with the reason (reported when one is asked for).
+    broken: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def driver(self, name: str) -> Driver:
-        try:
-            return self.drivers[name]
-        except KeyError:
-            raise ConfigError(f"unknown driver {name!r}; installed: {', '.join(sorted(self.drivers))}") from None
+        return self._get(self.drivers, "driver", name)
 
     def method(self, name: str) -> Any:
-        try:
-            return self.methods[name]
-        except KeyError:
-            raise ConfigError(f"unknown method {name!r}; installed: {', '.join(sorted(self.methods))}",
-                              code="unknown_method") from None
+        return self._get(self.methods, "method", name)
+
+    def _get(self, table: dict[str, Any], what: str, name: str) -> Any:
+        if name in table:
+            return table[name]
+        if (what, name) in self.broken:
+            raise ConfigError(f"{what} {name!r} is installed but cannot be loaded: {self.broken[what, name]}",
+                              code=f"unknown_{what}")
+        raise ConfigError(f"unknown {what} {name!r}; installed: {', '.join(sorted(table))}", code=f"unknown_{what}")
 
 
-def _load(group: str) -> dict[str, Any]:
+def _load(group: str, broken: dict, what: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for point in entry_points(group=group):
         try:
             found[point.name] = point.load()
-        except Exception as exc:  # a broken plugin must not take the daemon down with it
-            raise ConfigError(f"cannot load plugin {point.name!r} ({point.value}) of {group}: "
-                              f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # a broken plugin must not take the others down with it
+            broken[what, point.name] = f"{point.value}: {type(exc).__name__}: {exc}"
     return found
 
 
 def installed() -> Registry:
     """Everything installed, read from the entry points now (no global cache)."""
-    return Registry(drivers=_load(DRIVER_GROUP), methods=_load(METHOD_GROUP))
+    broken: dict = {}
+    return Registry(drivers=_load(DRIVER_GROUP, broken, "driver"), methods=_load(METHOD_GROUP, broken, "method"),
+                    broken=broken)

@@ -49,6 +49,9 @@ class RunStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "instrument" not in columns:  # a catalog written before instruments had names
+            self._db.execute("ALTER TABLE runs ADD COLUMN instrument TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -56,13 +59,14 @@ class RunStore:
     def run_dir(self, run_id: str) -> Path:
         return self.data_dir / "runs" / run_id
 
-    def create(self, method: str, sample: str, settings: dict[str, Any]) -> str:
+    def create(self, method: str, sample: str, settings: dict[str, Any], instrument: str | None = None) -> str:
         now = datetime.now(timezone.utc)
         run_id = f"{method}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
         self.run_dir(run_id).mkdir(parents=True)
         self._db.execute(
-            "INSERT INTO runs (run_id, method, sample, settings, state, created) VALUES (?, ?, ?, ?, 'queued', ?)",
-            (run_id, method, sample, dumps(settings).decode(), utc_now_iso()))
+            "INSERT INTO runs (run_id, method, instrument, sample, settings, state, created) "
+            "VALUES (?, ?, ?, ?, ?, 'queued', ?)",
+            (run_id, method, instrument, sample, dumps(settings).decode(), utc_now_iso()))
         return run_id
 
     def set_state(self, run_id: str, state: str, error: str | None = None) -> None:
@@ -101,7 +105,8 @@ class RunStore:
         return [row["run_id"] for row in rows]
 
     def _row(self, row: sqlite3.Row, full: bool) -> dict[str, Any]:
-        record = {k: row[k] for k in ("run_id", "method", "sample", "state", "created", "started", "finished", "error")}
+        record = {k: row[k] for k in ("run_id", "method", "instrument", "sample", "state", "created", "started",
+                                      "finished", "error")}
         record["settings"] = json.loads(row["settings"])
         if full:
             record["result"] = json.loads(row["result"]) if row["result"] else None

@@ -9,7 +9,6 @@ taking one event dict) and never touches the run store or the results socket.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,8 @@ import numpy as np
 import zmq
 
 from exoacq.bus import send_frame
-from exoacq.config import Config
 from exoacq.errors import DeviceError, ProtocolError
-from exoacq.instruments import Instruments
+from exoacq.methods import Run as CoreRun
 from exoacq.nta.analysis import TrackingParameters
 
 #: Acquisition counters are reported this often.
@@ -35,8 +33,10 @@ def capture_id(run_id: str, capture: int) -> str:
     return f"{run_id}/{capture}"
 
 
-def validate_request(params: dict[str, Any]) -> dict[str, Any]:
-    """Check an ``acquire`` request for NTA; return the run settings (units in keys)."""
+def validate_request(params: dict[str, Any], sop: Any = None) -> dict[str, Any]:
+    """Check an ``acquire`` request for NTA; return the run settings (units in keys).
+
+    With a SOP (:mod:`exoacq.sop`), the captures and their duration are the SOP's."""
     allowed = {"duration_s", "sample", "dilution", "captures"}
     unknown = set(params) - allowed
     if unknown:
@@ -44,7 +44,15 @@ def validate_request(params: dict[str, Any]) -> dict[str, Any]:
                             f"allowed: {', '.join(sorted(allowed))}")
     # Default as common SOPs: 5 captures of 60 s, averaged with their standard error.
     settings = {"duration_s": 60.0, "sample": "unnamed", "dilution": 1.0, "captures": 5}
-    settings.update({k: v for k, v in params.items() if v is not None})
+    given = {k: v for k, v in params.items() if v is not None}
+    if sop is not None:
+        both = sorted({"duration_s", "captures"} & set(given))
+        if both:
+            raise ProtocolError(f"{' and '.join(both)}: the SOP states its captures; give them there, not also "
+                                "in the request", code="bad_sop")
+        captures = sop.captures()
+        given |= {"captures": sum(c.count for c in captures), "duration_s": max(c.duration_s for c in captures)}
+    settings.update(given)
     duration, dilution, sample = settings["duration_s"], settings["dilution"], settings["sample"]
     if not isinstance(duration, (int, float)) or isinstance(duration, bool) or not 0 < duration <= MAX_DURATION_S:
         raise ProtocolError(f"duration_s = {duration!r}: must be a number of seconds in (0, {MAX_DURATION_S:g}]")
@@ -58,16 +66,18 @@ def validate_request(params: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(sample, str) or not 0 < len(sample) <= 200:
         raise ProtocolError(f"sample = {sample!r}: must be a name of 1 to 200 characters")
     settings["duration_s"], settings["dilution"] = float(duration), float(dilution)
+    if sop is not None:
+        settings["sop"] = {"name": sop.name, "source": sop.source, "steps": sop.describe_steps(),
+                           "definition": sop.to_dict()}
     return settings
 
 
 @dataclass
-class Run:
-    run_id: str
-    settings: dict[str, Any]
-    output_dir: Path
-    abort: threading.Event = field(default_factory=threading.Event)
-    abort_reason: str = ""
+class Run(CoreRun):
+    """An NTA run: the core's run plus the engine's per-run state."""
+
+    #: The parsed SOP, if the run follows one.
+    sop: Any = None
     #: Detection parameters sent with every frame (the workers are stateless).
     locate: dict[str, Any] = field(default_factory=dict)
     #: Frames handed to the tracking core in the current capture (sequence numbers 0 .. frames_sent - 1).
@@ -76,78 +86,151 @@ class Run:
     capture: int = 0
     captures_ended: int = 0
     params: TrackingParameters | None = None
-    finished: threading.Event = field(default_factory=threading.Event)
+    #: Whether this run has switched the laser on.
+    laser_on: bool = False
 
-    def request_abort(self, reason: str) -> None:
-        """Ask the acquisition to stop at the next frame; the first reason given is kept."""
-        self.abort_reason = self.abort_reason or reason
-        self.abort.set()
+
+@dataclass
+class CapturePlan:
+    """Captures without a SOP: ``count`` videos of ``duration_s`` (the same shape as a SOP's capture step)."""
+
+    count: int
+    duration_s: float
+    advance_ul: float = 0.0
+    advance_rate_ul_min: float = 1000.0
+    step: str = "capture"
 
 
 class NTAAcquisition:
+    """The engine: runs in the instrument's acquisition thread, reports through ``emit``."""
+
     method = "nta"
 
-    def __init__(self, config: Config, instruments: Instruments, frames_socket: zmq.Socket,
-                 live_socket: zmq.Socket, emit: Callable[[dict[str, Any]], None]):
-        self.config = config
-        self.instruments = instruments
+    def __init__(self, instrument: Any, settings: Any, frames_socket: zmq.Socket,
+                 live_socket: Callable[[], zmq.Socket], emit: Callable[[dict[str, Any]], None]):
+        self.instrument = instrument
+        self.settings = settings
         self.frames_socket = frames_socket
-        self.live_socket = live_socket
+        self._live_socket_factory = live_socket
+        self._live: zmq.Socket | None = None
         self.emit = emit
+
+    @property
+    def live_socket(self) -> zmq.Socket:
+        """This thread's live-frames PUB (made on first use, in the acquisition thread)."""
+        if self._live is None:
+            self._live = self._live_socket_factory()
+        return self._live
+
+    @property
+    def laser(self) -> Any:
+        return self.instrument.device("laser")
+
+    @property
+    def camera(self) -> Any:
+        return self.instrument.device("camera")
+
+    @property
+    def thermometer(self) -> Any:
+        return self.instrument.device("temperature")
 
     # -- the three steps ---------------------------------------------------
     def setup(self, run: Run) -> TrackingParameters:
-        laser, camera = self.instruments.laser, self.instruments.camera
-        faults = laser.faults()
+        faults = self.laser.faults()
         if faults:
             raise DeviceError(f"laser reports faults: {', '.join(faults)}")
-        laser.set_power_mw(self.config.instruments.laser.power_mw)
-        laser.set_emission(True)
-        temperature_c = self.instruments.thermometer.temperature_c()
+        temperature_c = self.thermometer.temperature_c()
         params = self.tracking_parameters(temperature_c, run.settings["dilution"])
         run.settings["temperature_start_c"] = temperature_c
         self.emit({"event": "settings", "run_id": run.run_id, "tracking": params.to_dict(),
-                   "instruments": self.instruments.describe()})
+                   "instruments": self.instrument.describe()})
         run.params = params
         run.locate = params.locate_options()
-        camera.start()
+        self.camera.start()
         return params
 
     def exec(self, run: Run) -> dict[str, Any]:
-        """All captures of the run, one after the other; returns the summed counters."""
+        """The run's steps (a SOP's, or its captures), in order; returns the summed counters."""
+        from exoacq.sop_steps import advance_sample, run_device_step
+
+        steps = list(run.sop.steps) if run.sop is not None else [
+            CapturePlan(run.settings["captures"], run.settings["duration_s"])]
         totals: dict[str, Any] = {}
-        for capture in range(1, run.settings["captures"] + 1):
+        devices = self.instrument.by_kind()
+        for index, step in enumerate(steps, 1):
             if run.abort.is_set():
                 break
-            run.capture = capture
-            multi = run.settings["captures"] > 1
-            output = run.output_dir / f"capture-{capture}" if multi else run.output_dir
-            output.mkdir(exist_ok=True)
-            start_c = self.instruments.thermometer.temperature_c()
-            self._to_tracker("run.begin", {"run_id": capture_id(run.run_id, capture),
-                                           "params": run.params.to_dict(), "output_dir": str(output)})
-            counters = self._capture(run, output)
-            end_c = self.instruments.thermometer.temperature_c()
-            self._to_tracker("run.end", {"run_id": capture_id(run.run_id, capture), "frames_sent": run.frames_sent,
-                                         "aborted": run.abort.is_set(), "temperature_c": (start_c + end_c) / 2})
-            run.captures_ended = capture
-            for key, value in counters.items():
-                if key == "frames_dropped_by":
-                    totals[key] = {k: totals.get(key, {}).get(k, 0) + v for k, v in value.items()}
-                elif key != "elapsed_s":
-                    totals[key] = totals.get(key, 0) + value
+            self._report_step(run, index, len(steps), step)
+            if step.step == "capture":
+                for k in range(step.count):
+                    if run.abort.is_set():
+                        break
+                    if k > 0 and step.advance_ul > 0:
+                        self._report_step(run, index, len(steps), step,
+                                          f"advancing the sample {step.advance_ul:g} uL before capture {k + 1}")
+                        advance_sample(devices["pump"], step.advance_ul, step.advance_rate_ul_min, abort=run.abort,
+                                       report=lambda text: None)
+                    self._light_on(run)
+                    self._add(totals, self._one_capture(run, step.duration_s))
+            elif step.step in ("analyse", "export"):
+                run.settings.setdefault("after", []).append(step.step)
+            else:
+                run_device_step(step, devices, abort=run.abort,
+                                report=lambda text, i=index, s=step: self._report_step(run, i, len(steps), s, text))
+                if step.step == "laser":
+                    run.laser_on = bool(step.on)
         return totals
 
-    def _capture(self, run: Run, output: Path) -> dict[str, Any]:
-        camera = self.instruments.camera
-        n_frames = max(1, math.ceil(run.settings["duration_s"] * camera.frame_rate_hz))
+    def _report_step(self, run: Run, index: int, of: int, step: Any, detail: str | None = None) -> None:
+        if detail is None:
+            from exoacq.sop import describe_step
+            detail = describe_step(step) if run.sop is not None else (
+                f"{step.count} capture(s) of {step.duration_s:g} s")
+        self.emit({"event": "step", "run_id": run.run_id, "index": index, "of": of, "step": step.step,
+                   "detail": detail})
+
+    def _light_on(self, run: Run) -> None:
+        """Captures need light: the laser at the configured power, unless a SOP step set it."""
+        if run.laser_on:
+            return
+        self.laser.set_power_mw(self.settings.laser_power_mw)
+        self.laser.set_emission(True)
+        run.laser_on = True
+
+    @staticmethod
+    def _add(totals: dict[str, Any], counters: dict[str, Any]) -> None:
+        for key, value in counters.items():
+            if key == "frames_dropped_by":
+                totals[key] = {k: totals.get(key, {}).get(k, 0) + v for k, v in value.items()}
+            elif key != "elapsed_s":
+                totals[key] = totals.get(key, 0) + value
+
+    def _one_capture(self, run: Run, duration_s: float) -> dict[str, Any]:
+        run.capture += 1
+        capture = run.capture
+        multi = run.settings["captures"] > 1
+        output = run.output_dir / f"capture-{capture}" if multi else run.output_dir
+        output.mkdir(exist_ok=True)
+        start_c = self.thermometer.temperature_c()
+        self._to_tracker("run.begin", {"run_id": capture_id(run.run_id, capture),
+                                       "params": run.params.to_dict(), "output_dir": str(output)})
+        counters = self._capture(run, output, duration_s)
+        end_c = self.thermometer.temperature_c()
+        self._to_tracker("run.end", {"run_id": capture_id(run.run_id, capture), "frames_sent": run.frames_sent,
+                                     "aborted": run.abort.is_set(), "temperature_c": (start_c + end_c) / 2})
+        run.captures_ended = capture
+        return counters
+
+    def _capture(self, run: Run, output: Path, duration_s: float) -> dict[str, Any]:
+        camera = self.camera
+        n_frames = max(1, math.ceil(duration_s * camera.frame_rate_hz))
         acquired = tracker_drops = sent = 0
         camera_drops_before = camera.frames_dropped
         camera_drops = 0
         t_start = time.monotonic()
         last_report = 0.0
         recording = None
-        if self.config.nta.save_frames:  # raw frames, for offline re-analysis (exoacq analyze)
+        if self.settings.save_frames:  # raw frames, for offline re-analysis (exoacq analyze)
             recording = np.lib.format.open_memmap(output / "frames.npy", mode="w+", dtype=camera.dtype,
                                                   shape=(n_frames, camera.height, camera.width))
 
@@ -162,8 +245,9 @@ class NTAAcquisition:
             timestamp = camera.fill(frame)
             camera_drops = camera.frames_dropped - camera_drops_before
             # Frames the camera lost leave a gap in the numbering: the tracker ends its tracks there.
-            header = {"run_id": run.run_id, "capture": run.capture, "frame_number": acquired + camera_drops,
-                      "timestamp": timestamp, "exposure_ms": camera.exposure_ms}
+            header = {"run_id": run.run_id, "instrument": run.instrument, "capture": run.capture,
+                      "frame_number": acquired + camera_drops, "timestamp": timestamp,
+                      "exposure_ms": camera.exposure_ms}
             try:
                 send_frame(self.frames_socket, {**header, "run_id": capture_id(run.run_id, run.capture),
                                                 "seq": sent, "locate": run.locate}, frame, flags=zmq.NOBLOCK)
@@ -195,13 +279,17 @@ class NTAAcquisition:
     def teardown(self, run: Run) -> None:
         """Leave the hardware safe whatever happened; tell the tracker the run is over."""
         errors = []
-        for step in (lambda: self.instruments.laser.set_emission(False), self.instruments.camera.stop):
+        safe = [lambda: self.laser.set_emission(False), lambda: self.camera.stop()]
+        if "pump" in self.instrument.slots:
+            safe.append(lambda: self.instrument.device("pump").stop())
+        for step in safe:  # each one, whatever the others did
             try:
                 step()
             except DeviceError as exc:
                 errors.append(str(exc))
+        run.laser_on = False
         try:
-            run.settings["temperature_end_c"] = self.instruments.thermometer.temperature_c()
+            run.settings["temperature_end_c"] = self.thermometer.temperature_c()
         except DeviceError as exc:
             errors.append(str(exc))
         if run.capture > run.captures_ended:  # a capture cut short by an error: close it at the tracker
@@ -213,10 +301,11 @@ class NTAAcquisition:
     # -- helpers -------------------------------------------------------------
     def _to_tracker(self, topic: str, message: dict[str, Any]) -> None:
         """A run message for the linker, forwarded by the daemon's main thread (the socket's owner)."""
-        self.emit({"event": "to_tracker", "topic": topic, "message": message})
+        self.emit({"event": "to_tracker", "run_id": message.get("run_id"), "instrument": self.instrument.name,
+                   "topic": topic, "message": message})
 
     def tracking_parameters(self, temperature_c: float, dilution: float) -> TrackingParameters:
-        cam, nta = self.instruments.camera, self.config.nta
+        cam, nta = self.camera, self.settings
         return TrackingParameters.for_sample(
             frame_rate_hz=cam.frame_rate_hz, exposure_ms=cam.exposure_ms, pixel_size_um=cam.pixel_size_um,
             temperature_c=temperature_c, min_diameter_nm=nta.min_diameter_nm,

@@ -85,7 +85,7 @@ class TrackingParameters:
     volume_correction: bool = True
     #: Scatter ~ d^k (6: Rayleigh, for particles well below the wavelength).
     scattering_exponent: float = 6.0
-    #: Detection depth of the calibration beads (sheet half-width 1; exoacq.calibration); None: not known.
+    #: Detection depth of the calibration beads (sheet half-width 1; exoacq.nta.calibration); None: not known.
     calibration_relative_depth: float | None = None
     #: Frame size, for the correction of counts for merged close features; None: not corrected.
     frame_width_px: int | None = None

@@ -5,6 +5,7 @@ that a figure can be reproduced and compared on another machine.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import tempfile
@@ -19,6 +20,32 @@ from exoacq.errors import ExoacqError
 
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
+
+
+def simulated_instrument_toml(*, name: str = "nta", camera: dict[str, Any] | None = None,
+                              settings: dict[str, Any] | None = None, tracking: dict[str, Any] | None = None,
+                              simulation: dict[str, Any] | None = None) -> str:
+    """A configuration with one simulated NTA instrument (laser, camera, thermometer; no calibration)."""
+    def value(v: Any) -> str:  # TOML: JSON's scalars and lists, inline tables for dicts
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v)
+
+    def table(header: str, values: dict[str, Any] | None) -> str:
+        rows = "".join(f"{k} = {value(v)}\n" for k, v in (values or {}).items())
+        return f"[{header}]\n{rows}"
+
+    return "".join([
+        table(f"instruments.{name}", {"method": "nta"}),
+        table(f"instruments.{name}.devices.laser", {"driver": "obis", "simulated": True}),
+        table(f"instruments.{name}.devices.camera", {"driver": "simulated-nta", "simulated": True, **(camera or {})}),
+        table(f"instruments.{name}.devices.temperature", {"driver": "simulated-thermometer", "simulated": True}),
+        table(f"instruments.{name}.settings", settings),
+        table(f"instruments.{name}.settings.tracking", tracking),
+        table(f"instruments.{name}.simulation", simulation),
+    ])
 
 
 # -- realtime: the daemon with its simulated camera, end to end --------------------------------
@@ -41,10 +68,9 @@ def bench_realtime(*, width: int = 1280, height: int = 1024, fps: float = 30.0, 
     exposure_ms = min(15.0, 0.5 * 1000.0 / fps)
     with tempfile.TemporaryDirectory(prefix="exoacq-bench-") as tmp:
         config = Path(tmp) / "bench.toml"
-        config.write_text(
-            f"[tracking]\nworkers = {workers}\n[instruments.laser]\nsimulated = true\n"
-            f"[instruments.camera]\nwidth = {width}\nheight = {height}\nframe_rate_hz = {fps}\n"
-            f"exposure_ms = {exposure_ms}\n")
+        config.write_text(simulated_instrument_toml(
+            camera={"width": width, "height": height, "frame_rate_hz": fps, "exposure_ms": exposure_ms},
+            tracking={"workers": workers}))
         process, control = start_daemon(Path(tmp) / "data", Path(tmp) / "daemon.log", extra=["--config", str(config)])
         latencies: list[float] = []
         try:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from exoacq.errors import ConfigError
 
 #: Project root, for the relative paths of the embedded default configuration.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 class _Strict(BaseModel):

@@ -1,0 +1,308 @@
+"""The NTA method's command-line verbs: ``acquire nta``, ``analyze nta``, ``calibrate nta``,
+``simulate video``, the ``bench`` entries and the tracking core's ``worker``.
+
+Registered by :class:`exoacq.nta.plugin.NTAMethod.add_cli`; every failure the
+operator can act on is an ExoacqError (one line, never a traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from exoacq.cli_common import add_acquire_options, positive_float as _positive_float, run_acquisition
+from exoacq.errors import ExoacqError
+
+
+def add_cli(verbs: dict[str, Any]) -> None:
+    p = verbs["acquire"].add_parser("nta", help="NTA: size distribution and concentration")
+    p.add_argument("--duration", type=_positive_float, default=None,
+                   help="seconds of each video (default 60; with --sop, the SOP's)")
+    p.add_argument("--captures", type=int, default=None, help="videos to record and average (default 5)")
+    add_acquire_options(p)
+    p.set_defaults(func=cmd_acquire)
+
+    p = verbs["analyze"].add_parser("nta", help="analyse a recorded NTA video offline (same code as the daemon)")
+    p.add_argument("video", type=Path, help="video (AVI, MOV, MP4, ...), multi-page TIFF or folder of PNG/TIFF frames")
+    add_analysis_options(p)
+    p.add_argument("--json", action="store_true", help="print the result document alone on stdout")
+    p.add_argument("--csv", type=Path, help="also write a NanoSight-style ExperimentSummary CSV here")
+    p.add_argument("--report", type=Path, help="also write a self-contained HTML report here")
+    p.set_defaults(func=cmd_analyze)
+
+    p = verbs["calibrate"].add_parser("nta", help="measure the detection volume from beads of known concentration")
+    p.add_argument("video", type=Path, help="a video of the bead standard")
+    p.add_argument("--bead-diameter-nm", type=_positive_float, required=True)
+    p.add_argument("--bead-concentration-per-ml", type=_positive_float, required=True,
+                   help="of the bead stock; divided by --dilution for the measured suspension")
+    p.add_argument("--bead-refractive-index", type=_positive_float, default=1.59, help="default: polystyrene")
+    p.add_argument("--bead-lot", default="", help="lot number of the standard")
+    p.add_argument("--laser-power-mw", type=_positive_float, required=True, help="laser power of the recording")
+    p.add_argument("--instrument", default="unnamed instrument", help="which instrument this calibrates")
+    p.add_argument("--output", type=Path, required=True, help="calibration file to write (TOML)")
+    add_analysis_options(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = verbs["simulate"].add_parser("video", help="an NTA video of simulated particles with a known truth")
+    p.add_argument("output", type=Path, help="output .avi (uncompressed 8-bit, as NTA instruments record)")
+    p.add_argument("--frames", type=int, default=450)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--fps", type=_positive_float, default=25.0)
+    p.add_argument("--diameter-nm", type=_positive_float, default=100.0)
+    p.add_argument("--concentration-per-ml", type=_positive_float, default=3e8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_simulate)
+
+    bench = verbs["bench"]
+    b = bench.add_parser("locate", help="NTA detection speed and accuracy: exoacq vs trackpy.locate")
+    b.add_argument("--frames", type=int, default=20, help="frames per case (default %(default)s)")
+    b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
+    b.set_defaults(func=cmd_bench, benchmark="locate")
+    b = bench.add_parser("realtime", help="the daemon with a simulated NTA camera: drops and latency")
+    b.add_argument("--width", type=int, default=1280)
+    b.add_argument("--height", type=int, default=1024)
+    b.add_argument("--fps", type=_positive_float, default=30.0)
+    b.add_argument("--duration", type=_positive_float, default=30.0)
+    b.add_argument("--workers", type=int, default=1)
+    b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
+    b.set_defaults(func=cmd_bench, benchmark="realtime")
+    b = bench.add_parser("analyze", help="`exoacq analyze nta` against a plain trackpy pipeline")
+    b.add_argument("video", type=Path)
+    add_analysis_options(b)
+    b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
+    b.set_defaults(func=cmd_bench, benchmark="analyze")
+    b = bench.add_parser("accuracy", help="NTA sizes and concentrations of simulated samples against their truth")
+    b.add_argument("--cases", default="all",
+                   help="comma-separated case names, or 'all' (default); `--cases list` prints them")
+    b.add_argument("--captures", type=int, default=5, help="captures per sample (default %(default)s)")
+    b.add_argument("--capture-s", type=_positive_float, default=60.0, help="seconds per capture (default %(default)s)")
+    b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
+    b.set_defaults(func=cmd_bench, benchmark="accuracy")
+
+    p = verbs["exoacq"].add_parser("worker", help="run a locate worker of an NTA tracking core (this or another host)")
+    p.add_argument("--frames", required=True, help="the instrument's tracking frames endpoint (`exoacq status --json`)")
+    p.add_argument("--features", required=True, help="the instrument's tracking features endpoint")
+    p.set_defaults(func=cmd_worker)
+
+
+def cmd_acquire(args: argparse.Namespace) -> int:
+    params = {"duration_s": args.duration, "captures": args.captures}
+    return run_acquisition(args, "nta", {k: v for k, v in params.items() if v is not None})
+
+
+def add_analysis_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fps", type=_positive_float, help="frame rate (default: the container's)")
+    p.add_argument("--pixel-size-um", type=_positive_float, help="object-plane pixel size (required unless in --calibration)")
+    p.add_argument("--temperature-c", type=float, help="sample temperature (default 25 C, with a warning)")
+    p.add_argument("--viscosity-mpa-s", type=_positive_float, help="medium viscosity (default: water, IAPWS 2008)")
+    p.add_argument("--exposure-ms", type=float,
+                   help="exposure, for the motion-blur model (default: the whole frame interval, with a warning)")
+    p.add_argument("--dilution", type=_positive_float, default=1.0)
+    p.add_argument("--calibration", type=Path, help="detection-volume calibration (TOML) for concentrations")
+    p.add_argument("--invert", action="store_true",
+                   help="dark particles on a light background (bright field: no light-sheet depth correction)")
+    p.add_argument("--no-volume-correction", dest="volume_correction", action="store_false",
+                   help="report the detected size distribution without the light-sheet detection-depth correction")
+    p.add_argument("--feature-diameter-px", type=int, default=11, help="odd (default %(default)s)")
+    p.add_argument("--minmass", type=float, default=300.0, help="detection threshold (default %(default)s)")
+    p.add_argument("--min-track-length", type=int, default=None,
+                   help="frames (default: chosen from the data's localisation error, 13 or more)")
+    p.add_argument("--search-range-px", type=_positive_float,
+                   help="link search range (default: chosen from the first 100 frames' tracks, at most that of "
+                        "--min-diameter-nm)")
+    p.add_argument("--min-diameter-nm", type=_positive_float, default=30.0,
+                   help="smallest expected particle: the largest search range (default %(default)s)")
+    p.add_argument("--detector", choices=["fast", "trackpy"], default="fast")
+
+
+def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]]:
+    """TrackingParameters for an offline analysis from the command line; with warnings."""
+    from exoacq.calibration import check_optics, load_nta_calibration
+    from exoacq.nta.analysis import TrackingParameters
+
+    warnings = []
+    fps = args.fps or video.fps
+    if fps is None:
+        raise ExoacqError(f"{video.path} has no frame rate: give --fps", code="usage")
+    calibration = load_nta_calibration(args.calibration) if args.calibration else None
+    pixel = args.pixel_size_um or (calibration.optics.pixel_size_um if calibration else None)
+    if pixel is None:
+        raise ExoacqError("--pixel-size-um is required: the object-plane size of one pixel (um)", code="usage")
+    if args.feature_diameter_px < 3 or args.feature_diameter_px % 2 == 0:
+        raise ExoacqError(f"--feature-diameter-px {args.feature_diameter_px}: must be odd and >= 3", code="usage")
+    if args.min_track_length is not None and args.min_track_length < 3:
+        raise ExoacqError(f"--min-track-length {args.min_track_length}: must be >= 3 frames", code="usage")
+    exposure_ms = args.exposure_ms
+    if exposure_ms is None:
+        exposure_ms = 1000.0 / fps
+        warnings.append(f"no --exposure-ms given: the whole frame interval ({exposure_ms:.3g} ms) assumed "
+                        "(motion-blur model)")
+    if exposure_ms < 0 or exposure_ms > 1000.0 / fps * (1 + 1e-9):
+        raise ExoacqError(f"--exposure-ms {exposure_ms:g}: must be from 0 to the frame interval "
+                          f"{1000.0 / fps:.3g} ms", code="usage")
+    temperature = args.temperature_c
+    if temperature is None:
+        temperature = 25.0
+        warnings.append("no --temperature-c given: 25 C assumed (sizes scale with T / viscosity)")
+    if not 0.0 < temperature < 100.0:
+        raise ExoacqError(f"--temperature-c {temperature:g}: must be above 0 and below 100 C (liquid water)",
+                          code="usage")
+    volume = depth = None
+    if calibration is not None:
+        check_optics(calibration, args.calibration, pixel_size_um=pixel, frame_rate_hz=fps,
+                     feature_diameter_px=args.feature_diameter_px, minmass=args.minmass)
+        volume = calibration.result.detection_volume_nl
+        depth = calibration.result.relative_detection_depth
+    params = TrackingParameters.for_sample(
+        frame_rate_hz=fps, exposure_ms=min(exposure_ms, 1000.0 / fps), pixel_size_um=pixel, temperature_c=temperature,
+        min_diameter_nm=args.min_diameter_nm, viscosity_mpa_s=args.viscosity_mpa_s,
+        link_search_range_px=args.search_range_px, feature_diameter_px=args.feature_diameter_px,
+        minmass=args.minmass, min_track_length=args.min_track_length, detection_volume_nl=volume,
+        dilution=args.dilution, invert=args.invert, detector=args.detector, calibration_relative_depth=depth,
+        volume_correction=args.volume_correction and not args.invert,
+        frame_width_px=video.width, frame_height_px=video.height)
+    return params, warnings
+
+
+def analyze_with_progress(args: argparse.Namespace, outputs: list[Path | None]) -> tuple[dict, Any, list[str]]:
+    """Open and analyse ``args.video`` (progress on stderr); output folders are checked first."""
+    from exoacq.nta.offline import StderrProgress, analyze_video
+    from exoacq.nta.video import open_video
+
+    for output in outputs:  # before a long analysis, not after it
+        if output is not None and not output.resolve().parent.is_dir():
+            raise ExoacqError(f"cannot write {output}: no folder {output.resolve().parent}")
+    video = open_video(args.video)
+    params, warnings = analysis_parameters(args, video)
+    progress = StderrProgress()
+    try:
+        summary = analyze_video(video, params, progress=progress)
+    finally:
+        progress.close()
+    return summary, params, warnings
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from exoacq.nta.format import format_summary
+
+    summary, params, warnings = analyze_with_progress(args, [args.csv, args.report])
+    summary.pop("features_per_frame")
+    document = {"schema": "exoacq.nta.analysis/1", "video": str(args.video), **summary,
+                "temperature_c": params.temperature_c, "viscosity_mpa_s": params.viscosity_mpa_s,
+                "dilution": params.dilution, "settings": params.to_dict(),
+                "warnings": warnings + summary["warnings"]}
+    write_exports(args, document, params)
+    if args.json:
+        print(json.dumps(document))
+    else:
+        print(f"{args.video}: {summary['frames_analysed']} frames at {params.frame_rate_hz:g} frames/s")
+        print(format_summary(document))
+    return 0
+
+
+def write_exports(args: argparse.Namespace, document: dict[str, Any], params: Any) -> None:
+    """--csv and --report of an offline analysis (one capture)."""
+    from exoacq.nta.export import write_experiment_summary_csv, write_html_report
+
+    sample = Path(args.video).name
+    calibration = {"file": str(args.calibration), "detection_volume_nl": params.detection_volume_nl} \
+        if args.calibration else None
+    try:
+        if args.csv:
+            write_experiment_summary_csv(args.csv, [document], sample=sample, settings={"tracking": params.to_dict()})
+        if args.report:
+            write_html_report(args.report, [document], sample=sample, settings={"tracking": params.to_dict()},
+                              calibration=calibration)
+    except OSError as exc:
+        raise ExoacqError(f"cannot write {exc.filename}: {exc.strerror}") from None
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from exoacq.calibration import BeadStandard, NTAOptics, block_standard_error, nta_calibration_text
+    if args.calibration:
+        raise ExoacqError("calibrate measures a calibration: --calibration does not apply", code="usage")
+    summary, params, _ = analyze_with_progress(args, [args.output])
+    per_frame = summary["features_per_frame"]
+    in_cell_per_ml = args.bead_concentration_per_ml / args.dilution
+    crowding = summary["crowding_correction"] or 1.0  # merged close features counted back
+    ppf = float(sum(per_frame) / len(per_frame)) * crowding
+    # blocks of ~2 s: the light sheet's population renews as beads diffuse through it
+    block = max(1, round(2.0 * params.frame_rate_hz))
+    volume_nl = ppf / in_cell_per_ml * 1e6
+    uncertainty_nl = block_standard_error(per_frame, block) * crowding / in_cell_per_ml * 1e6
+    text = nta_calibration_text(
+        volume_nl=volume_nl, uncertainty_nl=uncertainty_nl, frames=len(per_frame),
+        relative_detection_depth=(summary.get("detection") or {}).get("mean_relative_depth"),
+        optics=NTAOptics(pixel_size_um=params.pixel_size_um, frame_rate_hz=params.frame_rate_hz,
+                         exposure_ms=params.exposure_ms, laser_power_mw=args.laser_power_mw,
+                         feature_diameter_px=params.feature_diameter_px, minmass=params.minmass),
+        standard=BeadStandard(description=f"{args.bead_diameter_nm:g} nm beads, "
+                                          f"{args.bead_concentration_per_ml:.4g} /mL stock, dilution {args.dilution:g}",
+                              diameter_nm=args.bead_diameter_nm, refractive_index=args.bead_refractive_index,
+                              lot=args.bead_lot),
+        instrument=args.instrument,
+        method=f"mean particles per frame (merged close features counted back) over {len(per_frame)} frames "
+               f"of {args.video.name} / bead concentration in the cell")
+    args.output.write_text(text, encoding="utf-8")
+    measured = summary["size_nm"]["mean"]
+    print(f"detection volume {volume_nl:.4g} +/- {uncertainty_nl:.2g} nL ({ppf:.1f} particles/frame) -> {args.output}")
+    if measured is not None and abs(measured / args.bead_diameter_nm - 1) > 0.15:
+        print(f"warning: the beads measure {measured:.0f} nm, not {args.bead_diameter_nm:g} nm: check the "
+              "optics settings and the standard before using this calibration", file=sys.stderr)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from exoacq.nta.simulate import write_simulated_video
+
+    truth = write_simulated_video(args.output, frames=args.frames, width=args.width, height=args.height,
+                                  frame_rate_hz=args.fps, diameter_nm=args.diameter_nm,
+                                  concentration_per_ml=args.concentration_per_ml, seed=args.seed)
+    print(json.dumps(truth))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from exoacq.nta import bench
+
+    if args.benchmark == "locate":
+        from exoacq.nta.locate_bench import bench_locate
+        result = bench_locate(frames=args.frames)
+    elif args.benchmark == "realtime":
+        result = bench.bench_realtime(width=args.width, height=args.height, fps=args.fps,
+                                      duration_s=args.duration, workers=args.workers)
+    elif args.benchmark == "accuracy":
+        from exoacq.nta.accuracy import bench_accuracy, default_matrix
+        from exoacq.client import StatusLine
+        matrix = {c.name: c for c in default_matrix()}
+        if args.cases == "list":
+            print("\n".join(matrix))
+            return 0
+        names = list(matrix) if args.cases == "all" else [n.strip() for n in args.cases.split(",") if n.strip()]
+        unknown = [n for n in names if n not in matrix]
+        if unknown or not names:
+            raise ExoacqError(f"--cases: unknown case {', '.join(unknown) or '(none)'}; `--cases list` shows them",
+                              code="usage")
+        if args.captures < 1:
+            raise ExoacqError(f"--captures {args.captures}: must be >= 1", code="usage")
+        status = StatusLine()
+        try:
+            result = bench_accuracy([matrix[n] for n in names], capture_s=args.capture_s, captures=args.captures,
+                                    progress=lambda message: status.message(message))
+        finally:
+            status.close()
+    else:
+        from exoacq.nta.video import open_video
+        params, _ = analysis_parameters(args, open_video(bench.require_video(args.video)))
+        result = bench.bench_analyze(args.video, params)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from exoacq.nta.worker import serve
+    serve(args.frames, args.features)
+    return 0

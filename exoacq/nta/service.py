@@ -1,0 +1,276 @@
+"""The NTA method's part of the daemon, for one instrument.
+
+It owns the instrument's tracking core (a linker and locate workers, their
+own processes), drives the acquisition engine for the daemon, turns the
+tracking core's events into ``nta.progress`` payloads, and assembles a run's
+``nta.result`` from its captures once the last one is in.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from exoacq.bus import loads, make_document, send_frame
+from exoacq.errors import DeviceError, ExoacqError
+from exoacq.methods import MethodService, RunStatus
+from exoacq.nta.acquisition import NTAAcquisition, Run
+from exoacq.nta.pipeline import TrackingPipeline
+from exoacq.nta.results import combine_captures
+
+log = logging.getLogger("exoacq.nta")
+
+#: After the last frame, how long the tracker may take per queued frame, plus a floor.
+PROCESSING_TIMEOUT_S = 30.0
+#: Live preview: frames published at most this often, features located on each of them.
+PREVIEW_MAX_FPS = 30.0
+PREVIEW_REPORT_S = 0.5
+
+
+def _connectable(address: str) -> str:
+    return address.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
+
+
+class NTAService(MethodService):
+    def __init__(self, instrument, context):
+        super().__init__(instrument, context)
+        self.settings = instrument.config.options
+        ctx = context.zmq_context
+        tracking = self.settings.tracking
+        # Frames for the locate workers: never blocking, a full queue drops (and counts) the frame.
+        self.worker_frames = ctx.socket(zmq.PUSH)
+        self.worker_frames.setsockopt(zmq.LINGER, 0)
+        self.worker_frames.setsockopt(zmq.SNDHWM, self.settings.frame_queue)
+        try:
+            self.worker_frames.bind(tracking.frames)
+        except zmq.ZMQError as exc:
+            self.worker_frames.close()
+            raise ExoacqError(f"instrument {instrument.name}: cannot bind the tracking frames socket to "
+                              f"{tracking.frames}: {zmq.strerror(exc.errno)} (settings.tracking.frames)",
+                              code="bind_failed") from None
+        self.events = ctx.socket(zmq.PULL)
+        self.events.setsockopt(zmq.LINGER, 0)
+        events_port = self.events.bind_to_random_port("tcp://127.0.0.1")
+        context.watch(self.events, self._on_tracker_events)
+        self.tracking = TrackingPipeline(
+            ctx, workers=tracking.workers,
+            frames_endpoint=_connectable(self.worker_frames.getsockopt(zmq.LAST_ENDPOINT).decode()),
+            events_endpoint=f"tcp://127.0.0.1:{events_port}", features_bind=tracking.features)
+        self.engine = NTAAcquisition(instrument, self.settings, self.worker_frames, context.live_frames,
+                                     context.emit)
+
+    # -- lifetime -----------------------------------------------------------------
+    def start(self) -> None:
+        self.tracking.start()
+
+    @property
+    def ready(self) -> bool:
+        return self.tracking.ready
+
+    def stop(self) -> None:
+        self.tracking.stop()
+        self.events.close(linger=0)
+        self.worker_frames.close(linger=0)
+        if self.engine._live is not None:
+            self.engine._live.close(linger=0)
+
+    def describe(self) -> dict[str, Any]:
+        return {"ready": self.ready, "tracker": self.tracking.describe(),
+                "detection_volume": {"nl": self.settings.detection_volume_nl,
+                                     "source": self.settings.detection_volume_source}}
+
+    # -- the engine ---------------------------------------------------------------
+    def setup(self, run: Run) -> None:
+        self.engine.setup(run)
+
+    def exec(self, run: Run) -> dict[str, Any]:
+        return self.engine.exec(run)
+
+    def teardown(self, run: Run) -> None:
+        self.engine.teardown(run)
+
+    def preview(self, stop: threading.Event) -> None:
+        """Laser on, frames to the live socket, each frame's features located and reported; nothing kept."""
+        from exoacq.nta.analysis import locate_features
+
+        engine, camera = self.engine, self.engine.camera
+        temperature_c = engine.thermometer.temperature_c()
+        params = engine.tracking_parameters(temperature_c, 1.0)
+        engine.laser.set_power_mw(self.settings.laser_power_mw)
+        engine.laser.set_emission(True)
+        camera.start()
+        frame_number = 0
+        last_report = 0.0
+        counts: list[int] = []
+        try:
+            while not stop.is_set():
+                frame = np.empty((camera.height, camera.width), dtype=camera.dtype)
+                timestamp = camera.fill(frame)
+                features = locate_features(frame, params)
+                counts.append(len(features["x"]))
+                header = {"run_id": None, "instrument": self.instrument.name, "preview": True,
+                          "frame_number": frame_number, "timestamp": timestamp, "exposure_ms": camera.exposure_ms,
+                          "features": {k: np.round(np.asarray(features[k]), 2).tolist()
+                                       for k in ("x", "y", "mass") if k in features}}
+                try:
+                    send_frame(engine.live_socket, header, frame, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                frame_number += 1
+                now = time.monotonic()
+                if now - last_report >= PREVIEW_REPORT_S:
+                    last_report = now
+                    self.context.emit({"event": "preview", "instrument": self.instrument.name,
+                                       "frames": frame_number, "features_per_frame": float(np.mean(counts)),
+                                       "minmass": params.minmass, "temperature_c": temperature_c,
+                                       "exposure_ms": camera.exposure_ms})
+                    counts.clear()
+        finally:
+            errors = []
+            for step in (lambda: engine.laser.set_emission(False), camera.stop):
+                try:
+                    step()
+                except DeviceError as exc:
+                    errors.append(str(exc))
+            if errors:
+                raise DeviceError("; ".join(errors))
+
+    # -- events ---------------------------------------------------------------------
+    def _on_tracker_events(self) -> None:
+        while self.events.poll(0):
+            event = loads(self.events.recv())
+            if self.tracking.on_event(event):
+                continue
+            run_id = str(event.get("run_id")).partition("/")[0]
+            self.on_event(self.context.run_status(run_id), event)
+
+    def on_event(self, status: RunStatus | None, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "to_tracker":  # from the acquisition thread: this (main) thread owns the linker's socket
+            if not self.tracking.send(event["topic"], event["message"]) and status is not None:
+                self._fail(status, f"the tracking core did not take {event['topic']} (is it running?)")
+            return
+        if kind == "preview":
+            self.last_preview = event
+            return
+        if kind == "error":
+            log.error("tracking core: %s\n%s", event.get("message"), event.get("detail", ""))
+            if status is not None:
+                self._fail(status, f"tracking core: {event.get('message')}")
+            return
+        if status is None:
+            return
+        data = status.data
+        if kind == "settings":
+            data["tracking"], data["instruments"] = event["tracking"], event["instruments"]
+        elif kind == "acquisition":
+            status.acquisition.update({k: v for k, v in event.items() if k not in ("event", "run_id")})
+            data["capture"] = event.get("capture", data.get("capture", 0))
+        elif kind == "progress":
+            data["tracker"] = event
+            self.context.progress_now(status)
+        elif kind == "result":
+            capture = int(str(event.get("run_id")).partition("/")[2] or 1)
+            data.setdefault("captures", {})[capture] = {"capture": capture, **event}
+            self._maybe_finish(status)
+
+    def _fail(self, status: RunStatus, reason: str) -> None:
+        self.context.fail(status, reason)
+
+    def on_processing(self, status: RunStatus) -> None:
+        self._maybe_finish(status)
+
+    def on_aborted(self, status: RunStatus) -> None:
+        self._maybe_finish(status)
+
+    def _maybe_finish(self, status: RunStatus) -> None:
+        """Once every capture's result is in, hand the run's result to the daemon."""
+        if status.result_stored or status.state not in ("processing", "aborted"):
+            return
+        run: Run = status.run  # type: ignore[assignment]
+        results = status.data.get("captures", {})
+        # done: every capture; aborted: the ones completely handed to the tracker (a partial result)
+        wanted = run.settings["captures"] if status.state == "processing" else run.captures_ended
+        if wanted == 0 or len(results) < wanted:
+            return
+        summary = combine_captures([results[k] for k in sorted(results)])
+        acq = status.acquisition
+        frames = {"planned": acq.get("frames_planned"), "acquired": acq.get("frames_acquired", 0),
+                  "processed": sum(r["frames_processed"] for r in results.values()),
+                  "dropped": acq.get("frames_dropped", 0),
+                  "dropped_by": acq.get("frames_dropped_by", {"camera": 0, "tracker": 0})}
+        warnings = list(summary.pop("warnings"))
+        by = frames["dropped_by"]
+        if by["tracker"]:
+            warnings.append(f"{by['tracker']} of {frames['acquired']} frames were dropped: the tracking core "
+                            "fell behind the camera; results use the frames it processed")
+        if by["camera"]:
+            warnings.append(f"the camera lost {by['camera']} frames: the acquisition fell behind its frame "
+                            "clock (machine overloaded?)")
+        tracking = status.data.get("tracking", {})
+        document = make_document(
+            "nta.result", run.run_id, schema=self.instrument.method.topics["nta.result"], method="nta",
+            instrument=run.instrument, complete=status.state != "aborted",
+            sample=run.settings["sample"], dilution=run.settings["dilution"],
+            duration_s=run.settings["duration_s"], **summary, frames=frames, warnings=warnings,
+            detection_volume={"nl": tracking.get("detection_volume_nl"),
+                              "source": self.settings.detection_volume_source},
+            settings={"acquisition": run.settings, "tracking": tracking,
+                      "instruments": status.data.get("instruments", {})},
+        )
+        if "export" in run.settings.get("after", []):
+            document["files"] = {**(document.get("files") or {}), **self._export(run, document)}
+        self.context.finish(status, document)
+
+    def _export(self, run: Run, document: dict[str, Any]) -> dict[str, str]:
+        """A SOP's export step: the NanoSight-style CSV and the HTML report beside the run's files."""
+        from exoacq.nta.export import write_experiment_summary_csv, write_html_report
+
+        captures = document.get("captures") or [document]
+        csv, html = run.output_dir / "ExperimentSummary.csv", run.output_dir / "report.html"
+        try:
+            write_experiment_summary_csv(csv, captures, sample=run.settings["sample"],
+                                         settings=document["settings"])
+            write_html_report(html, captures, sample=run.settings["sample"], settings=document["settings"])
+        except (OSError, ExoacqError) as exc:
+            document["warnings"].append(f"export failed: {exc}")
+            return {}
+        return {"summary_csv": str(csv), "report": str(html)}
+
+    # -- progress and supervision -------------------------------------------------------
+    def progress(self, status: RunStatus) -> dict[str, Any] | None:
+        data, acq = status.data, status.acquisition
+        tracker = data.get("tracker", {})
+        summary = tracker.get("summary", {})
+        size = summary.get("size_nm") or {}
+        return {
+            "state": status.state, "capture": data.get("capture", 0), "captures": status.run.settings["captures"],
+            "duration_s": status.run.settings["duration_s"], "elapsed_s": acq.get("elapsed_s", 0.0),
+            "frames": {"planned": acq.get("frames_planned"), "acquired": acq.get("frames_acquired", 0),
+                       "processed": tracker.get("frames_processed", 0), "dropped": acq.get("frames_dropped", 0),
+                       "dropped_by": acq.get("frames_dropped_by", {"camera": 0, "tracker": 0})},
+            "particles_per_frame": summary.get("particles_per_frame"),
+            "tracks": summary.get("tracks", {"total": 0, "used": 0}),
+            "size_nm": {k: size.get(k) for k in ("mean", "mode", "sd", "d10", "d50", "d90")},
+            "concentration_per_ml": summary.get("concentration_per_ml"),
+            "temperature_c": data.get("tracking", {}).get("temperature_c"),
+            "last_frame_timestamp": tracker.get("last_frame_timestamp"),
+            "step": status.step,
+        }
+
+    def check(self, status: RunStatus | None) -> str | None:
+        failure = self.tracking.check()
+        if failure is not None:
+            return failure
+        if status is not None and status.state == "processing" and status.processing_since is not None:
+            backlog = status.acquisition.get("frames_acquired", 0) - \
+                status.data.get("tracker", {}).get("frames_processed", 0)
+            rate = max(getattr(self.instrument.slots["camera"].device, "frame_rate_hz", 1.0) or 1.0, 1.0)
+            limit = PROCESSING_TIMEOUT_S + backlog / rate
+            if time.monotonic() - status.processing_since > limit:
+                return f"the tracking core gave no result within {limit:.0f} s of the last frame"
+        return None
