@@ -10,15 +10,18 @@ milliwatts in this class.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import serial
+from pydantic import Field
 
+from exoacq.devices import Setting
+from exoacq.drivers.serial_port import SERIAL_ERRORS, open_port, reason
 from exoacq.errors import DeviceError
+from exoacq.registry import Driver, DriverOptions
 
 TERMINATOR = "\r\n"
 
@@ -102,15 +105,6 @@ class ObisError(DeviceError):
         self.err = err
 
 
-def _reason(exc: BaseException) -> str:
-    """The operating-system reason of an I/O error, else its first line."""
-    number = getattr(exc, "errno", None)
-    if isinstance(number, int) and number > 0:
-        return os.strerror(number)
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _watts(power_mw: float) -> str:
     """Power in W as the set command takes it: plain decimal, 1 uW resolution."""
     return f"{power_mw / 1000.0:.6f}".rstrip("0").rstrip(".") or "0"
@@ -127,6 +121,13 @@ class ObisLaser:
     (``socket://host:port``). Every exchange holds a lock, so one instance can
     be shared between threads. ``history`` keeps the last lines exchanged.
     """
+
+    #: What an operator may change live: the output power set point.
+    settings: dict[str, Setting] = {
+        "power_mw": Setting(get="power_setpoint_mw", set="set_power_mw", unit="mW",
+                            minimum=0.0, maximum="max_power_mw",
+                            description="output power set point (SOUR:POW:LEV:IMM:AMPL)"),
+    }
 
     def __init__(self, port: str, *, baudrate: int = 115200, timeout_s: float = 1.0,
                  power_mw: float | None = None) -> None:
@@ -146,13 +147,7 @@ class ObisLaser:
         constant-power mode, read identity and maximum power, apply ``power_mw``."""
         if self._serial is not None:
             return
-        opener = serial.serial_for_url if "://" in self.port else serial.Serial
-        try:
-            port = opener(self.port, baudrate=self.baudrate, timeout=self.timeout_s,
-                          write_timeout=self.timeout_s)
-        except (serial.SerialException, OSError, ValueError) as exc:
-            reason = _reason(exc)
-            raise DeviceError(f"laser: cannot open serial port {self.port} ({reason})") from None
+        port = open_port(self.port, baudrate=self.baudrate, timeout_s=self.timeout_s, device="laser")
         self._serial = port
         try:
             self._set("handshake", "ON")
@@ -311,9 +306,9 @@ class ObisLaser:
                         raise DeviceError(f"laser: unexpected extra reply {line!r} to "
                                           f"{command!r} on port {self.port}")
                     data = line
-            except (serial.SerialException, OSError) as exc:
+            except SERIAL_ERRORS as exc:
                 raise DeviceError(f"laser: serial I/O failed on port {self.port} "
-                                  f"({_reason(exc)})") from None
+                                  f"({reason(exc)})") from None
         if expect_data and data is None:
             raise DeviceError(f"laser: no data in the reply to {command!r} on port {self.port}")
         if not expect_data and data is not None:
@@ -337,3 +332,27 @@ class ObisLaser:
             port.close()  # type: ignore[union-attr]
         except Exception:  # already gone, or never opened
             pass
+
+
+# -- registry declaration -------------------------------------------------------
+class ObisOptions(DriverOptions):
+    """Configuration keys of a Coherent OBIS laser."""
+
+    port: str = "/dev/ttyUSB0"  # device path or pyserial URL
+    timeout_s: float = Field(1.0, gt=0, le=30)
+    power_mw: float | None = Field(None, gt=0, le=1000)  # applied at connect when given
+
+
+def _open(options: ObisOptions, address: str | None, context: dict[str, Any]) -> ObisLaser:
+    return ObisLaser(address or options.port, timeout_s=options.timeout_s,
+                     power_mw=options.power_mw)
+
+
+def _simulator(options: ObisOptions) -> Any:
+    from exoacq.drivers.obis_sim import ObisSimulator  # the simulator imports this module
+
+    return ObisSimulator()
+
+
+DRIVER = Driver(name="obis", kind="laser", options=ObisOptions, open=_open,
+                simulator=_simulator, description="Coherent OBIS LX/LS laser (serial)")

@@ -529,10 +529,10 @@ class Daemon:
                               f"{device}.{setting} cannot change during a run", code="busy")
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ProtocolError(f"value = {value!r}: {device}.{setting} takes a number in {spec.unit}")
-        maximum = spec.limit(target)
-        if not spec.minimum <= value <= maximum:
+        minimum, maximum = spec.low(target), spec.limit(target)
+        if not minimum <= value <= maximum:
             raise ProtocolError(f"{device}.{setting} = {value:g} {spec.unit} is out of range "
-                                f"{spec.minimum:g}..{maximum:g} {spec.unit}", code="out_of_range")
+                                f"{minimum:g}..{maximum:g} {spec.unit}", code="out_of_range")
         getattr(target, spec.set)(value)
         now = getattr(target, spec.get)()
         log.info("%s: %s.%s set to %s %s", runner.name, device, setting, now, spec.unit)

@@ -126,14 +126,17 @@ class Pump(Device, Protocol):
 class Setting:
     """A device setting an operator may change while previewing (``set``): the
     names of the device's getter and setter methods, the unit and the range.
-    ``maximum`` may name a device attribute holding the limit (e.g. ``max_power_mw``)."""
+    ``minimum`` and ``maximum`` may name a device attribute holding the limit (e.g. ``max_power_mw``)."""
 
     get: str
     set: str
     unit: str
-    minimum: float
+    minimum: float | str
     maximum: float | str
     description: str = ""
+
+    def low(self, device: Any) -> float:
+        return float(getattr(device, self.minimum)) if isinstance(self.minimum, str) else float(self.minimum)
 
     def limit(self, device: Any) -> float:
         return float(getattr(device, self.maximum)) if isinstance(self.maximum, str) else float(self.maximum)

@@ -216,6 +216,6 @@ class Instrument:
                 value = getattr(device, setting.get)()
             except ExoacqError as exc:
                 value = f"unreadable: {exc}"
-            out[name] = {"value": value, "unit": setting.unit, "minimum": setting.minimum,
+            out[name] = {"value": value, "unit": setting.unit, "minimum": setting.low(device),
                          "maximum": setting.limit(device), "description": setting.description}
         return out

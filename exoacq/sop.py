@@ -135,11 +135,9 @@ class ExportStep(_Step):
         return None if self.csv or self.report else "csv and report are both false: nothing to export"
 
 
-Step = Annotated[Union[TemperatureStep, PumpStep, LaserStep, CaptureStep, WaitStep, AnalyseStep,
-                       ExportStep], Field(discriminator="step")]
-STEP_MODELS: dict[str, type[_Step]] = {
-    m.model_fields["step"].default: m
-    for m in (TemperatureStep, PumpStep, LaserStep, CaptureStep, WaitStep, AnalyseStep, ExportStep)}
+_MODELS = (TemperatureStep, PumpStep, LaserStep, CaptureStep, WaitStep, AnalyseStep, ExportStep)
+Step = Annotated[Union[_MODELS], Field(discriminator="step")]  # type: ignore[valid-type]
+STEP_MODELS: dict[str, type[_Step]] = {m.model_fields["step"].default: m for m in _MODELS}
 
 
 def describe_step(step: _Step) -> str:
@@ -147,7 +145,8 @@ def describe_step(step: _Step) -> str:
     if isinstance(step, TemperatureStep):
         return f"temperature {step.set_c:g} C (+-{step.tolerance_c:g} C for {step.hold_s:g} s)"
     if isinstance(step, PumpStep):
-        flush = f"flush {step.flush_ul:g} uL at {step.flush_rate_ul_min:g} uL/min, then " if step.flush_ul else ""
+        flush = (f"flush {step.flush_ul:g} uL at {step.flush_rate_ul_min:g} uL/min, then "
+                 if step.flush_ul else "")
         return f"pump {flush}" + (f"flow {step.rate_ul_min:g} uL/min" if step.rate_ul_min else "stop")
     if isinstance(step, LaserStep):
         power = f" at {step.power_mw:g} mW" if step.power_mw is not None else ""
@@ -215,7 +214,8 @@ class Sop(BaseModel):
 
 
 # -- error lines -----------------------------------------------------------------
-_UNITS = (("seconds", " s"), ("_ul_min", " uL/min"), ("_ul", " uL"), ("_mw", " mW"), ("_c", " C"), ("_s", " s"))
+_UNITS = (("seconds", " s"), ("_ul_min", " uL/min"), ("_ul", " uL"), ("_mw", " mW"), ("_c", " C"),
+          ("_s", " s"))
 _KIND = {"float_type": "a number", "int_type": "a whole number", "bool_type": "true or false",
          "string_type": "text", "list_type": "an array", "dict_type": "a table"}
 
@@ -257,28 +257,24 @@ def _describe(err: dict[str, Any], model: type[BaseModel], where: str, keys: tup
 
 
 def _sop_errors(exc: ValidationError, source: str) -> list[str]:
-    lines = []
+    lines, kinds = [], ", ".join(STEP_MODELS)
     for err in exc.errors():
         loc = tuple(err["loc"])
-        if loc[:1] == ("steps",) and len(loc) >= 2 and isinstance(loc[1], int):
-            where = f"{source}: step {loc[1] + 1}"
-            if len(loc) == 2:
-                tag = err["input"].get("step") if isinstance(err["input"], dict) else None
-                kinds = ", ".join(STEP_MODELS)
-                if err["type"] == "union_tag_invalid":
-                    near = difflib.get_close_matches(str(tag), STEP_MODELS, n=1, cutoff=0.5)
-                    hint = f" (did you mean '{near[0]}'?)" if near else ""
-                    lines.append(f"{where}: unknown step {tag!r}{hint}; steps are: {kinds}")
-                elif err["type"] == "union_tag_not_found":
-                    lines.append(f"{where}: no 'step' key naming its kind ({kinds})")
-                else:
-                    lines.append(f"{where}: must be a table of keys ([[steps]])")
-                continue
-            model = STEP_MODELS[str(loc[2])]
-            lines.append(_describe(err, model, f"{where} ({loc[2]})", loc[3:]))
-        else:
+        if not (loc[:1] == ("steps",) and len(loc) >= 2 and isinstance(loc[1], int)):
             lines.append(_describe(err, Sop, source, loc))
-    return list(dict.fromkeys(lines))
+        elif len(loc) > 2:
+            where = f"{source}: step {loc[1] + 1} ({loc[2]})"
+            lines.append(_describe(err, STEP_MODELS[str(loc[2])], where, loc[3:]))
+        elif err["type"] == "union_tag_invalid":
+            tag = err["input"].get("step")
+            near = difflib.get_close_matches(str(tag), STEP_MODELS, n=1, cutoff=0.5)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            lines.append(f"{source}: step {loc[1] + 1}: unknown step {tag!r}{hint}; steps are: {kinds}")
+        else:
+            problem = (f"no 'step' key naming its kind ({kinds})" if err["type"] == "union_tag_not_found"
+                       else "must be a table of keys ([[steps]])")
+            lines.append(f"{source}: step {loc[1] + 1}: {problem}")
+    return lines
 
 
 def _refuse(lines: list[str]) -> ProtocolError:
@@ -328,10 +324,10 @@ def _parse_toml(text: str, source: str) -> Sop:
 
 # -- NanoSight NTA scripts ---------------------------------------------------------
 #: Script commands exoacq honours: argument, and what it becomes. REPEAT n runs the
-#: block since REPEATSTART n more times, n + 1 in all: NanoSight's five-video standard
-#: measurement is scripted REPEATSTART / CAPTURE 60 / DELAY 1 / REPEAT 4 (REFERENCES.md,
-#: "NTA practice"; published NanoSight methods pair REPEAT 4 with five videos). The
-#: NTA 3.x manual itself could not be consulted.
+#: block since REPEATSTART n more times, n + 1 in all: that is how NanoSight's standard
+#: measurement of five videos is scripted, REPEATSTART / CAPTURE 60 / DELAY 1 / REPEAT 4
+#: (REFERENCES.md, "NTA practice"). The NTA 3.x manual itself could not be consulted, so
+#: this reading rests on that example; a script NanoSight would read otherwise is wrong here.
 NANOSIGHT_COMMANDS: dict[str, tuple[str, str]] = {
     "SETTEMP": ("C", "temperature step, tolerance 0.1 C held 30 s within 900 s (exoacq's defaults)"),
     "CAPTURE": ("s", "one video of that many seconds"),
@@ -379,8 +375,9 @@ def _command(number: int, raw: str, per_unit: float | None) -> tuple[_Op | None,
         return None, f"{cmd} is not supported: {NANOSIGHT_UNSUPPORTED[cmd]}"
     if cmd not in NANOSIGHT_COMMANDS:
         near = difflib.get_close_matches(cmd, [*NANOSIGHT_COMMANDS, *NANOSIGHT_UNSUPPORTED], 1, 0.7)
-        return None, (f"{word} is not a NanoSight script command exoacq knows"
-                      f"{f' (did you mean {near[0]}?)' if near else ''}; it runs {', '.join(NANOSIGHT_COMMANDS)}")
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        return None, (f"{word} is not a NanoSight script command exoacq knows{hint}; "
+                      f"it runs {', '.join(NANOSIGHT_COMMANDS)}")
     unit = NANOSIGHT_COMMANDS[cmd][0]
     if not unit:
         return (None, f"{cmd} takes no argument, not '{given}'") if args else (_Op(number, cmd, 0.0), None)
@@ -392,9 +389,13 @@ def _command(number: int, raw: str, per_unit: float | None) -> tuple[_Op | None,
         return _Op(number, cmd, 0.0), f"REPEAT takes a whole number of repeats >= 0, not '{given}'"
     if not math.isfinite(value):
         return None, f"{cmd} takes one number ({unit}), not '{given}'"
-    if cmd == "SYRINGELOAD" and (per_unit is None or value <= 0):
-        return None, _NO_CALIBRATION if per_unit is None else "SYRINGELOAD takes a speed > 0; SYRINGESTOP stops the pump"
-    return _Op(number, cmd, value * per_unit if cmd == "SYRINGELOAD" else value), None  # type: ignore[operator]
+    if cmd != "SYRINGELOAD":
+        return _Op(number, cmd, value), None
+    if per_unit is None:
+        return None, _NO_CALIBRATION
+    if value <= 0:
+        return None, "SYRINGELOAD takes a speed > 0; SYRINGESTOP stops the pump"
+    return _Op(number, cmd, value * per_unit), None
 
 
 def _script_ops(text: str, per_unit: float | None) -> tuple[list[_Op], list[tuple[int, str]]]:
@@ -451,7 +452,8 @@ def _script_steps(ops: list[_Op]) -> list[tuple[int, type[_Step], dict[str, Any]
             ((advance, rate), settle) = gap or ((0.0, None), 0.0)
             made.append((op.line, CaptureStep, dict(count=count, duration_s=op.value, advance_ul=advance,
                                                     advance_rate_ul_min=rate, settle_s=settle)))
-        elif op.cmd == "SYRINGELOAD" and flow == 0 and [o.cmd for o in ops[i:i + 2]] == ["DELAY", "SYRINGESTOP"]:
+        elif (op.cmd == "SYRINGELOAD" and flow == 0
+              and [o.cmd for o in ops[i:i + 2]] == ["DELAY", "SYRINGESTOP"]):
             made.append((op.line, PumpStep, dict(flush_ul=op.value * ops[i].value / 60.0,
                                                  flush_rate_ul_min=op.value)))
             i += 2
@@ -478,6 +480,8 @@ def _parse_nanosight(text: str, source: str, per_unit: float | None) -> Sop:
             errors += [(number, _describe(e, model, at, tuple(e["loc"]))) for e in exc.errors()]
     if errors:
         raise _refuse([line for _, line in sorted(errors, key=lambda e: e[0])])
+    if not steps:
+        raise _refuse([f"{source}: SOP has no capture step (no script commands at all)"])
     try:
         return Sop(name="NanoSight script", method="nta", steps=steps, source=source)
     except ValidationError as exc:

@@ -118,14 +118,29 @@ def _dispense(pump: Any, volume_ul: float, rate_ul_min: float, what: str, run: _
     pump.set_volume_ul(volume_ul)
     before = pump.dispensed_ul()
     expected_s = volume_ul / rate_ul_min * 60.0
-    limit_s = expected_s * DISPENSE_MARGIN + DISPENSE_SLACK_S
     run.report(f"pump: {what} {volume_ul:g} uL at {rate_ul_min:g} uL/min (about {expected_s:.0f} s)")
     pump.run()
+    try:
+        if not _wait_dispensed(pump, volume_ul, rate_ul_min, what, before, expected_s, run):
+            return False
+    except BaseException:
+        _stop_quietly(pump)
+        raise
+    moved = pump.dispensed_ul() - before
+    if moved < volume_ul * (1.0 - DISPENSE_TOLERANCE) - 0.01:
+        raise DeviceError(f"pump: {what} stopped after {moved:g} of {volume_ul:g} uL "
+                          "(stalled, or the syringe is empty?)")
+    run.report(f"pump: {what} done, {moved:g} uL")
+    return True
+
+
+def _wait_dispensed(pump: Any, volume_ul: float, rate_ul_min: float, what: str, before: float,
+                    expected_s: float, run: _Clock) -> bool:
+    limit_s = expected_s * DISPENSE_MARGIN + DISPENSE_SLACK_S
     start = next_report = run.now()
     while pump.running():
         now = run.now()
         if now - start > limit_s:
-            pump.stop()
             raise DeviceError(f"pump: {what} of {volume_ul:g} uL at {rate_ul_min:g} uL/min did not "
                               f"finish within {limit_s:.0f} s ({pump.dispensed_ul() - before:g} uL moved)")
         if now >= next_report:
@@ -136,12 +151,14 @@ def _dispense(pump: Any, volume_ul: float, rate_ul_min: float, what: str, run: _
             pump.stop()
             run.report(f"pump: {what} aborted, pump stopped")
             return False
-    moved = pump.dispensed_ul() - before
-    if moved < volume_ul * (1.0 - DISPENSE_TOLERANCE) - 0.01:
-        raise DeviceError(f"pump: {what} stopped after {moved:g} of {volume_ul:g} uL "
-                          "(stalled, or the syringe is empty?)")
-    run.report(f"pump: {what} done, {moved:g} uL")
     return True
+
+
+def _stop_quietly(pump: Any) -> None:
+    try:
+        pump.stop()
+    except Exception:  # the error being raised says more than a failed stop would
+        pass
 
 
 def _pump(step: PumpStep, pump: Any, run: _Clock) -> bool:

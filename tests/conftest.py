@@ -43,3 +43,13 @@ def daemon(tmp_path_factory):
     if d.process.poll() is None:
         assert d.stop() == 0, d.log.read_text()
     assert "Traceback" not in d.log.read_text(), d.log.read_text()
+
+
+def laser_settings(status: dict, instrument: str = "nta") -> dict:
+    """The laser's present settings in a ``status`` reply."""
+    return status["instruments"][instrument]["devices"]["laser"]["settings"]
+
+
+def active_state(status: dict, instrument: str = "nta") -> str | None:
+    """The state of the run active on an instrument (None when idle)."""
+    return next((r["state"] for r in status["runs"] if r["instrument"] == instrument and r["state"] != "queued"), None)

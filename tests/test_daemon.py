@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import zmq
 
-from conftest import RunningDaemon, load_schema, run_cli
+from conftest import RunningDaemon, active_state, laser_settings, load_schema, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,7 @@ def test_acquire_nta_publishes_documents_matching_the_protocol(daemon):
     schemas = {topic: load_schema(topic) for topic in ("run.state", "nta.progress", "nta.result")}
     for topic, document, _ in mine:
         jsonschema.validate(document, schemas[topic])
-        assert document["schema"] == f"exoacq.{topic}/1"
+        assert document["schema"] == f"exoacq.{topic}/{2 if topic == 'run.state' else 1}"
         assert document["time"].endswith("Z")
 
     states = [d["state"] for t, d, _ in mine if t == "run.state"]
@@ -170,8 +170,14 @@ def test_status_json_tells_endpoints_and_instruments(daemon):
     status = json.loads(proc.stdout)
     assert status["endpoints"]["control"] == daemon.control
     assert status["simulated"] is True
-    assert status["instruments"]["laser"]["emission"] is False
-    assert status["instruments"]["camera"]["frame_rate_hz"] == 25.0
+    assert status["schema"] == "exoacq.status/2"
+    assert status["methods"]["nta"]["instruments"] == ["nta"]
+    nta = status["instruments"]["nta"]
+    assert nta["method"] == "nta" and nta["state"] == "idle"
+    assert laser_settings(status)["emission"] is False
+    assert nta["devices"]["laser"]["interlock"] == "closed"
+    assert nta["devices"]["camera"]["settings"]["frame_rate_hz"] == 25.0
+    assert {d["state"] for d in nta["devices"].values()} == {"connected"}
 
 
 def test_stop_aborts_the_run_and_switches_the_laser_off(daemon):
@@ -179,11 +185,10 @@ def test_stop_aborts_the_run_and_switches_the_laser_off(daemon):
     with plain_subscriber(daemon.endpoints["results"], b"run.state") as sub, ControlClient(daemon.control) as client:
         run_id = client.request("acquire", method="nta", duration_s=60, captures=1, sample="to-stop")["run_id"]
         deadline = time.monotonic() + 20
-        while client.request("status")["current_run"] is None or \
-                client.request("status")["current_run"]["state"] != "acquiring":
+        while active_state(client.request("status")) != "acquiring":
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        assert client.request("status")["instruments"]["laser"]["emission"] is True
+        assert laser_settings(client.request("status"))["emission"] is True
         proc = run_cli("stop", "--control", daemon.control)
         assert proc.returncode == 0 and f"run {run_id}: aborting" in proc.stdout
         states = []
@@ -195,7 +200,7 @@ def test_stop_aborts_the_run_and_switches_the_laser_off(daemon):
                 states.append(doc["state"])
                 if doc["state"] == "aborted":
                     assert doc["error"] == "stopped by the operator"
-        assert client.request("status")["instruments"]["laser"]["emission"] is False
+        assert laser_settings(client.request("status"))["emission"] is False
         assert client.request("run", run_id=run_id)["state"] == "aborted"
         again = run_cli("stop", "--control", daemon.control)
         assert again.returncode == 1 and again.stderr.strip() == "exoacq: error: no run in progress"
@@ -210,7 +215,8 @@ def test_watch_prints_documents_as_json_lines(daemon):
     out, _ = watcher.communicate(timeout=30)
     lines = [json.loads(line) for line in out.splitlines()]
     assert [d["state"] for d in lines] == ["queued", "preparing", "acquiring"]
-    assert all(d["schema"] == "exoacq.run.state/1" for d in lines)
+    assert all(d["schema"] == "exoacq.run.state/2" for d in lines)
+    assert all(d["instrument"] == "nta" for d in lines)
 
 
 def test_sigterm_aborts_the_run_and_exits_cleanly(tmp_path):
@@ -219,7 +225,7 @@ def test_sigterm_aborts_the_run_and_exits_cleanly(tmp_path):
     with ControlClient(d.control) as client:
         run_id = client.request("acquire", method="nta", duration_s=60, captures=1, sample="sigterm")["run_id"]
         deadline = time.monotonic() + 20
-        while (client.request("status")["current_run"] or {}).get("state") != "acquiring":
+        while active_state(client.request("status")) != "acquiring":
             assert time.monotonic() < deadline
             time.sleep(0.1)
     t0 = time.monotonic()
@@ -238,10 +244,10 @@ def test_sigterm_aborts_the_run_and_exits_cleanly(tmp_path):
 def test_frames_the_tracker_cannot_take_are_counted_not_hidden(tmp_path):
     # A camera faster than the tracking core (1280 x 1024 at 30 frames/s into trackpy.locate, ~10 frames/s).
     config = tmp_path / "fast.toml"
-    config.write_text("[daemon]\nframe_queue = 2\n"
-                      "[instruments.laser]\nsimulated = true\n"
-                      "[instruments.camera]\nwidth = 1280\nheight = 1024\nframe_rate_hz = 30.0\nexposure_ms = 10.0\n"
-                      "[nta]\ndetector = \"trackpy\"\n")
+    from exoacq.nta.bench import simulated_instrument_toml
+    config.write_text(simulated_instrument_toml(
+        camera={"width": 1280, "height": 1024, "frame_rate_hz": 30.0, "exposure_ms": 10.0},
+        settings={"frame_queue": 2, "detector": "trackpy"}))
     d = RunningDaemon.__new__(RunningDaemon)
     from exoacq.demo import start_daemon
     d.data_dir, d.log = tmp_path / "data", tmp_path / "daemon.log"
@@ -270,10 +276,10 @@ def test_a_crashed_tracking_core_fails_the_run_and_is_restarted(tmp_path):
     d = RunningDaemon(tmp_path)
     try:
         with ControlClient(d.control) as client:
-            old_pid = client.request("status")["tracker"]["pid"]
+            old_pid = client.request("status")["instruments"]["nta"]["service"]["tracker"]["pid"]
             run_id = client.request("acquire", method="nta", duration_s=60, captures=1, sample="crash")["run_id"]
             deadline = time.monotonic() + 20
-            while (client.request("status")["current_run"] or {}).get("state") != "acquiring":
+            while active_state(client.request("status")) != "acquiring":
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
             os.kill(old_pid, signals.SIGKILL)
@@ -284,12 +290,12 @@ def test_a_crashed_tracking_core_fails_the_run_and_is_restarted(tmp_path):
             record = client.request("run", run_id=run_id)
             assert record["error"] == "the tracking core exited with code -9"
             status = client.request("status")
-            assert status["instruments"]["laser"]["emission"] is False
+            assert laser_settings(status)["emission"] is False
             deadline = time.monotonic() + 60
-            while not client.request("status")["tracker"]["ready"]:
+            while not client.request("status")["ready"]:
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
-            assert client.request("status")["tracker"]["pid"] != old_pid
+            assert client.request("status")["instruments"]["nta"]["service"]["tracker"]["pid"] != old_pid
         proc = run_cli("acquire", "nta", "--duration", "2", "--captures", "1", "--json", "--control", d.control)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["frames"]["processed"] == 50

@@ -36,7 +36,7 @@ def inprocess_daemon(tmp_path):
 
 
 def test_shutdown_during_a_run_turns_the_laser_off(inprocess_daemon):
-    laser = inprocess_daemon.instruments.simulators["laser"]
+    laser = inprocess_daemon.runners["nta"].instrument.slots["laser"].simulator
     with ControlClient(inprocess_daemon.config.daemon.control) as client:
         client.request("acquire", method="nta", duration_s=60, captures=1)
         deadline = time.monotonic() + 20
@@ -59,7 +59,7 @@ def wait_for_state(client, run_id, states, timeout_s=30.0):
 
 
 def test_an_open_interlock_fails_the_run_with_the_lasers_own_words(inprocess_daemon):
-    laser = inprocess_daemon.instruments.simulators["laser"]
+    laser = inprocess_daemon.runners["nta"].instrument.slots["laser"].simulator
     laser.interlock_open = True
     with ControlClient(inprocess_daemon.config.daemon.control) as client:
         run_id = client.request("acquire", method="nta", duration_s=2, captures=1)["run_id"]

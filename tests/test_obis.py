@@ -12,9 +12,11 @@ import tty
 from collections.abc import Iterator
 
 import pytest
+import serial
+from pydantic import ValidationError
 
 from exoacq.devices import Laser
-from exoacq.drivers.obis import ObisLaser
+from exoacq.drivers.obis import DRIVER, ObisLaser, ObisOptions
 from exoacq.drivers.obis_sim import ObisSimulator
 from exoacq.errors import DeviceError
 
@@ -234,3 +236,86 @@ def test_silent_port_times_out(silent_port: str) -> None:
     assert 0.15 < elapsed < 0.6
     with pytest.raises(DeviceError, match="not connected"):
         laser.identify()
+
+
+# -- registry declaration, operator settings, simulator life cycle ----------------
+def test_driver_declaration_and_options() -> None:
+    assert (DRIVER.name, DRIVER.kind, DRIVER.options) == ("obis", "laser", ObisOptions)
+    options = ObisOptions()
+    assert (options.port, options.timeout_s, options.power_mw) == ("/dev/ttyUSB0", 1.0, None)
+    for bad in ({"timeout_s": 0}, {"timeout_s": 31}, {"power_mw": 0}, {"power_mw": 1001},
+                {"baudrate": 9600}):
+        with pytest.raises(ValidationError):
+            ObisOptions(**bad)
+
+
+def test_driver_open_returns_an_unconnected_laser() -> None:
+    options = ObisOptions(port="/dev/ttyACM3", timeout_s=2.5)
+    laser = DRIVER.open(options, None, {})
+    assert isinstance(laser, ObisLaser)
+    assert (laser.port, laser.timeout_s) == ("/dev/ttyACM3", 2.5)
+    assert DRIVER.open(options, "/dev/pts/9", {}).port == "/dev/pts/9"
+    with pytest.raises(DeviceError, match="not connected"):
+        laser.power_mw()
+
+
+def test_driver_simulator_serves_the_driver() -> None:
+    options = ObisOptions(power_mw=20, timeout_s=0.5)
+    assert DRIVER.simulator is not None
+    simulator = DRIVER.simulator(options)
+    assert isinstance(simulator, ObisSimulator)
+    assert simulator.address == ""  # not started
+    with simulator:
+        laser = DRIVER.open(options, simulator.address, {})
+        laser.connect()
+        try:
+            assert simulator.transcript == CONNECT + [
+                ("rx", "SOUR:POW:LEV:IMM:AMPL 0.02"), ("tx", "OK")]
+        finally:
+            laser.close()
+
+
+def test_power_setting_for_operators(sim: ObisSimulator, laser: ObisLaser) -> None:
+    setting = ObisLaser.settings["power_mw"]
+    assert (setting.unit, setting.minimum, setting.limit(laser)) == ("mW", 0.0, 50.0)
+    getattr(laser, setting.set)(12.5)
+    assert getattr(laser, setting.get)() == 12.5
+    assert sim.transcript == [
+        ("rx", "SOUR:POW:LEV:IMM:AMPL 0.0125"), ("tx", "OK"),
+        ("rx", "SOUR:POW:LEV:IMM:AMPL?"), ("tx", "0.01250"), ("tx", "OK"),
+    ]
+
+
+def test_connect_after_another_program_left_handshaking_off(sim: ObisSimulator) -> None:
+    with serial.Serial(sim.port, timeout=1) as other:
+        other.write(b"SYSTem:COMMunicate:HANDshaking OFF\r\n")
+        other.write(b"SYST:COMM:HAND?\r\n")
+        assert other.read(5) == b"OFF\r\n"  # and no OK
+    sim.clear_transcript()
+    laser = ObisLaser(sim.port, timeout_s=0.5)
+    laser.connect()
+    try:
+        assert sim.transcript == CONNECT  # SYST:COMM:HAND ON is answered with OK
+    finally:
+        laser.close()
+
+
+def test_driver_after_power_cycle_with_autostart(sim: ObisSimulator, laser: ObisLaser) -> None:
+    laser.write("SYST:AUT ON")
+    laser.set_power_mw(7.5)
+    sim.power_cycle()  # CDRH stays off (set at connect): emission starts at power-up
+    assert laser.emission() is True
+    assert laser.power_mw() == 7.5
+    assert laser.status() == ["laser emission", "laser ready"]
+    assert sim.emitted_power_mw == 7.5
+    laser.close()
+    assert sim.emitted_power_mw == 0.0
+
+
+def test_driver_reads_the_documented_information_queries(laser: ObisLaser) -> None:
+    assert laser.ask("SYSTem:INFormation:MODel?") == "OBIS 488nm LX 50mW"
+    assert laser.ask("SYST:INF:TYP?") == "DDL"
+    assert laser.ask("SOUR:POW:NOM?") == "0.05000"
+    assert laser.ask("SYST:HOUR?") == "123.45"
+    with pytest.raises(DeviceError, match="ERR-241 device unavailable"):
+        laser.ask("SYST1:INF:MOD?")

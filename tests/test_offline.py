@@ -139,7 +139,7 @@ def test_calibrate_writes_a_calibration_that_analyze_uses(video, tmp_path):
                    "--dilution", "10", "--laser-power-mw", "40", "--bead-lot", "LOT-7", *ANALYSIS,
                    "--output", str(cal))
     assert proc.returncode == 0, proc.stderr
-    from exoacq.calibration import load_nta_calibration
+    from exoacq.nta.calibration import load_nta_calibration
     calibration = load_nta_calibration(cal)
     volume = calibration.result.detection_volume_nl
     # the simulated camera's shipped calibration is 0.074 nL; one 6 s video samples the sheet only a few times

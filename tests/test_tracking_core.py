@@ -13,6 +13,7 @@ import zmq
 
 from conftest import run_cli
 from exoacq.bus import ControlClient, loads
+from exoacq.nta.bench import simulated_instrument_toml
 from exoacq.demo import start_daemon, stop_daemon
 from exoacq.nta.analysis import TrackingParameters
 from exoacq.nta.tracker import Linker
@@ -75,11 +76,12 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_local_workers_share_the_frames(tmp_path):
     config = tmp_path / "two.toml"
-    config.write_text("[tracking]\nworkers = 2\n[instruments.laser]\nsimulated = true\n")
+    config.write_text(simulated_instrument_toml(settings={"calibration": "calibrations/nta/simulated-camera.toml"},
+                                                tracking={"workers": 2}))
     process, control = start_daemon(tmp_path / "data", tmp_path / "daemon.log", extra=["--config", str(config)])
     try:
         with ControlClient(control) as client:
-            assert len(client.request("status")["tracker"]["workers"]["local"]) == 2
+            assert len(client.request("status")["instruments"]["nta"]["service"]["tracker"]["workers"]["local"]) == 2
         proc = run_cli("acquire", "nta", "--duration", "3", "--captures", "1", "--json", "--control", control)
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
@@ -94,14 +96,13 @@ def test_two_local_workers_share_the_frames(tmp_path):
 def test_a_worker_started_elsewhere_serves_the_daemon(tmp_path):
     frames, features = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
     config = tmp_path / "remote.toml"
-    config.write_text(f'[tracking]\nworkers = 0\nframes = "{frames}"\nfeatures = "{features}"\n'
-                      "[instruments.laser]\nsimulated = true\n")
+    config.write_text(simulated_instrument_toml(tracking={"workers": 0, "frames": frames, "features": features}))
     process, control = start_daemon(tmp_path / "data", tmp_path / "daemon.log", extra=["--config", str(config)])
     worker = subprocess.Popen([sys.executable, "-m", "exoacq", "worker", "--frames", frames, "--features", features])
     try:
         with ControlClient(control) as client:
             deadline = time.monotonic() + 60
-            while client.request("status")["tracker"]["workers"]["ready"] < 1:
+            while client.request("status")["instruments"]["nta"]["service"]["tracker"]["workers"]["ready"] < 1:
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
         proc = run_cli("acquire", "nta", "--duration", "2", "--captures", "1", "--json", "--control", control)
@@ -117,8 +118,8 @@ def test_a_worker_started_elsewhere_serves_the_daemon(tmp_path):
 @pytest.mark.slow
 def test_daemon_and_offline_analysis_agree_on_the_same_frames(tmp_path):
     config = tmp_path / "save.toml"
-    config.write_text('[instruments.laser]\nsimulated = true\n[nta]\nsave_frames = true\n'
-                      'calibration = "calibrations/nta/simulated-camera.toml"\n')
+    config.write_text(simulated_instrument_toml(settings={"save_frames": True,
+                                                          "calibration": "calibrations/nta/simulated-camera.toml"}))
     process, control = start_daemon(tmp_path / "data", tmp_path / "daemon.log", extra=["--config", str(config)])
     try:
         proc = run_cli("acquire", "nta", "--duration", "4", "--captures", "1", "--dilution", "10", "--json", "--control", control)

@@ -19,7 +19,7 @@ from datetime import date
 
 import numpy as np
 
-from exoacq.config import CameraConfig, NTAAnalysisConfig
+from exoacq.nta.settings import NTASettings as NTAAnalysisConfig, SimulatedCameraOptions as CameraConfig
 from exoacq.drivers.simulated_nta import SampleComponent, make_simulated_nta
 from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features
 

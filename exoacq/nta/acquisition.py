@@ -151,7 +151,7 @@ class NTAAcquisition:
 
     def exec(self, run: Run) -> dict[str, Any]:
         """The run's steps (a SOP's, or its captures), in order; returns the summed counters."""
-        from exoacq.sop_steps import advance_sample, run_device_step
+        from exoacq.sop_steps import between_captures, run_device_step
 
         steps = list(run.sop.steps) if run.sop is not None else [
             CapturePlan(run.settings["captures"], run.settings["duration_s"])]
@@ -165,11 +165,12 @@ class NTAAcquisition:
                 for k in range(step.count):
                     if run.abort.is_set():
                         break
-                    if k > 0 and step.advance_ul > 0:
-                        self._report_step(run, index, len(steps), step,
-                                          f"advancing the sample {step.advance_ul:g} uL before capture {k + 1}")
-                        advance_sample(devices["pump"], step.advance_ul, step.advance_rate_ul_min, abort=run.abort,
-                                       report=lambda text: None)
+                    if k > 0 and run.sop is not None:  # fresh sample and the pause a SOP asks for
+                        report = lambda text, i=index, s=step: self._report_step(run, i, len(steps), s, text)
+                        between_captures(step, devices, abort=run.abort, report=report,
+                                         flow_ul_min=run.sop.flow_ul_min_before(index - 1))
+                        if run.abort.is_set():
+                            break
                     self._light_on(run)
                     self._add(totals, self._one_capture(run, step.duration_s))
             elif step.step in ("analyse", "export"):

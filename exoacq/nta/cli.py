@@ -120,7 +120,7 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
 
 def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]]:
     """TrackingParameters for an offline analysis from the command line; with warnings."""
-    from exoacq.calibration import check_optics, load_nta_calibration
+    from exoacq.nta.calibration import check_optics, load_nta_calibration
     from exoacq.nta.analysis import TrackingParameters
 
     warnings = []
@@ -221,7 +221,7 @@ def write_exports(args: argparse.Namespace, document: dict[str, Any], params: An
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from exoacq.calibration import BeadStandard, NTAOptics, block_standard_error, nta_calibration_text
+    from exoacq.nta.calibration import BeadStandard, NTAOptics, block_standard_error, nta_calibration_text
     if args.calibration:
         raise ExoacqError("calibrate measures a calibration: --calibration does not apply", code="usage")
     summary, params, _ = analyze_with_progress(args, [args.output])

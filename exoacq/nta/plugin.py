@@ -99,6 +99,9 @@ class NTAMethod(Method):
         at the simulated sample's temperature."""
         from exoacq.nta.calibration import check_optics, load_nta_calibration
 
+        holder = instrument.context.get("simulators", {}).get("temperature")
+        if holder is not None and hasattr(holder, "start_at"):
+            holder.start_at(instrument.config.sample.temperature_c)
         nta = instrument.config.options
         camera = instrument.device("camera")
         if nta.calibration is not None:
