@@ -49,9 +49,8 @@ class DeviceSlot:
         """Start the simulator (if simulated and not running) and connect the driver."""
         address = None
         if self.config.simulated and self.driver.simulator is not None:
-            if self.simulator is None:
+            if self.simulator is None:  # started once: an unplugged simulator stays unplugged until replugged
                 self.simulator = self.driver.simulator(self.config.options)
-            if not getattr(self.simulator, "address", ""):
                 self.simulator.start()
             address = self.simulator.address
             context.setdefault("simulators", {})[self.role] = self.simulator

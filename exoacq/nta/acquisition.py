@@ -183,10 +183,12 @@ class NTAAcquisition:
         return totals
 
     def _report_step(self, run: Run, index: int, of: int, step: Any, detail: str | None = None) -> None:
+        """A SOP's step (or progress within one) for run.state; a run without a SOP has no steps."""
+        if run.sop is None:
+            return
         if detail is None:
             from exoacq.sop import describe_step
-            detail = describe_step(step) if run.sop is not None else (
-                f"{step.count} capture(s) of {step.duration_s:g} s")
+            detail = describe_step(step)
         self.emit({"event": "step", "run_id": run.run_id, "index": index, "of": of, "step": step.step,
                    "detail": detail})
 
