@@ -275,15 +275,15 @@ class Daemon:
             if self.control in ready:
                 self._on_control(self.control.recv_multipart())
             while self.events.poll(0):
-                self._on_event(loads(self.events.recv()))
+                self._guarded(self._on_event, loads(self.events.recv()))
             for socket, callback in self._watched.items():
                 if socket in ready:
-                    callback()
+                    self._guarded(callback)
             if time.monotonic() - self._last_progress >= PROGRESS_INTERVAL_S:
                 self._last_progress = time.monotonic()
                 for runner in self.runners.values():
-                    self._publish_progress(runner.current)
-                    self._supervise(runner)
+                    self._guarded(self._publish_progress, runner.current)
+                    self._guarded(self._supervise, runner)
 
     def shutdown(self) -> None:
         """Abort runs in progress and queued ones, switch the lasers off, stop the services. Fast (< 5 s)."""
@@ -591,6 +591,16 @@ class Daemon:
             runner.service.on_event(status, event)
             if status is not None:
                 break
+
+    def _guarded(self, function, *args: Any) -> None:
+        """A method's hook (or the event it handles) failed: log it, fail the run it concerned, keep serving."""
+        try:
+            function(*args)
+        except Exception as exc:
+            log.exception("internal error in %s", getattr(function, "__qualname__", function))
+            for status in list(self._runs.values()):
+                if status.state in ("processing",) and not status.result_stored:
+                    self._fail(status, f"internal error while processing: {type(exc).__name__}: {exc}")
 
     def _service(self, status: RunStatus) -> MethodService:
         return self.runners[status.run.instrument].service

@@ -46,15 +46,16 @@ def serve(config_path: Path | None = None, stop: threading.Event | None = None) 
     """Serve until SIGTERM/SIGINT (or ``stop``); exit status 0."""
     stop = stop or threading.Event()
     started = []
+    if threading.current_thread() is threading.main_thread():
+        # Before the first JSON line: a supervisor may stop us as soon as it has read them.
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         for name, driver, simulator in _simulators(config_path):
             simulator.start()
             started.append(simulator)
             print(json.dumps({"name": name, "driver": driver.name, "kind": driver.kind,
                               "port": simulator.address}), flush=True)
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            signal.signal(signal.SIGINT, lambda *_: stop.set())
         print(f"exoacq: serving {len(started)} simulator(s); stop with Ctrl-C or SIGTERM", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass

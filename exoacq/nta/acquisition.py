@@ -146,7 +146,6 @@ class NTAAcquisition:
                    "instruments": self.instrument.describe()})
         run.params = params
         run.locate = params.locate_options()
-        self.camera.start()
         return params
 
     def exec(self, run: Run) -> dict[str, Any]:
@@ -225,6 +224,15 @@ class NTAAcquisition:
         return counters
 
     def _capture(self, run: Run, output: Path, duration_s: float) -> dict[str, Any]:
+        """One video; the camera's frame clock starts with it (steps between captures take their time)."""
+        camera = self.camera
+        camera.start()
+        try:
+            return self._frames(run, output, duration_s)
+        finally:
+            camera.stop()
+
+    def _frames(self, run: Run, output: Path, duration_s: float) -> dict[str, Any]:
         camera = self.camera
         n_frames = max(1, math.ceil(duration_s * camera.frame_rate_hz))
         acquired = tracker_drops = sent = 0

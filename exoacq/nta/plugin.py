@@ -55,7 +55,11 @@ class NTAMethod(Method):
 
     def make_run(self, run_id: str, settings: dict[str, Any], output_dir: Path, instrument: str):
         from exoacq.nta.acquisition import Run
-        return Run(run_id, self.name, instrument, settings, output_dir)
+        run = Run(run_id, self.name, instrument, settings, output_dir)
+        if "sop" in settings:  # the steps, as validated with the request
+            from exoacq.sop import Sop
+            run.sop = Sop.model_validate(settings["sop"]["definition"])
+        return run
 
     def service(self, instrument: Any, context: Any):
         from exoacq.nta.service import NTAService

@@ -232,11 +232,14 @@ class NTAService(MethodService):
 
         captures = document.get("captures") or [document]
         csv, html = run.output_dir / "ExperimentSummary.csv", run.output_dir / "report.html"
+        calibration = None if self.settings.calibration is None else {
+            "file": str(self.settings.calibration), "detection_volume_nl": self.settings.detection_volume_nl,
+            "source": self.settings.detection_volume_source}
         try:
-            write_experiment_summary_csv(csv, captures, sample=run.settings["sample"],
-                                         settings=document["settings"])
-            write_html_report(html, captures, sample=run.settings["sample"], settings=document["settings"])
-        except (OSError, ExoacqError) as exc:
+            write_experiment_summary_csv(csv, captures, sample=run.settings["sample"], settings=document["settings"])
+            write_html_report(html, captures, sample=run.settings["sample"], settings=document["settings"],
+                              calibration=calibration)
+        except (OSError, ValueError, ExoacqError) as exc:
             document["warnings"].append(f"export failed: {exc}")
             return {}
         return {"summary_csv": str(csv), "report": str(html)}
