@@ -120,22 +120,30 @@ class InstrumentRunner:
                   "error": f"instrument {self.name}: not connected: {', '.join(missing)}"})
             return
         counters: dict[str, Any] = {}
+        failure: str | None = None
+        device_fault = False
         try:
-            try:
-                self.service.setup(run)
-                emit({"event": "state", "run_id": run.run_id, "state": "acquiring"})
-                counters = self.service.exec(run)
-            finally:
-                self.service.teardown(run)
+            self.service.setup(run)
+            emit({"event": "state", "run_id": run.run_id, "state": "acquiring"})
+            counters = self.service.exec(run)
         except ExoacqError as exc:
-            emit({"event": "state", "run_id": run.run_id, "state": "failed", "error": str(exc)})
-            if isinstance(exc, DeviceError):
-                self.instrument.healthy()  # a device that stopped answering is reconnected with backoff
-            return
+            failure, device_fault = str(exc), isinstance(exc, DeviceError)
         except Exception as exc:  # a bug: record it on the run, keep the daemon alive
             log.exception("run %s failed", run.run_id)
-            emit({"event": "state", "run_id": run.run_id, "state": "failed",
-                  "error": f"internal error: {type(exc).__name__}: {exc}"})
+            failure = f"internal error: {type(exc).__name__}: {exc}"
+        try:  # whatever happened: the hardware is left safe (laser off), and the first cause is kept
+            self.service.teardown(run)
+        except ExoacqError as exc:
+            failure = f"{failure}; while making the instrument safe: {exc}" if failure else str(exc)
+            device_fault = device_fault or isinstance(exc, DeviceError)
+        except Exception as exc:
+            log.exception("teardown of run %s failed", run.run_id)
+            failure = f"{failure}; " if failure else ""
+            failure += f"internal error while making the instrument safe: {type(exc).__name__}: {exc}"
+        if failure is not None:
+            emit({"event": "state", "run_id": run.run_id, "state": "failed", "error": failure})
+            if device_fault:
+                self.instrument.healthy()  # a device that stopped answering is reconnected with backoff
             return
         if run.abort.is_set():
             emit({"event": "state", "run_id": run.run_id, "state": "aborted", "counters": counters,

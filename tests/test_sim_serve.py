@@ -118,14 +118,22 @@ def sim_serve(*args: str, count: int, signum: int = signal.SIGTERM) -> Iterator[
     """``exoacq sim serve ARGS`` with its first ``count`` JSON lines read; stopped with
     SIGTERM (or ``signum``) on the way out, always, which must give exit status 0 and nothing
     more on stdout."""
-    process = subprocess.Popen([*EXOACQ, "sim", "serve", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    served = Served(process)
+    served = start_sim_serve(*args)
     try:
         served.read_records(count)
         yield served
     finally:
-        status, rest, stderr = served.stop(signum)
+        stopped = served.stop(signum)
+    check_stopped(*stopped, count=count)
+
+
+def start_sim_serve(*args: str) -> Served:
+    return Served(subprocess.Popen([*EXOACQ, "sim", "serve", *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True))
+
+
+def check_stopped(status: int, rest: str, stderr: str, *, count: int) -> None:
+    """Stopped by a signal: exit status 0, nothing on stdout after the JSON lines, no traceback."""
     assert status == 0, stderr
     assert rest == "", f"sim serve printed more than its JSON lines: {rest!r}"
     assert "Traceback" not in stderr, stderr
@@ -134,6 +142,25 @@ def sim_serve(*args: str, count: int, signum: int = signal.SIGTERM) -> Iterator[
 
 def run_exoacq(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*EXOACQ, *args], capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+
+
+def run_exoacq_concurrently(commands: dict[str, list[str]]) -> dict[str, tuple[int, str, str]]:
+    """Several ``exoacq`` commands at once (each start-up costs most of a second):
+    name -> (exit status, stdout, stderr)."""
+    processes = {name: subprocess.Popen([*EXOACQ, *args], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+                 for name, args in commands.items()}
+    results = {}
+    try:
+        for name, process in processes.items():
+            out, err = process.communicate(timeout=RUN_TIMEOUT_S)
+            results[name] = (process.returncode, out, err)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return results
 
 
 def with_simulators() -> dict[str, str]:
@@ -275,10 +302,9 @@ def test_sim_serve_simulators_answer_the_manuals_commands() -> None:
             manager.close()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_sim_serve_stops_cleanly_as_soon_as_its_lines_are_read(signum: int) -> None:
-    """A supervisor may stop it right after reading the JSON lines: still exit status 0."""
-    with sim_serve(count=len(with_simulators()), signum=signum):
+def test_sim_serve_stops_cleanly_as_soon_as_its_lines_are_read() -> None:
+    """A supervisor may send SIGTERM right after reading the JSON lines: still exit status 0."""
+    with sim_serve(count=len(with_simulators())):
         pass
 
 
@@ -311,7 +337,7 @@ setpoint_c = 25.0
 def test_sim_serve_config_serves_the_files_devices_by_instrument_and_role(tmp_path: Path) -> None:
     config = tmp_path / "rig.toml"
     config.write_text(NTA_RIG)
-    with sim_serve("--config", str(config), count=3) as served:
+    with sim_serve("--config", str(config), count=3, signum=signal.SIGINT) as served:  # Ctrl-C
         # In the file's order; the simulated camera has no simulator of its own: not served.
         assert [json.loads(line)["name"] for line in served.first_lines] == [
             "rig-a.laser", "rig-a.pump", "rig-a.temperature"]
@@ -325,36 +351,40 @@ def test_sim_serve_config_serves_the_files_devices_by_instrument_and_role(tmp_pa
             assert packet(port, b"VER\r") == STX + b"00SNE1000V3.928" + ETX
 
 
-@pytest.mark.parametrize(("text", "error"), [
-    ("[instruments.rig-a\nmethod = 'nta'\n", r"{path}: not valid TOML: .+"),
-    (NTA_RIG.replace('driver = "obis"', 'driver = "obsi"'),
-     r"{path}: instruments\.rig-a\.devices\.laser\.driver = 'obsi': unknown driver 'obsi'; installed: .+"),
-    ("[daemon]\ncontrol = 'tcp://127.0.0.1:5555'\n",
-     r"{path}: no device in it has a simulator to serve"),
-], ids=["not-toml", "unknown-driver", "nothing-to-serve"])
-def test_sim_serve_bad_config_is_one_line_and_exit_2(tmp_path: Path, text: str, error: str) -> None:
-    config = tmp_path / "bad.toml"
-    config.write_text(text)
-    result = run_exoacq("sim", "serve", "--config", str(config))
-    assert result.returncode == 2, result.stderr
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert re.fullmatch("exoacq: error: " + error.format(path=re.escape(str(config))), lines[0]), lines[0]
-
-
-def test_sim_serve_missing_config_file(tmp_path: Path) -> None:
-    missing = tmp_path / "nonesuch.toml"
-    result = run_exoacq("sim", "serve", "--config", str(missing))
-    assert (result.returncode, result.stdout) == (2, "")
-    assert result.stderr == f"exoacq: error: cannot read configuration {missing}: No such file or directory\n"
+def test_sim_serve_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Each: exit status 2, nothing on stdout, one line on stderr, no traceback."""
+    cases = {
+        "not-toml": ("[instruments.rig-a\nmethod = 'nta'\n", r"{path}: not valid TOML: .+"),
+        "unknown-driver": (NTA_RIG.replace('driver = "obis"', 'driver = "obsi"'),
+                           r"{path}: instruments\.rig-a\.devices\.laser\.driver = 'obsi': "
+                           r"unknown driver 'obsi'; installed: .+"),
+        "nothing-to-serve": ("[daemon]\ncontrol = 'tcp://127.0.0.1:5555'\n",
+                             r"{path}: no device in it has a simulator to serve"),
+        "missing-file": (None, r"cannot read configuration {path}: No such file or directory"),
+    }
+    paths = {}
+    for case, (text, _) in cases.items():
+        paths[case] = tmp_path / f"{case}.toml"
+        if text is not None:
+            paths[case].write_text(text)
+    results = run_exoacq_concurrently(
+        {case: ["sim", "serve", "--config", str(path)] for case, path in paths.items()})
+    for case, (_, error) in cases.items():
+        status, out, err = results[case]
+        assert (status, out) == (2, ""), (case, err)
+        lines = err.splitlines()
+        assert len(lines) == 1, (case, err)
+        expected = "exoacq: error: " + error.format(path=re.escape(str(paths[case])))
+        assert re.fullmatch(expected, lines[0]), (case, lines[0])
 
 
 # -- laser off -------------------------------------------------------------------------------
-def laser_config(obis_port: str, cobolt_port: str) -> str:
-    """Two NTA rigs with REAL laser drivers on the given ports; camera and thermometer simulated."""
+def laser_config(*lasers: tuple[str, str, bool]) -> str:
+    """One NTA rig per (driver, port, simulated) laser, named rig-1, rig-2, ...: the laser's
+    driver is the real one unless simulated; camera and thermometer are simulated."""
     rigs = []
-    for name, driver, port in (("rig-1", "obis", obis_port), ("rig-2", "cobolt", cobolt_port)):
+    for number, (driver, port, simulated) in enumerate(lasers, start=1):
+        name = f"rig-{number}"
         rigs.append(f"""
 [instruments.{name}]
 method = "nta"
@@ -362,6 +392,7 @@ method = "nta"
 [instruments.{name}.devices.laser]
 driver = "{driver}"
 port = "{port}"
+simulated = {str(simulated).lower()}
 
 [instruments.{name}.devices.camera]
 driver = "simulated-nta"
@@ -389,7 +420,7 @@ def test_laser_off_switches_every_real_laser_off(tmp_path: Path) -> None:
             exchange(port, b"l?\r", b"1\r\n")
 
         config = tmp_path / "exoacq.toml"
-        config.write_text(laser_config(obis, cobolt))
+        config.write_text(laser_config(("obis", obis, False), ("cobolt", cobolt, False)))
         result = run_exoacq("laser", "off", "--config", str(config))
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == ["rig-1.laser: emission off", "rig-2.laser: emission off"]
@@ -402,12 +433,14 @@ def test_laser_off_switches_every_real_laser_off(tmp_path: Path) -> None:
             exchange(port, b"l?\r", b"0\r\n")
             exchange(port, b"pa?\r", b"0.0000\r\n")
 
-        # A laser that cannot be reached: one line naming it, exit 1; the others are still
-        # switched off.
+        # A laser that cannot be reached: one line naming it, exit status 1; the other real
+        # laser is still switched off; a simulated one (it dies with the daemon that served
+        # it) is left alone.
         with serial.Serial(cobolt, 115200, timeout=1) as port:
             exchange(port, b"l1\r", b"OK\r\n")
         missing = "/dev/ttyUSB-exoacq-test-missing"
-        config.write_text(laser_config(missing, cobolt))
+        config.write_text(laser_config(("obis", missing, False), ("cobolt", cobolt, False),
+                                       ("obis", "/dev/ttyUSB-exoacq-test-unused", True)))
         result = run_exoacq("laser", "off", "--config", str(config))
         assert result.returncode == 1, result.stderr
         assert result.stdout.splitlines() == ["rig-2.laser: emission off"]
@@ -416,13 +449,3 @@ def test_laser_off_switches_every_real_laser_off(tmp_path: Path) -> None:
             f"port {missing} (No such file or directory)"]
         with serial.Serial(cobolt, 115200, timeout=1) as port:
             exchange(port, b"l?\r", b"0\r\n")
-
-
-def test_laser_off_skips_simulated_lasers(tmp_path: Path) -> None:
-    """A simulated laser dies with the daemon that served it: nothing to switch off."""
-    config = tmp_path / "exoacq.toml"
-    config.write_text(laser_config("/dev/ttyUSB-unused", "/dev/ttyUSB-unused").replace(
-        'driver = "obis"', 'driver = "obis"\nsimulated = true').replace(
-        'driver = "cobolt"', 'driver = "cobolt"\nsimulated = true'))
-    result = run_exoacq("laser", "off", "--config", str(config))
-    assert (result.returncode, result.stdout, result.stderr) == (0, "no real laser configured\n", "")

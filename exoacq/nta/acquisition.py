@@ -24,6 +24,9 @@ from exoacq.nta.analysis import TrackingParameters
 
 #: Acquisition counters are reported this often.
 REPORT_INTERVAL_S = 0.25
+#: While recording, the laser is asked this often whether it still emits (an interlock opened,
+#: a fault, a lost connection: the run fails instead of recording darkness).
+LASER_CHECK_S = 1.0
 MAX_DURATION_S = 3600.0
 MAX_CAPTURES = 100
 
@@ -240,6 +243,7 @@ class NTAAcquisition:
         camera_drops = 0
         t_start = time.monotonic()
         last_report = 0.0
+        last_laser_check = t_start
         recording = None
         if self.settings.save_frames:  # raw frames, for offline re-analysis (exoacq analyze)
             recording = np.lib.format.open_memmap(output / "frames.npy", mode="w+", dtype=camera.dtype,
@@ -273,6 +277,9 @@ class NTAAcquisition:
                 recording[header["frame_number"]] = frame
             acquired += 1
             now = time.monotonic()
+            if run.laser_on and now - last_laser_check >= LASER_CHECK_S:
+                last_laser_check = now
+                self._check_light()
             if now - last_report >= REPORT_INTERVAL_S:
                 last_report = now
                 self.emit({"event": "acquisition", "run_id": run.run_id, "capture": run.capture, **counters()})
@@ -286,6 +293,14 @@ class NTAAcquisition:
         final = counters()
         self.emit({"event": "acquisition", "run_id": run.run_id, "capture": run.capture, **final})
         return final
+
+    def _check_light(self) -> None:
+        if not self.laser.emission():
+            try:
+                faults = "; ".join(self.laser.faults()) or "no fault reported"
+            except DeviceError as exc:
+                faults = str(exc)
+            raise DeviceError(f"laser: emission stopped during the capture ({faults})")
 
     def teardown(self, run: Run) -> None:
         """Leave the hardware safe whatever happened; tell the tracker the run is over."""

@@ -110,7 +110,7 @@ class NTAService(MethodService):
             while not stop.is_set():
                 frame = np.empty((camera.height, camera.width), dtype=camera.dtype)
                 timestamp = camera.fill(frame)
-                features = locate_features(frame, params)
+                features = locate_features(frame, **params.locate_options())
                 counts.append(len(features["x"]))
                 header = {"run_id": None, "instrument": self.instrument.name, "preview": True,
                           "frame_number": frame_number, "timestamp": timestamp, "exposure_ms": camera.exposure_ms,
