@@ -29,10 +29,10 @@ def free_tcp_endpoint() -> str:
 
 
 def start_daemon(data_dir: Path, log_path: Path, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """Start ``exoacq daemon --simulated`` on free ports; return it and its control endpoint once it answers."""
+                 env: dict[str, str] | None = None, simulated: bool = True) -> tuple[subprocess.Popen, str]:
+    """Start ``exoacq daemon [--simulated]`` on free ports; return it and its control endpoint once it answers."""
     control = free_tcp_endpoint()
-    command = [sys.executable, "-m", "exoacq", "daemon", "--simulated", "--data-dir", str(data_dir),
+    command = [sys.executable, "-m", "exoacq", "daemon", *(["--simulated"] if simulated else []), "--data-dir", str(data_dir),
                "--control", control, "--results", free_tcp_endpoint(), "--frames", free_tcp_endpoint(),
                *(extra or [])]
     log = open(log_path, "wb")

@@ -282,8 +282,8 @@ def test_sim_serve_simulators_answer_the_manuals_commands() -> None:
             controller = manager.open_resource(served.port("ted4015"), read_termination="\n",
                                                write_termination="\n", timeout=5000)
             try:
-                maker, model, serial_number, firmware = controller.query("*IDN?").split(",")
-                assert (maker, model) == ("THORLABS", "TED4015")
+                maker, model, serial_number, _firmware = controller.query("*IDN?").split(",")
+                assert (maker, model) == ("THORLABS", "TED4015") and serial_number
                 assert controller.query("SYST:ERR?") == '+0,"No error"'
                 controller.write("SOUR:TEMP 30")
                 assert controller.query("SOUR:TEMP?") == "3.000000E+01"
