@@ -107,7 +107,7 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p = sub.add_parser("sim", help="hardware simulators for other programs (vendor tools, scripts)")
     sim = p.add_subparsers(dest="what", required=True, metavar="ACTION", parser_class=_Parser)
     p = sim.add_parser("serve", help="serve simulated devices on real transports until stopped; one JSON line "
-                                     "per simulator (name, driver, port) first")
+                                     "per simulator (name, driver, kind, port) first")
     p.add_argument("--config", type=Path, help="serve the simulated twins of this configuration's devices "
                                                "(default: one of each driver that has a simulator)")
     p.set_defaults(func=cmd_sim_serve)

@@ -244,8 +244,11 @@ def resolve_instrument(name: str, instrument: InstrumentConfig, registry: Regist
 
 def _simulated_twin(method: Any, role: str, device: DeviceConfig, registry: Registry) -> DeviceConfig:
     """The device itself if its driver has a simulated twin, else the method's simulation of the role."""
-    driver = registry.drivers.get(device.driver)
-    if driver is not None and (driver.simulator is not None or driver.simulation_only):
+    try:
+        driver = registry.driver(device.driver)
+    except ConfigError:
+        return device  # reported as an unknown driver by the caller
+    if driver.simulator is not None or driver.simulation_only:
         return device
     substitute = method.simulated_instrument()["devices"].get(role)
     if substitute is None:

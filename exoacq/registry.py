@@ -17,7 +17,7 @@ socket) so that the *real* driver is what talks to it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable, Protocol
 
@@ -79,42 +79,54 @@ class Driver:
             raise ValueError(f"driver {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
 
 
-@dataclass
 class Registry:
-    """The drivers and methods installed, by name."""
+    """The drivers and methods installed, by name; each plugin is imported when first asked for
+    (a command that needs no driver never imports one)."""
 
-    drivers: dict[str, Driver] = field(default_factory=dict)
-    methods: dict[str, Any] = field(default_factory=dict)
-    #: Plugins that failed to load, by name, with the reason (reported when one is asked for).
-    broken: dict[tuple[str, str], str] = field(default_factory=dict)
+    def __init__(self, drivers: dict[str, Any] | None = None, methods: dict[str, Any] | None = None):
+        self._points = {"driver": dict(drivers or {}), "method": dict(methods or {})}
+        self._loaded: dict[tuple[str, str], Any] = {}
+        #: Plugins that failed to load, by (kind, name), with the reason (reported when one is asked for).
+        self.broken: dict[tuple[str, str], str] = {}
+
+    @property
+    def drivers(self) -> dict[str, Driver]:
+        return self._all("driver")
+
+    @property
+    def methods(self) -> dict[str, Any]:
+        return self._all("method")
 
     def driver(self, name: str) -> Driver:
-        return self._get(self.drivers, "driver", name)
+        return self._get("driver", name)
 
     def method(self, name: str) -> Any:
-        return self._get(self.methods, "method", name)
+        return self._get("method", name)
 
-    def _get(self, table: dict[str, Any], what: str, name: str) -> Any:
-        if name in table:
-            return table[name]
+    def _load(self, what: str, name: str) -> Any:
+        if (what, name) not in self._loaded and (what, name) not in self.broken:
+            point = self._points[what][name]
+            try:
+                self._loaded[what, name] = point.load() if hasattr(point, "load") else point
+            except Exception as exc:  # a broken plugin must not take the others down with it
+                self.broken[what, name] = f"{point.value}: {type(exc).__name__}: {exc}"
+        return self._loaded.get((what, name))
+
+    def _all(self, what: str) -> dict[str, Any]:
+        loaded = {name: self._load(what, name) for name in self._points[what]}
+        return {name: plugin for name, plugin in loaded.items() if plugin is not None}
+
+    def _get(self, what: str, name: str) -> Any:
+        if name in self._points[what] and (plugin := self._load(what, name)) is not None:
+            return plugin
         if (what, name) in self.broken:
             raise ConfigError(f"{what} {name!r} is installed but cannot be loaded: {self.broken[what, name]}",
                               code=f"unknown_{what}")
-        raise ConfigError(f"unknown {what} {name!r}; installed: {', '.join(sorted(table))}", code=f"unknown_{what}")
-
-
-def _load(group: str, broken: dict, what: str) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for point in entry_points(group=group):
-        try:
-            found[point.name] = point.load()
-        except Exception as exc:  # a broken plugin must not take the others down with it
-            broken[what, point.name] = f"{point.value}: {type(exc).__name__}: {exc}"
-    return found
+        raise ConfigError(f"unknown {what} {name!r}; installed: {', '.join(sorted(self._points[what]))}",
+                          code=f"unknown_{what}")
 
 
 def installed() -> Registry:
     """Everything installed, read from the entry points now (no global cache)."""
-    broken: dict = {}
-    return Registry(drivers=_load(DRIVER_GROUP, broken, "driver"), methods=_load(METHOD_GROUP, broken, "method"),
-                    broken=broken)
+    return Registry(drivers={p.name: p for p in entry_points(group=DRIVER_GROUP)},
+                    methods={p.name: p for p in entry_points(group=METHOD_GROUP)})

@@ -3,7 +3,7 @@
 ``sim serve`` starts simulated devices on their real transports (a
 pseudo-terminal for a serial device, a loopback socket behind a VISA resource
 string for a VISA one) and prints one JSON line per simulator, before
-anything else: ``{"name", "driver", "port"}``. Any program can then talk to
+anything else: ``{"name", "driver", "kind", "port"}``. Any program can then talk to
 them: a vendor tool, a pyserial script, pyvisa with the pure-Python backend.
 
 ``laser off`` is the separate guard that systemd runs after the daemon has

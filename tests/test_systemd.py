@@ -22,6 +22,8 @@ def test_unit_verifies(tmp_path, name, command):
     exoacq = Path(sys.executable).parent / "exoacq"
     unit = (ROOT / "systemd" / name).read_text()
     assert f"/opt/exoacq/.venv/bin/exoacq {command}" in unit
+    if name == "exoacq.service":  # the laser guard runs after the daemon, however it ended
+        assert "ExecStopPost=/opt/exoacq/.venv/bin/exoacq laser off --config /etc/exoacq/exoacq.toml" in unit
     path = tmp_path / name.replace("@.service", "@1.service")
     path.write_text(unit.replace("/opt/exoacq/.venv/bin/exoacq", str(exoacq)))
     proc = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True)
@@ -37,6 +39,6 @@ def test_daemon_notifies_ready_and_stopping(tmp_path):
         sock.settimeout(10)
         daemon = RunningDaemon(tmp_path, env={**os.environ, "NOTIFY_SOCKET": address})
         ready = sock.recv(4096).decode()
-        assert ready.startswith("READY=1\n") and "STATUS=serving on tcp://127.0.0.1:" in ready
+        assert ready.startswith("READY=1\n") and "STATUS=serving 1 instrument(s) on tcp://127.0.0.1:" in ready
         assert daemon.stop() == 0
         assert sock.recv(4096).decode() == "STOPPING=1"
