@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import serial
@@ -29,23 +28,11 @@ from pydantic import Field
 
 from exoacq.devices import Setting
 from exoacq.drivers.serial_port import SERIAL_ERRORS, open_port, reason
+from exoacq.drivers.commands import Command, checked, watts
 from exoacq.errors import DeviceError
 from exoacq.registry import Driver, DriverOptions
 
 TERMINATOR = "\r"  # the laser accepts CR, LF or CR LF; it ends its replies with CR LF
-
-
-@dataclass(frozen=True)
-class Command:
-    """One command of the manual: ``set`` (``{}`` for its argument), ``get`` the
-    query, ``unit`` on the wire, ``values`` the literal arguments allowed (empty:
-    numeric, range in ``limits``)."""
-
-    set: str | None
-    get: str | None
-    unit: str = ""
-    values: tuple[str, ...] = ()
-    limits: str = ""
 
 
 # Cobolt 06-01 Series Owner's Manual, Communication commands.
@@ -103,11 +90,6 @@ class CoboltError(DeviceError):
     def __init__(self, message: str, reply: str):
         super().__init__(message)
         self.reply = reply
-
-
-def _watts(power_mw: float) -> str:
-    """Power in W as ``p`` takes it: plain decimal, 1 uW resolution."""
-    return f"{power_mw / 1000.0:.6f}".rstrip("0").rstrip(".") or "0"
 
 
 class CoboltLaser:
@@ -188,16 +170,9 @@ class CoboltLaser:
 
     def set_power_mw(self, power_mw: float) -> None:
         """``p <W>``, refused here unless 0 <= power_mw <= max_power_mw."""
-        max_mw = self.max_power_mw
-        try:
-            value = float(power_mw)
-        except (TypeError, ValueError):
-            value = math.nan
-        if not 0.0 <= value <= max_mw:
-            shown = f"{value:g}" if isinstance(power_mw, int | float) else repr(power_mw)
-            raise DeviceError(f"laser: power {shown} mW is out of range 0..{max_mw:g} mW "
-                              f"on port {self.port}")
-        self._set("power_setpoint", _watts(value))
+        value = checked(power_mw, 0.0, self.max_power_mw, what="laser: power", unit="mW",
+                        where=f"on port {self.port}")
+        self._set("power_setpoint", watts(value))
 
     def power_setpoint_mw(self) -> float:
         """``p?``: the constant-power set point, in mW."""

@@ -9,10 +9,8 @@ milliwatts in this class.
 """
 from __future__ import annotations
 
-import math
 import threading
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import serial
@@ -20,22 +18,11 @@ from pydantic import Field
 
 from exoacq.devices import Setting
 from exoacq.drivers.serial_port import SERIAL_ERRORS, open_port, reason
+from exoacq.drivers.commands import Command, checked, watts
 from exoacq.errors import DeviceError
 from exoacq.registry import Driver, DriverOptions
 
 TERMINATOR = "\r\n"
-
-
-@dataclass(frozen=True)
-class Command:
-    """One setting/reading: ``set`` has ``{}`` for its argument, ``get`` is the query,
-    ``values`` the literal arguments allowed (empty: numeric within ``limits``)."""
-
-    set: str | None
-    get: str | None
-    unit: str = ""
-    values: tuple[str, ...] = ()
-    limits: str = ""
 
 
 # Coherent OBIS LX/LS Operator's Manual, Appendix: Commands and queries.
@@ -103,11 +90,6 @@ class ObisError(DeviceError):
     def __init__(self, message: str, err: int):
         super().__init__(message)
         self.err = err
-
-
-def _watts(power_mw: float) -> str:
-    """Power in W as the set command takes it: plain decimal, 1 uW resolution."""
-    return f"{power_mw / 1000.0:.6f}".rstrip("0").rstrip(".") or "0"
 
 
 def _bits(word: int, names: dict[int, str]) -> list[str]:
@@ -187,16 +169,9 @@ class ObisLaser:
 
     def set_power_mw(self, power_mw: float) -> None:
         """``SOUR:POW:LEV:IMM:AMPL <W>``, refused here unless 0 <= power_mw <= max."""
-        max_mw = self.max_power_mw
-        try:
-            value = float(power_mw)
-        except (TypeError, ValueError):
-            value = math.nan
-        if not 0.0 <= value <= max_mw:
-            shown = f"{value:g}" if isinstance(power_mw, int | float) else repr(power_mw)
-            raise DeviceError(f"laser: power {shown} mW is out of range 0..{max_mw:g} mW "
-                              f"on port {self.port}")
-        self._set("power_setpoint", _watts(value))
+        value = checked(power_mw, 0.0, self.max_power_mw, what="laser: power", unit="mW",
+                        where=f"on port {self.port}")
+        self._set("power_setpoint", watts(value))
 
     def power_setpoint_mw(self) -> float:
         """``SOUR:POW:LEV:IMM:AMPL?``: the set point, in mW."""

@@ -25,13 +25,13 @@ import os
 import re
 import threading
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import pyvisa
 from pydantic import Field
 
 from exoacq.devices import Setting
+from exoacq.drivers.commands import Command, checked
 from exoacq.errors import DeviceError
 from exoacq.registry import Driver, DriverOptions
 
@@ -45,18 +45,6 @@ MAX_ERRORS = 16
 #: SCPI's "not a number" (9.91E37) and anything beyond it is no reading.
 _NOT_A_NUMBER = 9.9e37
 _ERROR_REPLY = re.compile(r'([+-]?\d+)\s*,\s*"(.*)"')
-
-
-@dataclass(frozen=True)
-class Command:
-    """One setting/reading: ``set`` has ``{}`` for its argument, ``get`` is the query,
-    ``values`` the literal arguments allowed (empty: numeric within ``limits``)."""
-
-    set: str | None
-    get: str | None
-    unit: str = ""
-    values: tuple[str, ...] = ()
-    limits: str = ""
 
 
 # Series 4000 SCPI Programmer's Reference Manual, chapter 3 (commands by subsystem).
@@ -223,14 +211,7 @@ class TED4015:
     def set_setpoint_c(self, setpoint_c: float) -> None:
         """``SOUR:TEMP <C>``, refused here unless within ``SOUR:TEMP? MIN..MAX``."""
         low, high = self._limits()
-        try:
-            value = float(setpoint_c)
-        except (TypeError, ValueError):
-            value = math.nan
-        if not low <= value <= high:
-            shown = f"{value:g}" if isinstance(setpoint_c, int | float) else repr(setpoint_c)
-            raise DeviceError(f"{DEVICE}: set point {shown} C is out of range {low:g}..{high:g} C "
-                              f"on {self.resource}")
+        value = checked(setpoint_c, low, high, what=f"{DEVICE}: set point", unit="C", where=f"on {self.resource}")
         self._set("setpoint", _celsius(value))
 
     def setpoint_c(self) -> float:

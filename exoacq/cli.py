@@ -57,7 +57,8 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     verbs: dict[str, Any] = {"exoacq": sub}
     for verb, text in METHOD_VERBS.items():
         p = sub.add_parser(verb, help=text)
-        verbs[verb] = p.add_subparsers(dest="what", required=True, metavar="METHOD", parser_class=_Parser)
+        metavar = {"bench": "BENCHMARK", "simulate": "WHAT"}.get(verb, "METHOD")
+        verbs[verb] = p.add_subparsers(dest="what", required=True, metavar=metavar, parser_class=_Parser)
 
     p = add_control(sub.add_parser("status", help="daemon, methods, instruments and their devices, runs"))
     p.add_argument("--json", action="store_true")

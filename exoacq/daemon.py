@@ -67,6 +67,8 @@ class InstrumentRunner:
         self.queue: queue.Queue[Any] = queue.Queue()
         self.current: RunStatus | None = None
         self.preview: _Preview | None = None
+        #: Why the last preview ended, if not at the operator's request (for status).
+        self.preview_error: str | None = None
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"acquisition-{instrument.name}", daemon=True)
         self._last_health = time.monotonic()
@@ -98,15 +100,15 @@ class InstrumentRunner:
             self.instrument.healthy()
 
     def _preview(self, request: _Preview) -> None:
-        self.preview = request
+        self.preview, self.preview_error = request, None
         try:
             self.service.preview(request.stop)
         except ExoacqError as exc:
-            request.reason = str(exc)
+            self.preview_error = request.reason = str(exc)
             log.error("%s: preview ended: %s", self.name, exc)
             self.instrument.healthy()
         except Exception as exc:
-            request.reason = f"internal error: {type(exc).__name__}: {exc}"
+            self.preview_error = request.reason = f"internal error: {type(exc).__name__}: {exc}"
             log.exception("%s: preview failed", self.name)
         finally:
             self.preview = None
@@ -400,6 +402,7 @@ class Daemon:
             "method": instrument.method.name, "description": instrument.config.description,
             "state": state, "simulated": instrument.simulated,
             "run": None if current is None else current.run.run_id,
+            "preview_error": runner.preview_error,
             "queued": [r.run.run_id for r in self._runs.values()
                        if r.state == "queued" and r.run.instrument == runner.name],
             "devices": instrument.describe(),

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import zmq
 
+from conftest import run_cli
 from exoacq.bus import ControlClient, decode_frame
 from exoacq.config import load_config
 from exoacq.daemon import Daemon
@@ -113,7 +114,10 @@ def test_a_laser_unplugged_mid_capture_fails_the_run_leaves_the_rest_safe_and_is
         assert record["state"] == "failed"
         assert record["error"].startswith("laser: serial I/O failed on port ")
         assert "Input/output error" in record["error"] or "did not answer" in record["error"]
-        status = client.request("status")  # the daemon still answers
+        shown = run_cli("status", "--control", rig.config.daemon.control)  # the daemon still answers, as it was
+        assert shown.returncode == 0, shown.stderr
+        assert "laser        obis (simulated)" in shown.stdout and "reconnecting" in shown.stdout
+        status = client.request("status")
         devices = status["instruments"]["nta"]["devices"]
         assert devices["laser"]["state"] == "reconnecting" and "laser" in devices["laser"]["error"]
         assert status["instruments"]["nta"]["state"] == "degraded"
