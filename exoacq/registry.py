@@ -29,7 +29,8 @@ DRIVER_GROUP = "exoacq.drivers"
 METHOD_GROUP = "exoacq.methods"
 
 #: Kinds of device (the Protocols of exoacq.devices) a driver can make.
-KINDS = ("laser", "camera", "thermometer", "temperature-controller", "pump")
+KINDS = ("laser", "camera", "thermometer", "temperature-controller", "pump",
+         "photon-counter", "correlator", "digitizer")
 
 
 class DriverOptions(BaseModel):
