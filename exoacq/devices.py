@@ -140,3 +140,22 @@ class Setting:
 
     def limit(self, device: Any) -> float:
         return float(getattr(device, self.maximum)) if isinstance(self.maximum, str) else float(self.maximum)
+
+
+@runtime_checkable
+class PhotonCounter(Device, Protocol):
+    """A single-photon detector with a time tagger: photon arrival times, in ticks of
+    ``resolution_s`` since ``start()``, ascending, delivered in chunks."""
+
+    resolution_s: float
+    #: Scattering angle and laser wavelength of the detector's optics.
+    angle_deg: float
+    wavelength_nm: float
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def read(self, timeout_s: float = 0.5) -> "np.ndarray":
+        """The photons that arrived since the last read (int64 ticks, ascending); an empty
+        array when none came within ``timeout_s``."""
