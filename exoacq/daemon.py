@@ -242,6 +242,7 @@ class Daemon:
                                  live_frames=self._live_frames_socket, watch=self._watch,
                                  run_status=lambda run_id: self._runs.get(run_id),
                                  progress_now=self.publish_progress_now, fail=self._fail,
+                                 publish=lambda topic, document: publish(self.results, topic, document),
                                  data_dir=self.config.daemon.resolved_data_dir())
         for name, instrument_config in self.config.instruments.items():
             instrument = Instrument(name, instrument_config)

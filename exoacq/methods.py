@@ -113,6 +113,8 @@ class ServiceContext:
     progress_now: Callable[[RunStatus], None]
     #: Fail a run (main thread); while the hardware is held, it is stopped first.
     fail: Callable[[RunStatus, str], None]
+    #: Publish a document that belongs to no run (main thread), e.g. a correlator file's result.
+    publish: Callable[[str, dict[str, Any]], None]
     data_dir: Path
 
 

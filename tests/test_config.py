@@ -10,7 +10,7 @@ from exoacq.errors import ConfigError
 
 def test_example_is_valid_and_describes_several_instruments():
     config = load_config(None)  # no file: one simulated instrument per method
-    assert set(config.instruments) == {"nta"}
+    assert set(config.instruments) == {"nta", "dls"}
     assert config.instruments["nta"].sample.components[0].diameter_nm == 100.0
     text = example_text()
     assert "Units are part of every key name" in text
@@ -50,7 +50,7 @@ def _nta(devices=None, **sections):
     ({"daemon": {"control": "localhost:5555"}}, "daemon.control = 'localhost:5555': must be a ZeroMQ endpoint"),
     (_nta(settings={"feature_diameter_px": 8}), "feature_diameter_px = 8 must be odd"),
     ({"bogus": {}}, "unknown key 'bogus'"),
-    ({"instruments": {"rig": {"method": "xrd"}}}, "instruments.rig.method = 'xrd': unknown method 'xrd'; installed: nta"),
+    ({"instruments": {"rig": {"method": "xrd"}}}, "instruments.rig.method = 'xrd': unknown method 'xrd'; installed: dls, nta"),
     (_nta({"laser": {"driver": "lazer"}}), "instruments.rig.devices.laser.driver = 'lazer': unknown driver 'lazer'"),
     (_nta({"laser": {"driver": "ne1000", "simulated": True}}),
      "instruments.rig.devices.laser.driver = 'ne1000' is a pump; the laser of method nta must be a laser"),

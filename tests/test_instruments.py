@@ -57,6 +57,7 @@ def two_rigs(tmp_path):
 def rig(tmp_path):
     """The simulated NTA instrument of `exoacq daemon --simulated` (laser, pump, camera, TEC)."""
     config = load_config(None)
+    config.instruments = {"nta": config.instruments["nta"]}  # the other methods' instruments are not needed here
     config.daemon.data_dir = tmp_path / "data"
     daemon = _start(config)
     yield daemon

@@ -150,7 +150,7 @@ def test_a_labs_own_method_runs_end_to_end_through_the_daemon(tmp_path, lab_pack
     try:
         with ControlClient(d.control) as client:
             status = client.request("status")
-            assert set(status["methods"]) == {"nta", "count"}
+            assert {"nta", "count"} <= set(status["methods"])  # with every other installed method
             assert status["instruments"]["count"]["devices"]["laser"]["driver"] == "cobolt"
         import subprocess
         proc = subprocess.run([sys.executable, "-m", "exoacq", "acquire", "count", "--ticks", "8", "--sample", "lab",

@@ -1,0 +1,262 @@
+"""The DLS method's part of the daemon, for one instrument.
+
+With a photon-counting detector, a run is ``runs`` sub-runs of ``duration_s``:
+the photons of each are correlated in real time by the multi-tau correlator
+(live curves in ``dls.progress``), the sub-runs are analysed together (dust
+rejection, cumulants, inversion) and the result published as ``dls.result``.
+With a hardware correlator, each new file in its folder is analysed and its
+result published as it appears (a thread of its own reads and analyses).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exoacq.bus import make_document
+from exoacq.errors import DeviceError, ExoacqError, ProtocolError
+from exoacq.dls.plugin import DLSRun as Run
+from exoacq.methods import MethodService, RunStatus
+
+log = logging.getLogger("exoacq.dls")
+
+#: Points of the count-rate trace kept for progress documents.
+TRACE_POINTS = 600
+
+
+class DLSService(MethodService):
+    def __init__(self, instrument, context):
+        super().__init__(instrument, context)
+        self.settings = instrument.config.options
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.files_published = 0
+
+    # -- lifetime -------------------------------------------------------------------
+    def start(self) -> None:
+        if "correlator" in self.instrument.slots:
+            self._watcher = threading.Thread(target=self._watch_folder, name=f"dls-folder-{self.instrument.name}",
+                                             daemon=True)
+            self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5.0)
+
+    def describe(self) -> dict[str, Any]:
+        return {"ready": True, "files_published": self.files_published,
+                "correlator": {"base_lag_s": self.settings.base_lag_s, "max_lag_s": self.settings.max_lag_s,
+                               "first_channels": self.settings.first_channels,
+                               "per_octave": self.settings.per_octave}}
+
+    # -- the engine (acquisition thread) --------------------------------------------
+    def _temperature_c(self) -> float:
+        if "temperature" in self.instrument.slots:
+            return float(self.instrument.device("temperature").temperature_c())
+        return self.settings.temperature_c
+
+    def setup(self, run: Run) -> None:
+        detector = self.instrument.device("detector")
+        angle = run.settings.get("angle_deg")
+        if angle is not None and abs(angle - detector.angle_deg) > 1e-6:
+            if not hasattr(detector, "set_angle_deg"):
+                raise ProtocolError(f"the detector is fixed at {detector.angle_deg:g} degrees; this instrument "
+                                    f"cannot measure at angle_deg = {angle:g}")
+            detector.set_angle_deg(angle)
+        run.settings["angle_deg"] = detector.angle_deg
+        run.settings["temperature_start_c"] = self._temperature_c()
+        if "laser" in self.instrument.slots:
+            laser = self.instrument.device("laser")
+            faults = laser.faults()
+            if faults:
+                raise DeviceError(f"laser reports faults: {', '.join(faults)}")
+            laser.set_emission(True)
+        self.context.emit({"event": "settings", "run_id": run.run_id, "instruments": self.instrument.describe()})
+
+    def exec(self, run: Run) -> dict[str, Any]:
+        from exoacq.dls.correlator import MultiTauCorrelator
+
+        detector = self.instrument.device("detector")
+        s = self.settings
+        runs, duration = run.settings["runs"], run.settings["duration_s"]
+        end_tick = int(round(duration / detector.resolution_s))
+        curves, traces, photons = [], [], 0
+        lag_s = None
+        for index in range(1, runs + 1):
+            if run.abort.is_set():
+                break
+            correlator = MultiTauCorrelator(detector.resolution_s, base_lag_s=s.base_lag_s, max_lag_s=s.max_lag_s,
+                                            first_channels=s.first_channels, per_octave=s.per_octave)
+            detector.start()
+            started = last = time.monotonic()
+            try:
+                while not run.abort.is_set():
+                    ticks = detector.read(0.2)
+                    done = ticks.size > 0 and ticks[-1] >= end_tick
+                    ticks = ticks[ticks < end_tick] if done else ticks
+                    if ticks.size:
+                        correlator.add(ticks)
+                    now = time.monotonic()
+                    if done or now - started > duration + 30.0:
+                        break
+                    if now - last >= s.progress_interval_s:
+                        last = now
+                        self._progress(run, index, runs, correlator, now - started)
+            finally:
+                detector.stop()
+            if run.abort.is_set():
+                break
+            if correlator.photons == 0:
+                raise DeviceError(f"detector: no photon in sub-run {index} ({duration:g} s): is the laser on and "
+                                  "the detector's shutter open?")
+            self._progress(run, index, runs, correlator, duration)
+            lag_s = correlator.lag_s
+            curves.append(correlator.g2_minus_1())
+            traces.append(correlator.count_trace())
+            photons += correlator.photons
+        run.settings["temperature_end_c"] = self._temperature_c()
+        if curves and not run.abort.is_set():
+            run.analysis = self._analyse(run, detector, lag_s, curves, traces)
+            self.context.emit({"event": "analysis", "run_id": run.run_id})
+        return {"photons": photons, "runs_completed": len(curves)}
+
+    def _progress(self, run: Run, index: int, runs: int, correlator: Any, elapsed_s: float) -> None:
+        time_s, rate_hz = correlator.count_trace()
+        keep = slice(max(0, len(time_s) - TRACE_POINTS), None)
+        self.context.emit({
+            "event": "dls", "run_id": run.run_id, "run": index, "runs": runs, "elapsed_s": round(elapsed_s, 3),
+            "photons": int(correlator.photons), "count_rate_hz": correlator.count_rate_hz,
+            "lag_s": correlator.lag_s.tolist(), "g2_minus_1": correlator.g2_minus_1().tolist(),
+            "count_trace": {"time_s": np.asarray(time_s)[keep].tolist(), "rate_hz": np.asarray(rate_hz)[keep].tolist()},
+        })
+
+    def _analyse(self, run: Run, detector: Any, lag_s: np.ndarray, curves: list, traces: list) -> dict[str, Any]:
+        """The sub-runs as one measurement (dust rejected by the analysis), analysed and written to the run's folder."""
+        from exoacq.dls.analysis import analyze_record
+        from exoacq.dls.io import write_alv
+        from exoacq.dls.record import Correlation, DLSRecord
+
+        s, duration = self.settings, run.settings["duration_s"]
+        times = [np.asarray(t) + k * duration for k, (t, _) in enumerate(traces)]
+        trace_t = np.concatenate(times) if times else None
+        trace_hz = np.concatenate([np.asarray(r) for _, r in traces]) if traces else None
+        temperature_c = (run.settings["temperature_start_c"] + run.settings["temperature_end_c"]) / 2
+        medium = s.medium_refractive_index or getattr(detector, "medium_refractive_index", None) or 1.332
+        correlation = Correlation(angle_deg=detector.angle_deg, lag_s=lag_s, g2_minus_1=np.mean(curves, axis=0),
+                                  count_rate_hz=float(np.mean(trace_hz)) if trace_hz is not None else None,
+                                  count_trace_time_s=trace_t, count_trace_hz=trace_hz, subruns=list(curves),
+                                  channel="detector")
+        record = DLSRecord(wavelength_nm=detector.wavelength_nm, temperature_c=temperature_c,
+                           viscosity_mpa_s=s.viscosity_mpa_s, refractive_index=medium, correlations=[correlation],
+                           duration_s=duration * len(curves), source=run.run_id, format="exoacq",
+                           instrument=self.instrument.name)
+        analysis = analyze_record(record, particle_refractive_index=s.particle_refractive_index)
+        files = {}
+        try:
+            asc = run.output_dir / "correlation.ASC"
+            write_alv(asc, record)
+            files["correlation"] = str(asc)
+            curves_path = run.output_dir / "subruns.json"
+            curves_path.write_text(json.dumps({"lag_s": lag_s.tolist(), "g2_minus_1": [c.tolist() for c in curves]}))
+            files["subruns"] = str(curves_path)
+        except (OSError, ValueError) as exc:
+            analysis.setdefault("warnings", []).append(f"cannot write the run's files: {getattr(exc, 'strerror', None) or exc}")
+        analysis["files"] = files
+        return analysis
+
+    def teardown(self, run: Run) -> None:
+        errors = []
+        steps = [lambda: self.instrument.device("detector").stop()]
+        if "laser" in self.instrument.slots:
+            steps.insert(0, lambda: self.instrument.device("laser").set_emission(False))
+        for step in steps:
+            try:
+                step()
+            except DeviceError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise DeviceError("; ".join(errors))
+
+    # -- events, results, progress (main thread) ------------------------------------------
+    def on_event(self, status: RunStatus | None, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "file_result":
+            self.files_published += 1
+            self.context.publish("dls.result", event["document"])
+            return
+        if status is None:
+            return
+        if kind == "settings":
+            status.data["instruments"] = event["instruments"]
+        elif kind == "dls":
+            status.data["live"] = event
+            status.acquisition.update({"photons": event["photons"], "elapsed_s": event["elapsed_s"]})
+            self.context.progress_now(status)
+
+    def on_processing(self, status: RunStatus) -> None:
+        run = status.run
+        analysis = getattr(run, "analysis", None)
+        if analysis is None:
+            self.context.fail(status, "the run ended without a correlation to analyse")
+            return
+        self.context.finish(status, self._result(status, analysis, complete=True))
+
+    def _result(self, status: RunStatus, analysis: dict[str, Any], complete: bool) -> dict[str, Any]:
+        run = status.run
+        body = {k: v for k, v in analysis.items() if k not in ("schema",)}
+        return make_document(
+            "dls.result", run.run_id, schema=self.instrument.method.topics["dls.result"], method="dls",
+            instrument=run.instrument, complete=complete, sample=run.settings["sample"],
+            dilution=run.settings["dilution"], duration_s=run.settings["duration_s"], runs=run.settings["runs"],
+            **body, settings={"acquisition": run.settings, "analysis": self.settings.model_dump(mode="json"),
+                              "instruments": status.data.get("instruments", {})})
+
+    def progress(self, status: RunStatus) -> dict[str, Any] | None:
+        live = status.data.get("live")
+        run = status.run
+        base = {"state": status.state, "run": 0, "runs": run.settings["runs"], "duration_s": run.settings["duration_s"],
+                "elapsed_s": 0.0, "angle_deg": run.settings.get("angle_deg"), "photons": 0, "count_rate_hz": None,
+                "lag_s": [], "g2_minus_1": [], "count_trace": {"time_s": [], "rate_hz": []}}
+        if live:
+            base.update({k: live[k] for k in ("run", "elapsed_s", "photons", "count_rate_hz", "lag_s", "g2_minus_1",
+                                              "count_trace")})
+        return base
+
+    # -- a hardware correlator's folder (its own thread) ------------------------------------
+    def _watch_folder(self) -> None:
+        while not self._stop.wait(self.settings.watch_interval_s):
+            slot = self.instrument.slots["correlator"]
+            if slot.device is None:
+                continue
+            try:
+                paths = slot.device.poll()
+            except ExoacqError as exc:
+                log.error("%s: %s", self.instrument.name, exc)
+                continue
+            for path in paths:
+                self.context.emit({"event": "file_result", "instrument": self.instrument.name,
+                                   "document": self.analyse_file(path)})
+
+    def analyse_file(self, path: Path) -> dict[str, Any]:
+        """A correlator file's result document (``run_id`` null, ``source`` the file); an unreadable
+        file gives a document with ``error`` and no measurements."""
+        from exoacq.dls.analysis import analyze_record
+        from exoacq.dls.io import read_dls_file
+
+        schema = self.instrument.method.topics["dls.result"]
+        common = {"method": "dls", "instrument": self.instrument.name, "complete": True, "source": str(path)}
+        try:
+            record = read_dls_file(path)
+            analysis = analyze_record(record, particle_refractive_index=self.settings.particle_refractive_index)
+        except ExoacqError as exc:
+            log.error("%s: %s", self.instrument.name, exc)
+            return make_document("dls.result", None, schema=schema, **{**common, "complete": False}, error=str(exc),
+                                 measurements=[], extrapolated=None, warnings=[str(exc)])
+        body = {k: v for k, v in analysis.items() if k not in ("schema", "source")}
+        return make_document("dls.result", None, schema=schema, **common, **body)
