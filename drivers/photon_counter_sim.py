@@ -23,7 +23,6 @@ goniometer: ``set_angle_deg`` moves it (while stopped), the sample staying the s
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 from typing import Any, Callable

@@ -7,8 +7,8 @@ Threads:
 
 * main thread: the control ROUTER, the results PUB and the event PULL; the
   only writer of the run store and the only publisher of documents;
-* one acquisition thread per instrument (:class:`InstrumentRunner`): runs
-  its queued runs one at a time through the method's engine (setup, exec,
+* one acquisition thread per instrument (:mod:`exoacq.runner`): runs its
+  queued runs one at a time through the method's engine (setup, exec,
   teardown), or a live preview, and reconnects lost devices with backoff;
 * a frames proxy: each acquisition thread publishes live frames on its own
   socket; the proxy forwards them to the daemon's frames endpoint.
@@ -31,9 +31,10 @@ import zmq
 from exoacq import __version__
 from exoacq.bus import STATUS_SCHEMA, dumps, loads, make_document, publish, utc_now_iso
 from exoacq.config import Config
-from exoacq.errors import ConfigError, DeviceError, ExoacqError, ProtocolError
+from exoacq.errors import ConfigError, ExoacqError, ProtocolError
 from exoacq.instruments import Instrument
 from exoacq.methods import MethodService, RunStatus, ServiceContext
+from exoacq.runner import InstrumentRunner, Preview
 from exoacq.sdnotify import notify
 from exoacq.storage import FINAL_STATES, RunStore
 
@@ -44,116 +45,7 @@ PROGRESS_INTERVAL_S = 0.5
 #: Finished runs whose status the daemon keeps in memory (late results of aborted runs).
 RUNS_IN_MEMORY = 100
 SERVICE_START_TIMEOUT_S = 60.0
-#: While idle, an instrument checks that its devices still answer this often.
-HEALTH_INTERVAL_S = 5.0
 LIVE_FRAMES = "inproc://live-frames"
-
-
-class _Preview:
-    """A live-mode request in an instrument's queue."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.reason = ""
-
-
-class InstrumentRunner:
-    """One instrument's queue and acquisition thread."""
-
-    def __init__(self, instrument: Instrument, service: MethodService, emit):
-        self.instrument = instrument
-        self.service = service
-        self.emit = emit
-        self.queue: queue.Queue[Any] = queue.Queue()
-        self.current: RunStatus | None = None
-        self.preview: _Preview | None = None
-        #: Why the last preview ended, if not at the operator's request (for status).
-        self.preview_error: str | None = None
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name=f"acquisition-{instrument.name}", daemon=True)
-        self._last_health = time.monotonic()
-
-    @property
-    def name(self) -> str:
-        return self.instrument.name
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                item = self.queue.get(timeout=0.5)
-            except queue.Empty:
-                self._idle()
-                continue
-            if item is None:
-                return
-            if isinstance(item, _Preview):
-                self._preview(item)
-            elif not item.abort.is_set():  # aborted while queued: the main thread has recorded it
-                self._execute(item)
-
-    def _idle(self) -> None:
-        if self.stopping.is_set():
-            return
-        self.instrument.reconnect_due()
-        if time.monotonic() - self._last_health > HEALTH_INTERVAL_S:
-            self._last_health = time.monotonic()
-            self.instrument.healthy()
-
-    def _preview(self, request: _Preview) -> None:
-        self.preview, self.preview_error = request, None
-        try:
-            self.service.preview(request.stop)
-        except ExoacqError as exc:
-            self.preview_error = request.reason = str(exc)
-            log.error("%s: preview ended: %s", self.name, exc)
-            self.instrument.healthy()
-        except Exception as exc:
-            self.preview_error = request.reason = f"internal error: {type(exc).__name__}: {exc}"
-            log.exception("%s: preview failed", self.name)
-        finally:
-            self.preview = None
-
-    def _execute(self, run) -> None:
-        emit = self.emit
-        emit({"event": "state", "run_id": run.run_id, "state": "preparing"})
-        missing = [f"{s.role} ({s.error or s.state})" for s in self.instrument.slots.values() if s.state != "connected"]
-        if missing:
-            emit({"event": "state", "run_id": run.run_id, "state": "failed",
-                  "error": f"instrument {self.name}: not connected: {', '.join(missing)}"})
-            return
-        counters: dict[str, Any] = {}
-        failure: str | None = None
-        device_fault = False
-        try:
-            self.service.setup(run)
-            emit({"event": "state", "run_id": run.run_id, "state": "acquiring"})
-            counters = self.service.exec(run)
-        except ExoacqError as exc:
-            failure, device_fault = str(exc), isinstance(exc, DeviceError)
-        except Exception as exc:  # a bug: record it on the run, keep the daemon alive
-            log.exception("run %s failed", run.run_id)
-            failure = f"internal error: {type(exc).__name__}: {exc}"
-        try:  # whatever happened: the hardware is left safe (laser off), and the first cause is kept
-            self.service.teardown(run)
-        except ExoacqError as exc:
-            failure = f"{failure}; while making the instrument safe: {exc}" if failure else str(exc)
-            device_fault = device_fault or isinstance(exc, DeviceError)
-        except Exception as exc:
-            log.exception("teardown of run %s failed", run.run_id)
-            failure = f"{failure}; " if failure else ""
-            failure += f"internal error while making the instrument safe: {type(exc).__name__}: {exc}"
-        if failure is not None:
-            emit({"event": "state", "run_id": run.run_id, "state": "failed", "error": failure})
-            if device_fault:
-                self.instrument.healthy()  # a device that stopped answering is reconnected with backoff
-            return
-        if run.abort.is_set():
-            emit({"event": "state", "run_id": run.run_id, "state": "aborted", "counters": counters,
-                  "settings": run.settings, "error": run.abort_reason})
-            return
-        emit({"event": "state", "run_id": run.run_id, "state": "processing", "counters": counters,
-              "settings": run.settings})
-        run.finished.wait()  # the main thread sets it on the result, a failure or shutdown
 
 
 class Daemon:
@@ -305,7 +197,7 @@ class Daemon:
                     queued = runner.queue.get_nowait()
                 except queue.Empty:
                     break
-                if queued is not None and not isinstance(queued, _Preview):
+                if queued is not None and not isinstance(queued, Preview):
                     self._set_state(queued.run_id, "aborted", error="the daemon was stopped")
             if runner.current is not None and runner.current.state not in FINAL_STATES:
                 runner.current.run.request_abort("the daemon was stopped")
@@ -513,7 +405,7 @@ class Daemon:
                                              for r in self._runs.values()):
             raise ExoacqError(f"instrument {runner.name} is running a run; preview after it", code="busy")
         if runner.preview is None:
-            runner.preview = _Preview()  # visible at once; the thread takes it from the queue
+            runner.preview = Preview()  # visible at once; the thread takes it from the queue
             runner.queue.put(runner.preview)
         return {"instrument": runner.name, "preview": True}
 
