@@ -100,6 +100,14 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_settings)
 
+    p = sub.add_parser("export", help="a run's documents in a standard form")
+    export = p.add_subparsers(dest="what", required=True, metavar="FORMAT", parser_class=_Parser)
+    p = add_control(export.add_parser("bluesky", help="the run as bluesky event-model documents (JSONL: one "
+                                                       "[name, doc] pair per line)"))
+    p.add_argument("run_id")
+    p.add_argument("--output", type=Path, help="write here (default: stdout)")
+    p.set_defaults(func=cmd_export_bluesky)
+
     p = sub.add_parser("config", help="configuration helpers")
     p.add_argument("action", choices=["example", "check"], help="print a commented example, or check a file")
     p.add_argument("file", nargs="?", type=Path, help="file to check")
@@ -277,6 +285,23 @@ def cmd_settings(args: argparse.Namespace) -> int:
         for name, s in settings.items():
             print(f"  {device}.{name:<14} {s['value']} {s['unit']}  (range {s['minimum']:g}..{s['maximum']:g}) "
                   f"{s['description']}")
+    return 0
+
+
+def cmd_export_bluesky(args: argparse.Namespace) -> int:
+    if args.output is not None and not args.output.resolve().parent.is_dir():
+        raise ExoacqError(f"cannot write {args.output}: no folder {args.output.resolve().parent}", code="usage")
+    with _client(args) as client:
+        pairs = client.request("bluesky", run_id=args.run_id, timeout_s=30.0)
+    text = "".join(json.dumps(pair) + "\n" for pair in pairs)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            args.output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ExoacqError(f"cannot write {args.output}: {exc.strerror}") from None
+        print(f"{len(pairs)} documents of run {args.run_id} -> {args.output}")
     return 0
 
 

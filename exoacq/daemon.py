@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 
 from exoacq import __version__
+from exoacq.bluesky import RunDocuments, epoch, read_jsonl, write_jsonl
 from exoacq.bus import STATUS_SCHEMA, dumps, loads, make_document, publish, utc_now_iso
 from exoacq.config import Config
 from exoacq.errors import ConfigError, ExoacqError, ProtocolError
@@ -46,6 +47,8 @@ PROGRESS_INTERVAL_S = 0.5
 RUNS_IN_MEMORY = 100
 SERVICE_START_TIMEOUT_S = 60.0
 LIVE_FRAMES = "inproc://live-frames"
+#: A run's event-model documents, beside its other files.
+BLUESKY_FILE = "bluesky.jsonl"
 
 
 class Daemon:
@@ -496,6 +499,34 @@ class Daemon:
             if status is not None:
                 break
 
+    def _bluesky(self, status: RunStatus, compose) -> None:
+        """The run's event-model documents (exoacq.bluesky): composed, published and kept beside the run."""
+        docs = status.data.get("bluesky")
+        if docs is None:
+            if status.state != "preparing":
+                return  # a run that never started has no RunStart
+            run = status.run
+            docs = status.data["bluesky"] = RunDocuments(
+                run_id=run.run_id, method=run.method, instrument=run.instrument, sample=run.settings.get("sample", ""),
+                settings=run.settings, time_s=time.time())
+        pairs = compose(docs)
+        for name, doc in pairs:
+            publish(self.results, f"bluesky.{name}", doc)
+        try:
+            write_jsonl(self.store.run_dir(status.run.run_id) / BLUESKY_FILE, pairs)
+        except OSError as exc:
+            log.error("run %s: cannot keep its event-model documents: %s", status.run.run_id, exc.strerror)
+
+    def _cmd_bluesky(self, run_id: str) -> list[list[Any]]:
+        """A run's event-model documents, as ``[name, doc]`` pairs in the order they were published."""
+        if not isinstance(run_id, str):
+            raise ProtocolError(f"run_id = {run_id!r}: must be a run id string")
+        path = self.store.run_dir(self.store.get(run_id)["run_id"]) / BLUESKY_FILE
+        if not path.exists():
+            raise ExoacqError(f"run {run_id} has no event-model documents (it never started, or was recorded "
+                              "before exoacq kept them)", code="no_documents")
+        return [[name, doc] for name, doc in read_jsonl(path)]
+
     def _guarded(self, function, *args: Any) -> None:
         """A method's hook (or the event it handles) failed: log it, fail the run it concerned, keep serving."""
         try:
@@ -515,6 +546,7 @@ class Daemon:
             return
         status.result_stored = True
         self.store.save_result(status.run.run_id, document)
+        self._bluesky(status, lambda docs: docs.result(document))
         if status.state == "processing":
             topic = self.runners[status.run.instrument].instrument.method.result_topic
             publish(self.results, topic, document)
@@ -535,6 +567,11 @@ class Daemon:
                     runner.current = None
             if state in FINAL_STATES:
                 status.run.finished.set()
+            if state == "preparing":
+                self._bluesky(status, lambda docs: docs.start())
+            elif state in FINAL_STATES:
+                exit_status = {"done": "success", "failed": "fail", "aborted": "abort"}[state]
+                self._bluesky(status, lambda docs: docs.stop(exit_status, error or ""))
         record = self.store.get(run_id)
         publish(self.results, "run.state", make_document(
             "run.state", run_id, state=state, previous=previous, method=record["method"],
@@ -547,9 +584,10 @@ class Daemon:
         payload = self._service(status).progress(status)
         if payload is not None:
             method = self.runners[status.run.instrument].instrument.method
-            publish(self.results, method.progress_topic,
-                    {"schema": method.topics[method.progress_topic], "run_id": status.run.run_id,
-                     "time": utc_now_iso(), "instrument": status.run.instrument, **payload})
+            document = {"schema": method.topics[method.progress_topic], "run_id": status.run.run_id,
+                        "time": utc_now_iso(), "instrument": status.run.instrument, **payload}
+            publish(self.results, method.progress_topic, document)
+            self._bluesky(status, lambda docs: docs.add("progress", document, epoch(document["time"])))
 
     def _supervise(self, runner: InstrumentRunner) -> None:
         status = runner.current
