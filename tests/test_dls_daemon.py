@@ -126,7 +126,8 @@ def test_analyze_dls_prints_every_angle_and_refuses_bad_files(tmp_path):
     proc = run_cli("analyze", "dls", str(ALV / "080622_3_0039_averaged.ASC"), "--json")
     assert proc.returncode == 0, proc.stderr
     document = json.loads(proc.stdout)
-    assert len(document["measurements"]) == 1
+    # one measurement per channel: the ALV-7004 cross-correlates its two detectors both ways
+    assert [(m["angle_deg"], m["channel"]) for m in document["measurements"]] == [(150.0, "CH0/1"), (150.0, "CH1/0")]
     m = document["measurements"][0]
     for key in ("angle_deg", "wavelength_nm", "temperature_c", "viscosity_mpa_s", "refractive_index", "z_average_nm",
                 "pdi", "intercept", "baseline", "distribution", "peaks", "quality", "warnings"):

@@ -27,6 +27,8 @@ log = logging.getLogger("exoacq.dls")
 
 #: Points of the count-rate trace kept for progress documents.
 TRACE_POINTS = 600
+#: Fields of a result document that are the daemon's, not the analysis's.
+RESULT_OWN = {"schema", "run_id", "time", "method", "instrument", "complete"}
 
 
 class DLSService(MethodService):
@@ -209,7 +211,8 @@ class DLSService(MethodService):
 
     def _result(self, status: RunStatus, analysis: dict[str, Any], complete: bool) -> dict[str, Any]:
         run = status.run
-        body = {k: v for k, v in analysis.items() if k not in ("schema",)}
+        body = {k: v for k, v in analysis.items() if k not in RESULT_OWN}
+        body["correlator"] = analysis.get("instrument")
         return make_document(
             "dls.result", run.run_id, schema=self.instrument.method.topics["dls.result"], method="dls",
             instrument=run.instrument, complete=complete, sample=run.settings["sample"],
@@ -258,5 +261,6 @@ class DLSService(MethodService):
             log.error("%s: %s", self.instrument.name, exc)
             return make_document("dls.result", None, schema=schema, **{**common, "complete": False}, error=str(exc),
                                  measurements=[], extrapolated=None, warnings=[str(exc)])
-        body = {k: v for k, v in analysis.items() if k not in ("schema", "source")}
+        body = {k: v for k, v in analysis.items() if k not in RESULT_OWN | {"source"}}
+        body["correlator"] = analysis.get("instrument")
         return make_document("dls.result", None, schema=schema, **common, **body)
