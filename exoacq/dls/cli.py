@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from exoacq.batch import BatchMethod, add_batch_options, run_batch_cli, single_input, split_dask_argument
 from exoacq.cli_common import add_acquire_options, positive_float, run_acquisition
 from exoacq.errors import ExoacqError
 
@@ -21,7 +22,8 @@ def add_cli(verbs: dict[str, Any]) -> None:
 
     p = verbs["analyze"].add_parser("dls", help="analyse a correlator file (ALV .ASC, correlator.com .SIN) or "
                                                 "photons (PicoQuant .ptu)")
-    p.add_argument("file", type=Path)
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="several, globs or folders of such files make a batch (one document per file)")
     p.add_argument("--particle-refractive-index", type=positive_float, default=1.59,
                    help="for the Mie volume and number distributions (default %(default)s: polystyrene)")
     p.add_argument("--angle", type=positive_float, help="scattering angle (degrees) of a .ptu file")
@@ -29,7 +31,10 @@ def add_cli(verbs: dict[str, Any]) -> None:
     p.add_argument("--temperature-c", type=float, help="sample temperature of a .ptu file (default 25 C)")
     p.add_argument("--medium-refractive-index", type=positive_float, default=None,
                    help="of a .ptu file's medium (default 1.332)")
-    p.add_argument("--json", action="store_true", help="print the result document alone on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="print the result document alone on stdout (a batch: one JSON document per line)")
+    p.add_argument("--csv", type=Path, help="a batch: write one summary row per file here")
+    add_batch_options(p)
     p.set_defaults(func=cmd_analyze)
 
     b = verbs["bench"].add_parser("correlator", help="the DLS software correlator against multipletau (JSON)")
@@ -45,20 +50,78 @@ def cmd_acquire(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from exoacq.dls.analysis import analyze_record
     from exoacq.dls.format import format_analysis
 
-    path: Path = args.file
+    split_dask_argument(args, "files")
+    single = single_input(args.files) if args.dask is None else None
+    if single is None:
+        return run_batch_cli(BATCH, args.files, analysis_options(args), dask=args.dask, workers=args.workers,
+                             json_lines=args.json, csv_path=args.csv)
+    if args.csv is not None:
+        raise ExoacqError("--csv writes a batch's summary: give several files, a folder or a glob", code="usage")
+    document = _analyse(single, analysis_options(args))
+    print(json.dumps(document) if args.json else format_analysis(document))
+    return 0
+
+
+def _analyse(path: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """One file's analysis document (the same for one file and for a batch)."""
+    from exoacq.dls.analysis import analyze_record
+
     if not path.exists():
         raise ExoacqError(f"{path}: no such file", code="usage")
     if path.suffix.lower() == ".ptu":
-        record = _ptu_record(args)
+        record = _ptu_record(argparse.Namespace(file=path, **options))
     else:
         from exoacq.dls.io import read_dls_file
         record = read_dls_file(path)
-    document = analyze_record(record, particle_refractive_index=args.particle_refractive_index)
-    print(json.dumps(document) if args.json else format_analysis(document))
-    return 0
+    return analyze_record(record, particle_refractive_index=options["particle_refractive_index"])
+
+
+# -- batches: many files, here or on Dask (exoacq.batch) -------------------------------------
+#: Files of a folder that are DLS inputs.
+DLS_SUFFIXES = (".asc", ".sin", ".ptu")
+_OPTIONS = ("particle_refractive_index", "angle", "wavelength_nm", "temperature_c", "medium_refractive_index")
+BATCH_COLUMNS = ("source", "measurements", "angle_deg", "wavelength_nm", "temperature_c", "z_average_nm", "pdi",
+                 "intercept", "quality", "extrapolated_diameter_nm", "warnings")
+
+
+def analysis_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The analysis options of a command line as a plain, picklable dict (for analyse_input)."""
+    return {name: getattr(args, name) for name in _OPTIONS}
+
+
+def analyse_input(path: str, options: dict[str, Any]) -> dict[str, Any]:
+    """One file's analysis document (with ``input``): the batch's task, here or on a Dask worker."""
+    return {"input": str(path), **_analyse(Path(path), options)}
+
+
+def summary_row(document: dict[str, Any]) -> dict[str, Any]:
+    """One row per file; a file of several angles has ``;``-separated values, one per angle."""
+    measurements = document.get("measurements") or []
+
+    def each(key: str) -> list[Any]:
+        return [m.get(key) for m in measurements]
+    extrapolated = document.get("extrapolated") or {}
+    warnings = list(document.get("warnings") or []) + [w for m in measurements for w in m.get("warnings") or []]
+    return {"source": document.get("source"), "measurements": len(measurements), "angle_deg": each("angle_deg"),
+            "wavelength_nm": each("wavelength_nm"), "temperature_c": each("temperature_c"),
+            "z_average_nm": each("z_average_nm"), "pdi": each("pdi"), "intercept": each("intercept"),
+            "quality": [(m.get("quality") or {}).get("verdict") for m in measurements],
+            "extrapolated_diameter_nm": extrapolated.get("diameter_nm"), "warnings": warnings}
+
+
+def describe(document: dict[str, Any]) -> str:
+    parts = []
+    for m in document.get("measurements") or []:
+        z, pdi = m.get("z_average_nm"), m.get("pdi")
+        parts.append(f"{m['angle_deg']:g} deg: Z-average {'n/a' if z is None else format(z, '.1f')} nm, "
+                     f"PDI {'n/a' if pdi is None else format(pdi, '.3f')}")
+    return f"{document['input']}: " + ("; ".join(parts) or "no measurement")
+
+
+BATCH = BatchMethod(name="dls", analyse=analyse_input, suffixes=DLS_SUFFIXES, columns=BATCH_COLUMNS,
+                    summary_row=summary_row, describe=describe)
 
 
 def _ptu_record(args: argparse.Namespace):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from exoacq.batch import BatchMethod, add_batch_options, run_batch_cli, single_input, split_dask_argument
 from exoacq.cli_common import add_acquire_options, positive_float as _positive_float, run_acquisition
 from exoacq.errors import ExoacqError
 
@@ -24,12 +25,17 @@ def add_cli(verbs: dict[str, Any]) -> None:
     add_acquire_options(p)
     p.set_defaults(func=cmd_acquire)
 
-    p = verbs["analyze"].add_parser("nta", help="analyse a recorded NTA video offline (same code as the daemon)")
-    p.add_argument("video", type=Path, help="video (AVI, MOV, MP4, ...), multi-page TIFF or folder of PNG/TIFF frames")
+    p = verbs["analyze"].add_parser("nta", help="analyse recorded NTA videos offline (same code as the daemon)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="video (AVI, MOV, MP4, ...), multi-page TIFF or folder of PNG/TIFF frames; several, globs "
+                        "('runs/*.avi') or folders of videos make a batch")
     add_analysis_options(p)
-    p.add_argument("--json", action="store_true", help="print the result document alone on stdout")
-    p.add_argument("--csv", type=Path, help="also write a NanoSight-style ExperimentSummary CSV here")
-    p.add_argument("--report", type=Path, help="also write a self-contained HTML report here")
+    p.add_argument("--json", action="store_true",
+                   help="print the result document alone on stdout (a batch: one JSON document per line)")
+    p.add_argument("--csv", type=Path, help="also write a NanoSight-style ExperimentSummary CSV here (a batch: one "
+                                            "summary row per input)")
+    p.add_argument("--report", type=Path, help="also write a self-contained HTML report here (one input)")
+    add_batch_options(p)
     p.set_defaults(func=cmd_analyze)
 
     p = verbs["calibrate"].add_parser("nta", help="measure the detection volume from beads of known concentration")
@@ -74,6 +80,13 @@ def add_cli(verbs: dict[str, Any]) -> None:
     add_analysis_options(b)
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
     b.set_defaults(func=cmd_bench, benchmark="analyze")
+    b = bench.add_parser("batch", help="`analyze nta --dask`: the same simulated videos on 1 and 2 Dask workers")
+    b.add_argument("--videos", type=int, default=None, help="videos to analyse (default 8)")
+    b.add_argument("--frames", type=int, default=None, help="frames per video (default 300)")
+    b.add_argument("--width", type=int, default=None, help="default 640")
+    b.add_argument("--height", type=int, default=None, help="default 480")
+    b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
+    b.set_defaults(func=cmd_bench_batch)
     b = bench.add_parser("accuracy", help="NTA sizes and concentrations of simulated samples against their truth")
     b.add_argument("--cases", default="all",
                    help="comma-separated case names, or 'all' (default); `--cases list` prints them")
@@ -188,12 +201,13 @@ def analyze_with_progress(args: argparse.Namespace, outputs: list[Path | None]) 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from exoacq.nta.format import format_summary
 
+    split_dask_argument(args)
+    single = single_input(args.inputs, is_frame_folder) if args.dask is None else None
+    if single is None:
+        return analyze_batch(args)
+    args.video = single
     summary, params, warnings = analyze_with_progress(args, [args.csv, args.report])
-    summary.pop("features_per_frame")
-    document = {"schema": "exoacq.nta.analysis/1", "video": str(args.video), **summary,
-                "temperature_c": params.temperature_c, "viscosity_mpa_s": params.viscosity_mpa_s,
-                "dilution": params.dilution, "settings": params.to_dict(),
-                "warnings": warnings + summary["warnings"]}
+    document = analysis_document(args.video, summary, params, warnings)
     write_exports(args, document, params)
     if args.json:
         print(json.dumps(document))
@@ -201,6 +215,100 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"{args.video}: {summary['frames_analysed']} frames at {params.frame_rate_hz:g} frames/s")
         print(format_summary(document))
     return 0
+
+
+def analysis_document(video: Path | str, summary: dict[str, Any], params: Any, warnings: list[str]) -> dict[str, Any]:
+    """The ``exoacq.nta.analysis/1`` document of one video's analysis."""
+    summary.pop("features_per_frame", None)
+    return {"schema": "exoacq.nta.analysis/1", "video": str(video), **summary,
+            "temperature_c": params.temperature_c, "viscosity_mpa_s": params.viscosity_mpa_s,
+            "dilution": params.dilution, "settings": params.to_dict(),
+            "warnings": warnings + summary["warnings"]}
+
+
+# -- batches: many inputs, here or on Dask (exoacq.batch) ------------------------------------
+#: Files of a folder that are videos (a folder of frame images is one video).
+VIDEO_SUFFIXES = (".avi", ".mov", ".mp4", ".m4v", ".mkv", ".wmv", ".mpg", ".mpeg", ".npy")
+BATCH_COLUMNS = ("frames_analysed", "frame_rate_hz", "size_mean_nm", "size_mode_nm", "size_sd_nm", "size_d10_nm",
+                 "size_d50_nm", "size_d90_nm", "concentration_per_ml", "particles_per_frame", "tracks_total",
+                 "tracks_used", "diffusion_mean_um2_s", "temperature_c", "viscosity_mpa_s", "dilution", "warnings")
+
+
+def is_frame_folder(path: Path) -> bool:
+    """A folder of PNG/TIFF frames (and no video files): one video, as ``open_video`` reads it."""
+    from exoacq.nta.video import FRAME_SUFFIXES
+    suffixes = {p.suffix.lower() for p in path.iterdir() if p.is_file()}
+    return bool(suffixes & set(FRAME_SUFFIXES)) and not suffixes & set(VIDEO_SUFFIXES)
+
+
+def analysis_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The analysis options of a command line as a plain, picklable dict (for analyse_input)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_analysis_options(probe)
+    return {a.dest: (str(v) if isinstance(v := getattr(args, a.dest), Path) else v) for a in probe._actions}
+
+
+def analyse_input(path: str, options: dict[str, Any]) -> dict[str, Any]:
+    """One video's analysis document (with ``input``), from ``analysis_options``: the batch's task,
+    here or on a Dask worker. ``options["threads"]``: detection threads (default: all cores)."""
+    from exoacq.nta.offline import analyze_video
+    from exoacq.nta.video import open_video
+
+    args = argparse.Namespace(**{k: v for k, v in options.items() if k != "threads"})
+    if args.calibration is not None:
+        args.calibration = Path(args.calibration)
+    video = open_video(path)
+    params, warnings = analysis_parameters(args, video)
+    summary = analyze_video(video, params, threads=options.get("threads"))
+    return {"input": str(path), **analysis_document(path, summary, params, warnings)}
+
+
+def summary_row(document: dict[str, Any]) -> dict[str, Any]:
+    size = document["size_nm"]
+    return {"frames_analysed": document["frames_analysed"], "frame_rate_hz": document["settings"]["frame_rate_hz"],
+            **{f"size_{k}_nm": size[k] for k in ("mean", "mode", "sd", "d10", "d50", "d90")},
+            "concentration_per_ml": document["concentration_per_ml"],
+            "particles_per_frame": document["particles_per_frame"], "tracks_total": document["tracks"]["total"],
+            "tracks_used": document["tracks"]["used"], "diffusion_mean_um2_s": document["diffusion_um2_s"]["mean"],
+            "temperature_c": document["temperature_c"], "viscosity_mpa_s": document["viscosity_mpa_s"],
+            "dilution": document["dilution"], "warnings": document["warnings"]}
+
+
+def describe(document: dict[str, Any]) -> str:
+    def num(value: Any, fmt: str) -> str:
+        return "n/a" if value is None else format(value, fmt)
+    size = document["size_nm"]
+    return (f"{document['input']}: mean {num(size['mean'], '.1f')} nm, mode {num(size['mode'], '.1f')} nm, "
+            f"D50 {num(size['d50'], '.1f')} nm, {document['tracks']['used']} tracks, "
+            f"{num(document['concentration_per_ml'], '.3g')} particles/mL")
+
+
+BATCH = BatchMethod(name="nta", analyse=analyse_input, suffixes=VIDEO_SUFFIXES, columns=BATCH_COLUMNS,
+                    summary_row=summary_row, describe=describe, is_input_folder=is_frame_folder)
+
+
+def analyze_batch(args: argparse.Namespace) -> int:
+    """``analyze nta`` of many inputs, or with --dask: one document per input as each finishes."""
+    if args.report is not None:
+        raise ExoacqError("--report writes one video's report: give one input (a batch has --json and --csv)",
+                          code="usage")
+    _check_options(args)
+    return run_batch_cli(BATCH, args.inputs, analysis_options(args), dask=args.dask, workers=args.workers,
+                         json_lines=args.json, csv_path=args.csv)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """The options' own mistakes once, before the batch, not once per input (a stand-in video at
+    --fps, or the calibration's frame rate; each input is checked again with its own)."""
+    from types import SimpleNamespace
+
+    from exoacq.nta.calibration import load_nta_calibration
+    fps = args.fps
+    if fps is None and args.calibration is not None:
+        fps = load_nta_calibration(args.calibration).optics.frame_rate_hz
+    if fps is None:
+        fps = min(25.0, 1000.0 / args.exposure_ms) if args.exposure_ms and args.exposure_ms > 0 else 25.0
+    analysis_parameters(args, SimpleNamespace(path=Path("(options)"), fps=fps, width=640, height=480))
 
 
 def write_exports(args: argparse.Namespace, document: dict[str, Any], params: Any) -> None:
@@ -299,6 +407,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         params, _ = analysis_parameters(args, open_video(bench.require_video(args.video)))
         result = bench.bench_analyze(args.video, params)
     print(json.dumps(result))
+    return 0
+
+
+def cmd_bench_batch(args: argparse.Namespace) -> int:
+    from exoacq.nta.bench_batch import bench_batch
+
+    sizes = {k: v for k, v in (("videos", args.videos), ("frames", args.frames), ("width", args.width),
+                               ("height", args.height)) if v is not None}
+    print(json.dumps(bench_batch(**sizes)))
     return 0
 
 
