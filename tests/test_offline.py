@@ -174,3 +174,14 @@ def test_real_video_diffusion_is_that_of_one_micron_latex():
     assert doc["tracks"]["used"] > 1000 and doc["link_search_range_px"] < 10
     assert any("no --exposure-ms" in w for w in doc["warnings"])
     assert doc["size_nm_detected"] == doc["size_nm"]  # bright field: no light-sheet depth correction
+
+
+@pytest.mark.parametrize("fps", ["24", "25", "29.97", "30", "60"])
+def test_ordinary_frame_rates_without_an_exposure_give_sizes_not_a_traceback(tmp_path, fps):
+    # The whole-frame exposure assumed is 1000 / fps ms; checked against 1 / fps s it may exceed it in the last bit.
+    video = tmp_path / f"v{fps}.avi"
+    made = run_cli("simulate", "video", str(video), "--frames", "60", "--fps", fps)
+    assert made.returncode == 0, made.stderr
+    proc = run_cli("analyze", "nta", str(video), "--pixel-size-um", "0.166", "--json")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["size_nm"]["mean"] > 0

@@ -40,10 +40,13 @@ MIN_TRACKS_FOR_STATISTICS = 10
 
 
 def blur_coefficient(exposure_s: float, frame_interval_s: float) -> float:
-    """VBF motion-blur coefficient R = t_E / (6 dt) for uniform illumination during t_E <= dt."""
-    if frame_interval_s <= 0 or not 0 <= exposure_s <= frame_interval_s:
+    """VBF motion-blur coefficient R = t_E / (6 dt) for uniform illumination during t_E <= dt.
+
+    An exposure equal to the frame interval computed another way (1 / fps vs. a stored
+    millisecond value) may exceed it in the last bit: it is taken as the whole interval."""
+    if frame_interval_s <= 0 or not 0 <= exposure_s <= frame_interval_s * (1 + 1e-9):
         raise ValueError(f"need 0 <= exposure_s ({exposure_s}) <= frame_interval_s ({frame_interval_s}), dt > 0")
-    return exposure_s / (6.0 * frame_interval_s)
+    return min(exposure_s, frame_interval_s) / (6.0 * frame_interval_s)
 
 
 def track_step_sums(x_um, y_um) -> tuple[int, float, float, int]:
