@@ -3,7 +3,8 @@ bluesky-widgets) ingests exoacq runs without knowing exoacq.
 
 For every run the daemon composes, with the ``event-model`` package:
 
-* a **RunStart** (sample, dilution, method, instrument, the acquisition settings);
+* a **RunStart** (sample, dilution, method, instrument, the acquisition settings, the
+  instrument's method settings and its ``calibration``);
 * an **EventDescriptor** per stream, its data keys with units (read from the key
   names: ``diameter_nm`` is in nm) and their shapes: ``progress`` (the method's
   progress documents), ``result`` (the result's numbers), and one stream per
@@ -84,9 +85,11 @@ class RunDocuments:
     """The event-model documents of one run, composed as it goes (by one thread)."""
 
     def __init__(self, *, run_id: str, method: str, instrument: str | None, sample: str,
-                 settings: dict[str, Any], time_s: float):
+                 settings: dict[str, Any], time_s: float, method_settings: dict[str, Any] | None = None):
+        method_settings = method_settings or {}
         metadata = {"run_id": run_id, "sample": sample, "dilution": settings.get("dilution"), "method": method,
-                    "instrument": instrument, "plan_name": f"exoacq.{method}", "exoacq_settings": settings}
+                    "instrument": instrument, "plan_name": f"exoacq.{method}", "exoacq_settings": settings,
+                    "method_settings": method_settings, "calibration": method_settings.get("calibration")}
         self._run = event_model.compose_run(time=time_s, metadata=metadata)
         self._streams: dict[str, Any] = {}
         self._keys: dict[str, list[str]] = {}

@@ -506,9 +506,11 @@ class Daemon:
             if status.state != "preparing":
                 return  # a run that never started has no RunStart
             run = status.run
+            options = self.runners[run.instrument].instrument.config.options
             docs = status.data["bluesky"] = RunDocuments(
                 run_id=run.run_id, method=run.method, instrument=run.instrument, sample=run.settings.get("sample", ""),
-                settings=run.settings, time_s=time.time())
+                settings=run.settings, time_s=time.time(),
+                method_settings=options.model_dump(mode="json") if options is not None else {})
         pairs = compose(docs)
         for name, doc in pairs:
             publish(self.results, f"bluesky.{name}", doc)

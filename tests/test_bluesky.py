@@ -55,6 +55,8 @@ def test_an_nta_run_is_published_and_exported_as_valid_event_model_documents(dae
     assert names[0] == "start" and names[-1] == "stop" and mine[-1][1]["exit_status"] == "success"
     start = mine[0][1]
     assert (start["sample"], start["method"], start["instrument"], start["dilution"]) == ("bluesky", "nta", "nta", 1.0)
+    assert start["calibration"].endswith("simulated-camera.toml")  # the instrument's calibration file
+    assert start["method_settings"]["detection_volume_source"].startswith("simulated-camera.toml v4")
     descriptors = {d["name"]: d for n, d in mine if n == "descriptor"}
     assert set(descriptors) == {"progress", "result", "captures"}
     result_keys = descriptors["result"]["data_keys"]
