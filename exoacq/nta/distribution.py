@@ -132,7 +132,8 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
     stepped = table.loc[(table["n_pairs"] > 0) & (table["sum_sq_um2"] > 0)]
     # In an order of their own content, not of the linker's particle ids (which depend on the order in
     # which workers returned frames): the same tracks then give the same sums to the last bit.
-    stepped = stepped.sort_values(["first_frame", "length_frames", "sum_sq_um2", "n_pairs"], kind="stable")
+    order = [c for c in ("first_frame", "length_frames", "sum_sq_um2", "n_pairs") if c in stepped.columns]
+    stepped = stepped.sort_values(order, kind="stable")
     out: dict[str, Any] = {"size_nm": None, "size_nm_detected": None, "used": stepped, "tracks_used": 0,
                            "localisation_nm": None,
                            "min_track_length": min_track_length, "volume_ratio": 1.0, "warnings": warnings}
