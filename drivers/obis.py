@@ -17,7 +17,7 @@ import serial
 from pydantic import Field
 
 from exoacq.devices import Setting
-from exoacq.drivers.serial_port import SERIAL_ERRORS, open_port, reason
+from exoacq.drivers.serial_port import SERIAL_ERRORS, close_quietly, open_port, reason
 from exoacq.drivers.commands import Command, checked, watts
 from exoacq.errors import DeviceError
 from exoacq.registry import Driver, DriverOptions
@@ -303,10 +303,7 @@ class ObisLaser:
     def _release(self) -> None:
         with self._lock:
             port, self._serial = self._serial, None
-        try:
-            port.close()  # type: ignore[union-attr]
-        except Exception:  # already gone, or never opened
-            pass
+        close_quietly(port)
 
 
 # -- registry declaration -------------------------------------------------------

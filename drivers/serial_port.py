@@ -39,3 +39,11 @@ def open_port(port: str, *, baudrate: int, timeout_s: float, device: str) -> ser
         return opener(port, baudrate=baudrate, timeout=timeout_s, write_timeout=timeout_s)
     except (*SERIAL_ERRORS, ValueError) as exc:
         raise DeviceError(f"{device}: cannot open serial port {port} ({reason(exc)})") from None
+
+
+def close_quietly(port: serial.SerialBase | None) -> None:
+    """Close a port that may already be gone (unplugged) or never opened."""
+    try:
+        port.close()  # type: ignore[union-attr]
+    except Exception:
+        pass

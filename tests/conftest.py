@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import tty
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +56,13 @@ def laser_settings(status: dict, instrument: str = "nta") -> dict:
 def active_state(status: dict, instrument: str = "nta") -> str | None:
     """The state of the run active on an instrument (None when idle)."""
     return next((r["state"] for r in status["runs"] if r["instrument"] == instrument and r["state"] != "queued"), None)
+
+
+@pytest.fixture
+def silent_port():
+    """A pseudo-terminal nobody serves: a serial device switched off or its cable loose."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    yield os.ttyname(slave)
+    os.close(slave)
+    os.close(master)

@@ -5,10 +5,7 @@ Series Owner's Manual, Communication commands).
 """
 from __future__ import annotations
 
-import os
-import pty
 import time
-import tty
 from collections.abc import Iterator
 
 import pytest
@@ -40,16 +37,6 @@ def laser(sim: CoboltSimulator) -> Iterator[CoboltLaser]:
     sim.clear_transcript()
     yield device
     device.close()
-
-
-@pytest.fixture
-def silent_port() -> Iterator[str]:
-    """A pty nobody serves: the laser is switched off."""
-    master, slave = pty.openpty()
-    tty.setraw(slave)
-    yield os.ttyname(slave)
-    os.close(slave)
-    os.close(master)
 
 
 def test_connect_disables_autostart_and_reads_identity(sim: CoboltSimulator) -> None:

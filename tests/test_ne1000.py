@@ -7,10 +7,7 @@ wire. The simulator's clock is a test clock, so volumes are exact.
 """
 from __future__ import annotations
 
-import os
-import pty
 import time
-import tty
 from collections.abc import Iterator
 
 import pydantic
@@ -56,16 +53,6 @@ def pump(sim: NE1000Simulator) -> Iterator[NE1000Pump]:
     sim.clear_transcript()
     yield device
     device.close()
-
-
-@pytest.fixture
-def silent_port() -> Iterator[str]:
-    """A pty nobody serves: the pump is switched off or its cable is loose."""
-    master, slave = pty.openpty()
-    tty.setraw(slave)
-    yield os.ttyname(slave)
-    os.close(slave)
-    os.close(master)
 
 
 def packet(data: bytes) -> bytes:

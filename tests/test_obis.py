@@ -5,10 +5,7 @@ LX/LS Operator's Manual, Appendix: Commands and queries).
 """
 from __future__ import annotations
 
-import os
-import pty
 import time
-import tty
 from collections.abc import Iterator
 
 import pytest
@@ -44,16 +41,6 @@ def laser(sim: ObisSimulator) -> Iterator[ObisLaser]:
     sim.clear_transcript()
     yield device
     device.close()
-
-
-@pytest.fixture
-def silent_port() -> Iterator[str]:
-    """A pty nobody serves: the laser is switched off or unplugged."""
-    master, slave = pty.openpty()
-    tty.setraw(slave)
-    yield os.ttyname(slave)
-    os.close(slave)
-    os.close(master)
 
 
 def test_connect_sets_up_and_reads_identity(sim: ObisSimulator) -> None:
