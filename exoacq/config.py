@@ -108,6 +108,25 @@ class Config(_Section):
     instruments: dict[Name, InstrumentConfig] = {}
 
 
+#: Where ``calibrations/`` ships (a source checkout or an editable install).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_file(path: Path | str, relative_to: Path | None, what: str = "file") -> Path:
+    """A file a configuration names (a calibration, gates): an absolute path as given; a relative
+    one beside the configuration file, then in the project root; the first that exists wins."""
+    path = Path(path)
+    if path.is_absolute():
+        if not path.exists():
+            raise ConfigError(f"{what} {path} not found")
+        return path
+    candidates = [base / path for base in (relative_to, PROJECT_ROOT) if base is not None]
+    found = next((c for c in candidates if c.exists()), None)
+    if found is None:
+        raise ConfigError(f"{what} {path} not found (looked in: {', '.join(str(c) for c in candidates)})")
+    return found
+
+
 def example_text() -> str:
     """The commented example configuration (several instruments)."""
     return resources.files("exoacq").joinpath("config_example.toml").read_text(encoding="utf-8")

@@ -159,3 +159,33 @@ class PhotonCounter(Device, Protocol):
     def read(self, timeout_s: float = 0.5) -> "np.ndarray":
         """The photons that arrived since the last read (int64 ticks, ascending); an empty
         array when none came within ``timeout_s``."""
+
+
+@dataclass
+class TraceBlock:
+    """Detector traces a digitizer recorded: ``samples`` int16 [channel, sample], in ADC counts
+    relative to the digitizer's reference level; volts = samples x volts_per_count + offset_v."""
+
+    samples: np.ndarray
+    volts_per_count: np.ndarray
+    offset_v: np.ndarray
+    #: Time of the first sample, seconds since ``start()``.
+    start_s: float
+    #: True when the block follows the previous one without a gap (a pulse may straddle the boundary).
+    contiguous: bool
+
+
+@runtime_checkable
+class Digitizer(Device, Protocol):
+    """Detector traces (a nano flow cytometer's scatter and fluorescence detectors), in blocks."""
+
+    #: Names of the recorded channels, in the order of ``TraceBlock.samples`` ("SSC", "FL1", ...).
+    channels: list[str]
+    sample_rate_hz: float
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def read(self, timeout_s: float = 1.0) -> TraceBlock | None:
+        """The next block of traces, or None when none was recorded within ``timeout_s``."""

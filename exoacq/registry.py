@@ -30,7 +30,7 @@ METHOD_GROUP = "exoacq.methods"
 
 #: Kinds of device (the Protocols of exoacq.devices) a driver can make.
 KINDS = ("laser", "camera", "thermometer", "temperature-controller", "pump",
-         "photon-counter", "correlator", "digitizer")
+         "photon-counter", "correlator", "digitizer", "cytometer")
 
 
 class DriverOptions(BaseModel):

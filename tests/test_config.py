@@ -10,7 +10,7 @@ from exoacq.errors import ConfigError
 
 def test_example_is_valid_and_describes_several_instruments():
     config = load_config(None)  # no file: one simulated instrument per method
-    assert set(config.instruments) == {"nta", "dls"}
+    assert set(config.instruments) == {"nta", "dls", "flow"}
     assert config.instruments["nta"].sample.components[0].diameter_nm == 100.0
     text = example_text()
     assert "Units are part of every key name" in text
@@ -20,7 +20,7 @@ def test_example_is_valid_and_describes_several_instruments():
     assert example.daemon.results == "tcp://127.0.0.1:5556" and example.daemon.frames == "tcp://127.0.0.1:5557"
     assert len(example.instruments) >= 3
     drivers = {d.driver for i in example.instruments.values() for d in i.devices.values()}
-    assert {"obis", "cobolt", "ne1000", "ted4015", "genicam", "opencv", "simulated-nta"} <= drivers
+    assert {"obis", "cobolt", "ne1000", "ted4015", "genicam", "opencv", "simulated-nta", "oscilloscope"} <= drivers
 
 
 def test_simulated_switches_every_device_to_its_twin():
@@ -28,8 +28,9 @@ def test_simulated_switches_every_device_to_its_twin():
     config = parse_config(tomllib.loads(example_text()), "example", simulated=True)
     for instrument in config.instruments.values():
         assert all(device.simulated for device in instrument.devices.values())
-        # a real camera has no serial twin: the method's simulated camera takes its place
-        assert instrument.devices["camera"].driver == "simulated-nta"
+        if instrument.method == "nta":
+            # a real camera has no serial twin: the method's simulated camera takes its place
+            assert instrument.devices["camera"].driver == "simulated-nta"
 
 
 def _nta(devices=None, **sections):
@@ -50,7 +51,7 @@ def _nta(devices=None, **sections):
     ({"daemon": {"control": "localhost:5555"}}, "daemon.control = 'localhost:5555': must be a ZeroMQ endpoint"),
     (_nta(settings={"feature_diameter_px": 8}), "feature_diameter_px = 8 must be odd"),
     ({"bogus": {}}, "unknown key 'bogus'"),
-    ({"instruments": {"rig": {"method": "xrd"}}}, "instruments.rig.method = 'xrd': unknown method 'xrd'; installed: dls, nta"),
+    ({"instruments": {"rig": {"method": "xrd"}}}, "instruments.rig.method = 'xrd': unknown method 'xrd'; installed: dls, flow, nta"),
     (_nta({"laser": {"driver": "lazer"}}), "instruments.rig.devices.laser.driver = 'lazer': unknown driver 'lazer'"),
     (_nta({"laser": {"driver": "ne1000", "simulated": True}}),
      "instruments.rig.devices.laser.driver = 'ne1000' is a pump; the laser of method nta must be a laser"),

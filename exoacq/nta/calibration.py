@@ -15,10 +15,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from exoacq.config import resolve_file
 from exoacq.errors import ConfigError
 
 #: Project root, for the relative paths of the embedded default configuration.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 class _Strict(BaseModel):
@@ -74,16 +74,8 @@ class NTACalibration(_Strict):
 
 
 def resolve(path: Path | str, relative_to: Path | None) -> Path:
-    """A relative path is looked up beside the configuration file, then in the project root
-    (where ``calibrations/`` ships); the first that exists wins."""
-    path = Path(path)
-    if path.is_absolute():
-        return path
-    candidates = [base / path for base in (relative_to, PROJECT_ROOT) if base is not None]
-    found = next((c for c in candidates if c.exists()), None)
-    if found is None:
-        raise ConfigError(f"calibration {path} not found (looked in: {', '.join(str(c) for c in candidates)})")
-    return found
+    """A calibration file, looked up beside the configuration file, then in the project root."""
+    return resolve_file(path, relative_to, what="calibration")
 
 
 def load_nta_calibration(path: Path) -> NTACalibration:

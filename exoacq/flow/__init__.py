@@ -1,0 +1,1 @@
+"""Nano flow cytometry: pulses, calibrated scatter and fluorescence, FCS, gates and controls."""
