@@ -26,7 +26,8 @@ from exoacq.flow.fcs import FCSData
 from exoacq.flow.gating import compensate
 from exoacq.flow.pulses import PulseDetector, Trigger, estimate_baseline
 from exoacq.flow.scatter import Collection, Particle, ev
-from exoacq.flow.simulate import Cytometer, FlowSimulator, Population, ev_sample, silica_beads
+from exoacq.flow.simulate import Cytometer, FlowSimulator, Population
+from exoacq.flow.simulated import ev_sample, silica_beads
 
 pytestmark = pytest.mark.slow
 

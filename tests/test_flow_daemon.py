@@ -108,6 +108,19 @@ def test_controls_attach_by_run_id_and_are_reported(daemon):
     assert bad.returncode != 0 and "a control run takes no controls" in bad.stderr
 
 
+@pytest.mark.slow
+def test_a_sample_100x_too_concentrated_is_flagged_as_swarm(daemon):
+    # dilution 2 instead of 200: unresolved EVs raise the side-scatter baseline under every pulse
+    result = _acquire(daemon, "--duration", "1", "--dilution", "2")
+    jsonschema.validate(result, load_schema("flow.result"))
+    swarm = result["swarm"]
+    assert swarm["flag"] is True and any("baseline" in r for r in swarm["reasons"]), swarm
+    reference = swarm["baseline"]["reference"]
+    assert reference["source"] == "the calibration's bead run"
+    assert swarm["baseline"]["noise_counts"] > 10 * reference["noise_counts"]
+    assert any(w.startswith("possible swarm") for w in result["warnings"])
+
+
 @needs_testdata
 @pytest.mark.slow
 def test_cytometer_exports_are_analysed_and_published_as_they_appear(tmp_path):

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from exoacq.errors import ExoacqError
-from exoacq.flow.pulses import PulseDetector, Trigger, bench_pulses, estimate_baseline, synthetic_trace
+from exoacq.flow.pulses import PulseDetector, Trigger, estimate_baseline
+from exoacq.flow.pulses_bench import bench_pulses, synthetic_trace
 
 FS = 20e6                   # samples per second
 US = 1e6 / FS               # microseconds per sample

@@ -10,8 +10,9 @@ from conftest import ROOT
 
 from exoacq.errors import ConfigError
 from exoacq.flow.scatter import collected_cross_section_nm2
-from exoacq.flow.simulate import (Cytometer, FlowSimulator, Marker, Population, ev_sample, mesf_beads,
-                                  particles_per_s, polystyrene_beads, silica_beads)
+from exoacq.flow.simulate import Cytometer, FlowSimulator, Marker, Population, particles_per_s
+from exoacq.flow.simulated import (ev_sample, mesf_beads,
+                                   polystyrene_beads, silica_beads)
 
 CY = Cytometer()
 CALIBRATIONS = ROOT / "calibrations" / "flow"

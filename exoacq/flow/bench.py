@@ -1,7 +1,7 @@
 """``exoacq bench flow``: the flow method's throughput on one core, in one run.
 
 ``samples_per_s``: trigger-channel samples per second through pulse detection
-(three int16 channels, 100,000 events/s; :func:`exoacq.flow.pulses.bench_pulses`).
+(three int16 channels, 100,000 events/s; :func:`exoacq.flow.pulses_bench.bench_pulses`).
 ``events_per_s``: events per second through calibration (diameter, MESF),
 gating, and statistics (:func:`exoacq.flow.analysis.bench_analysis`). The
 issue's targets are stated beside the figures.
@@ -21,7 +21,7 @@ def bench_flow(seconds: float = 1.0, n_events: int = 2_000_000) -> dict[str, Any
     import numba
 
     from exoacq.flow.analysis import bench_analysis
-    from exoacq.flow.pulses import bench_pulses
+    from exoacq.flow.pulses_bench import bench_pulses
 
     numba.set_num_threads(1)
     pulses = bench_pulses(seconds=seconds)

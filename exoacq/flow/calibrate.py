@@ -51,12 +51,13 @@ def make_calibration(*, scatter_events: Any, scatter_parameter: str, bead_set_pa
                      medium_refractive_index: float, collection: Any, particle: Any, fit_geometry: bool,
                      min_value: float, mesf: list[tuple[Any, str, str]], mesf_set_path: Path | None,
                      sources: list[str], validity_days: int | None = DEFAULT_VALIDITY_DAYS,
-                     names: dict[str, str] | None = None) -> Any:
+                     names: dict[str, str] | None = None, detector: dict | None = None) -> Any:
     """A :class:`~exoacq.flow.calibration.FlowCalibration` from bead events.
 
     ``mesf``: (events, parameter, fluorochrome) per fluorescence parameter to calibrate; ``validity_days``
     None: the calibration does not expire; ``names``: how the bead files are named in the provenance
-    (as the operator gave them; default their paths)."""
+    (as the operator gave them; default their paths); ``detector``: the trigger channel's baseline
+    and noise during the bead run (``channel``, ``baseline_counts``, ``noise_counts``), when known."""
     names = names or {}
     from exoacq.flow.calibration import FlowCalibration, fit_fluorescence, fit_scatter, load_bead_set
 
@@ -92,7 +93,7 @@ def make_calibration(*, scatter_events: Any, scatter_parameter: str, bead_set_pa
     return FlowCalibration(scatter=scatter, fluorescence=fluorescence, created=now.isoformat(timespec="seconds"),
                            source=", ".join(sources), provenance=provenance,
                            expires=(date.today() + timedelta(days=validity_days)).isoformat() if validity_days else None,
-                           spillover=spillover)
+                           spillover=spillover, detector=detector)
 
 
 def fit_spillover(single_stains: list[tuple[Any, str]], *, min_fraction_of_max: float = 0.05) -> Any:
@@ -124,8 +125,8 @@ def simulated_bead_events(kind: str, *, duration_s: float, settings: Any, seed: 
                           channel: str = "FL1") -> tuple[Any, Any]:
     """(events, recorder) of simulated beads through the pulse detector: ``silica``, or ``mesf``
     (the ladder of ``channel``'s fluorochrome, on 2 um beads)."""
-    from exoacq.flow.simulate import Cytometer, FlowSimulator, mesf_beads, silica_beads
-    from exoacq.flow.simulated import record
+    from exoacq.flow.simulate import Cytometer, FlowSimulator
+    from exoacq.flow.simulated import mesf_beads, record, silica_beads
 
     populations = silica_beads() if kind == "silica" else mesf_beads(channel)
     recorder = record(FlowSimulator(populations, Cytometer(), seed=seed), duration_s, settings)

@@ -122,6 +122,9 @@ class FlowCalibration:
     #: Spillover between fluorescence detectors (rows: the fluorochrome's own detector, columns: where its
     #: light is also seen; diagonal 1), measured on single-stained beads; None: not measured.
     spillover: pd.DataFrame | None = None
+    #: The trigger detector's baseline and noise while the beads ran (``channel``, ``baseline_counts``,
+    #: ``noise_counts``): the reference a sample's baseline is checked against (swarm raises it).
+    detector: dict | None = None
 
     def to_toml(self) -> str:
         lines = ["# exoacq nano flow cytometry calibration (exoacq.flow.calibration)", "",
@@ -153,6 +156,9 @@ class FlowCalibration:
                       f"slope = {_toml_value(float(f.slope))}", f"intercept = {_toml_value(float(f.intercept))}",
                       f"beads_au = {_toml_value([float(a) for a, _ in f.beads])}",
                       f"beads_mesf = {_toml_value([float(m) for _, m in f.beads])}"]
+        if self.detector is not None:
+            lines += ["", "[detector]  # the trigger channel's baseline while the beads ran"]
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in self.detector.items()]
         if self.spillover is not None:
             lines += ["", "[spillover]  # rows: a fluorochrome's own detector; columns: the detectors it is seen in",
                       f"parameters = {_toml_value([str(c) for c in self.spillover.columns])}",
@@ -226,9 +232,17 @@ class FlowCalibration:
                 raise ExoacqError(f"{where}: key spillover.matrix must be a {len(names)} x {len(names)} matrix of "
                                   "numbers (one row per parameter)", code="bad_calibration")
             spillover = pd.DataFrame(matrix, index=names, columns=names)
+        detector = None
+        if "detector" in doc:
+            dt = r.table("detector")
+            detector = {"channel": r.get(dt, "detector", "channel", str),
+                        "baseline_counts": r.number(dt, "detector", "baseline_counts"),
+                        "noise_counts": r.number(dt, "detector", "noise_counts")}
+            if not detector["noise_counts"] > 0:
+                raise ExoacqError(f"{where}: key detector.noise_counts must be > 0", code="bad_calibration")
         return cls(scatter=scatter, fluorescence=fluorescence, created=str(r.get(head, "calibration", "created", object)),
                    source=str(head.get("source", source)), provenance=dict(r.get(doc, "", "provenance", dict, default={})),
-                   expires=None if expires is None else str(expires), spillover=spillover)
+                   expires=None if expires is None else str(expires), spillover=spillover, detector=detector)
 
 
 def load_calibration(path) -> FlowCalibration:

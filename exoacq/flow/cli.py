@@ -209,7 +209,7 @@ def _format_series(document: dict[str, Any]) -> str:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from exoacq.config import resolve_file
     from exoacq.flow.calibrate import make_calibration, simulated_bead_events
-    from exoacq.flow.pipeline import _keyword_float, fcs_input
+    from exoacq.flow.pipeline import _keyword_float, fcs_input, levels
     from exoacq.flow.scatter import Collection, Particle
     from exoacq.flow.settings import FlowSettings
 
@@ -226,7 +226,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         settings = FlowSettings()
         print("exoacq: acquiring simulated silica beads (10 s) and MESF ladders (5 s each)", file=sys.stderr)
         events, recorder = simulated_bead_events("silica", duration_s=10.0, settings=settings, seed=args.seed)
-        threshold = recorder.detector.threshold_counts - recorder.detector.baseline_counts[settings.trigger_channel]
+        d, channel = recorder.detector, settings.trigger_channel
+        threshold = d.threshold_counts - d.baseline_counts[channel]
+        detector = {"channel": channel, "baseline_counts": d.baseline_counts[channel],
+                    "noise_counts": d.noise_counts[channel]}
         for channel, fluorochrome in (("FL1", "FITC"), ("FL2", "PE")):
             ladder, _ = simulated_bead_events("mesf", duration_s=5.0, settings=settings, seed=args.seed,
                                               channel=channel)
@@ -238,6 +241,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         sample = fcs_input(args.beads)
         events = sample.events
         threshold = _keyword_float(sample.keywords, "EXOACQ_TRIGGER_THRESHOLD_AU")
+        channel = sample.keywords.get("EXOACQ_TRIGGER_CHANNEL")
+        found = levels(sample.keywords, channel) if channel else None
+        detector = None if found is None else {"channel": channel, "baseline_counts": found[0],
+                                               "noise_counts": found[1]}
         sources = [str(args.beads)]
         for spec in args.mesf:
             path, _, rest = spec.partition(":")
@@ -252,7 +259,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                    medium_refractive_index=args.medium_refractive_index, collection=collection,
                                    particle=particle, fit_geometry=not args.no_geometry_fit, min_value=min_value,
                                    mesf=mesf, mesf_set_path=mesf_set if mesf else None, sources=sources,
-                                   validity_days=args.valid_days or None,
+                                   validity_days=args.valid_days or None, detector=detector,
                                    names={"scatter": str(args.bead_set), "mesf": str(args.mesf_beads)})
     calibration.provenance["command"] = " ".join(["exoacq", *sys.argv[1:]])
     try:
@@ -270,7 +277,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 # -- simulate --------------------------------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from exoacq.flow.pipeline import export_events
+    from exoacq.flow.pipeline import export_events, level_keywords
     from exoacq.flow.settings import FlowSettings, FlowSimulation
     from exoacq.flow.simulated import SimulatedTube, record
 
@@ -292,7 +299,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     keywords = {"$CYT": "exoacq simulated nano flow cytometer", "EXOACQ_SAMPLE": "simulated",
                 "EXOACQ_DILUTION": repr(float(args.dilution)), "EXOACQ_CONTROL": args.control or "sample",
                 "EXOACQ_LIVE_TIME_S": repr(recorder.live_time_s), "EXOACQ_FLOW_RATE_UL_MIN": repr(rate),
-                "EXOACQ_TRIGGER_CHANNEL": d.trigger.channel, "EXOACQ_TRIGGER_THRESHOLD_AU": repr(float(threshold))}
+                "EXOACQ_TRIGGER_CHANNEL": d.trigger.channel, "EXOACQ_TRIGGER_THRESHOLD_AU": repr(float(threshold)),
+                **level_keywords(d)}
     export_events(args.output, recorder.events(), None, keywords=keywords,
                   volume_nl=rate * recorder.live_time_s / 60.0 * 1000.0)
     print(f"{args.output}: {recorder.events_total} events in {recorder.live_time_s:g} s "

@@ -112,6 +112,56 @@ def _compensated(flow: Any, calibration: Any) -> Any:
     return flow
 
 
+#: A sample's trigger-channel noise above this multiple of the reference's (the calibration's beads, or the
+#: buffer control), or its baseline this many reference noise SDs above the reference's, means unresolved
+#: particles add up under the pulses: swarm (van der Pol et al. 2012, J. Thromb. Haemost. 10:919).
+SWARM_NOISE_RATIO = 1.5
+SWARM_BASELINE_SHIFT_SIGMA = 3.0
+
+
+def level_keywords(detector: Any) -> dict[str, str]:
+    """Each channel's baseline and noise (counts) as FCS keywords of the events file."""
+    out = {}
+    for channel, value in (detector.baseline_counts or {}).items():
+        out[f"EXOACQ_BASELINE_COUNTS_{channel}"] = repr(float(value))
+    for channel, value in (detector.noise_counts or {}).items():
+        out[f"EXOACQ_NOISE_COUNTS_{channel}"] = repr(float(value))
+    return out
+
+
+def levels(keywords: dict[str, str], channel: str) -> tuple[float, float] | None:
+    """(baseline, noise) of a channel recorded in an events file's keywords, or None."""
+    baseline = _keyword_float(keywords, f"EXOACQ_BASELINE_COUNTS_{channel}")
+    noise = _keyword_float(keywords, f"EXOACQ_NOISE_COUNTS_{channel}")
+    return None if baseline is None or noise is None else (baseline, noise)
+
+
+def baseline_check(sample: Any, calibration: Any, buffer: Any = None) -> tuple[dict | None, str | None]:
+    """The sample's trigger-channel baseline against the reference (the buffer control's, else the
+    calibration's): (the comparison, a swarm reason or None)."""
+    channel = sample.keywords.get("EXOACQ_TRIGGER_CHANNEL") or (getattr(calibration, "detector", None) or {}).get(
+        "channel")
+    own = levels(sample.keywords, channel) if channel else None
+    if own is None:
+        return None, None
+    reference, source = None, None
+    if buffer is not None and levels(buffer.keywords, channel) is not None:
+        reference, source = levels(buffer.keywords, channel), "the buffer control"
+    elif getattr(calibration, "detector", None) and calibration.detector.get("channel") == channel:
+        reference = (calibration.detector["baseline_counts"], calibration.detector["noise_counts"])
+        source = "the calibration's bead run"
+    check = {"channel": channel, "baseline_counts": own[0], "noise_counts": own[1],
+             "reference": None if reference is None else {"source": source, "baseline_counts": reference[0],
+                                                          "noise_counts": reference[1]}}
+    if reference is None:
+        return check, None
+    if own[1] > SWARM_NOISE_RATIO * reference[1] or own[0] - reference[0] > SWARM_BASELINE_SHIFT_SIGMA * reference[1]:
+        return check, (f"the {channel} baseline is {own[0]:.1f} counts with noise {own[1]:.2f}, against "
+                       f"{reference[0]:.1f} and {reference[1]:.2f} in {source}: unresolved particles add up "
+                       "under the pulses")
+    return check, None
+
+
 def analyse(sample: Any, *, calibration: Any, gates: Any, markers: dict[str, str], controls: dict[str, Any],
             trigger_threshold_au: float | None) -> dict[str, Any]:
     """The analysis (:func:`exoacq.flow.analysis.analyze`) of compensated inputs, with the input's reader
@@ -125,6 +175,12 @@ def analyse(sample: Any, *, calibration: Any, gates: Any, markers: dict[str, str
     present = {m: p for m, p in markers.items() if p in sample.events.columns}
     result = analyze(sample, calibration=calibration, gates=gates, markers=present,
                      controls=Controls(**controls), trigger_threshold_au=trigger_threshold_au)
+    check, reason = baseline_check(sample, calibration, controls.get("buffer"))
+    result["swarm"]["baseline"] = check
+    if reason:
+        result["swarm"]["flag"] = True
+        result["swarm"]["reasons"].append(reason)
+        result["warnings"].append(f"possible swarm: {reason} (dilute and check with a dilution series)")
     missing = sorted(set(markers) - set(present))
     if missing:
         result["warnings"].append(f"marker(s) {', '.join(missing)}: their parameters "
@@ -177,8 +233,17 @@ def analyse_recording(run: Any, recorder: Any, settings: Any, instrument: str) -
     threshold_au = (detector.threshold_counts - baseline) if detector.threshold_counts is not None else None
     flow_rate = run.settings.get("flow_rate_ul_min")
     live_s = recorder.live_time_s
+    keywords = {"$CYT": f"exoacq {instrument}", "EXOACQ_VERSION": __version__, "EXOACQ_RUN_ID": run.run_id,
+                "EXOACQ_SAMPLE": run.settings["sample"], "EXOACQ_DILUTION": repr(float(run.settings["dilution"])),
+                "EXOACQ_CONTROL": run.settings["control"] or "sample", "EXOACQ_LIVE_TIME_S": repr(live_s),
+                "EXOACQ_SAMPLE_RATE_HZ": repr(recorder.sample_rate_hz), **level_keywords(detector)}
+    if flow_rate:
+        keywords["EXOACQ_FLOW_RATE_UL_MIN"] = repr(float(flow_rate))
+    if threshold_au is not None:
+        keywords["EXOACQ_TRIGGER_CHANNEL"] = detector.trigger.channel
+        keywords["EXOACQ_TRIGGER_THRESHOLD_AU"] = repr(float(threshold_au))
     sample = FlowInput(events=events, duration_s=live_s, volume_nl=None, flow_rate_ul_min=flow_rate,
-                       dilution=run.settings["dilution"], source=run.run_id)
+                       dilution=run.settings["dilution"], source=run.run_id, keywords=dict(keywords))
     result = analyse(sample, calibration=calibration, gates=gates, markers=settings.markers,
                      controls=run.controls, trigger_threshold_au=threshold_au)
     result["acquisition"] = {"live_time_s": live_s, "samples": recorder.samples, "blocks": recorder.blocks,
@@ -190,15 +255,6 @@ def analyse_recording(run: Any, recorder: Any, settings: Any, instrument: str) -
                                          "noise_counts": (detector.noise_counts or {}).get(detector.trigger.channel),
                                          "pulses_truncated": detector.pulses_truncated}}
     volume_nl = flow_rate * live_s / 60.0 * 1000.0 if flow_rate else None
-    keywords = {"$CYT": f"exoacq {instrument}", "EXOACQ_VERSION": __version__, "EXOACQ_RUN_ID": run.run_id,
-                "EXOACQ_SAMPLE": run.settings["sample"], "EXOACQ_DILUTION": repr(float(run.settings["dilution"])),
-                "EXOACQ_CONTROL": run.settings["control"] or "sample", "EXOACQ_LIVE_TIME_S": repr(live_s),
-                "EXOACQ_SAMPLE_RATE_HZ": repr(recorder.sample_rate_hz)}
-    if flow_rate:
-        keywords["EXOACQ_FLOW_RATE_UL_MIN"] = repr(float(flow_rate))
-    if threshold_au is not None:
-        keywords["EXOACQ_TRIGGER_CHANNEL"] = detector.trigger.channel
-        keywords["EXOACQ_TRIGGER_THRESHOLD_AU"] = repr(float(threshold_au))
     try:
         path = export_events(run.output_dir / EVENTS_FILE, events, calibration, keywords=keywords,
                              volume_nl=volume_nl)

@@ -23,7 +23,7 @@ def check_files(settings: Any, relative_to: Path | None, source: str) -> None:
         settings.calibration = str(path)
     if settings.gates is not None:
         path = resolve_file(settings.gates, relative_to, what="Gating-ML file")
-        _read(lambda: GateSet.from_gatingml(path), source, "settings.gates")
+        _read(lambda: GateSet.from_gatingml(path, final=settings.final_gate), source, "settings.gates")
         settings.gates = str(path)
     for text in settings.gate:
         _read(lambda: parse_threshold(text), source, "settings.gate")
@@ -44,7 +44,7 @@ def load_analysis_files(settings: Any) -> tuple[Any, Any]:
     from exoacq.flow.gating import GateSet, parse_threshold
 
     calibration = load_calibration(settings.calibration) if settings.calibration else None
-    gates = GateSet.from_gatingml(settings.gates) if settings.gates else None
+    gates = GateSet.from_gatingml(settings.gates, final=settings.final_gate) if settings.gates else None
     if settings.gate:
         thresholds = GateSet.thresholds([parse_threshold(t) for t in settings.gate])
         gates = thresholds if gates is None else gates.then(thresholds)

@@ -57,9 +57,7 @@ an integer, 2 here (sigma 2.97); at 2 counts it would be 1 (sigma 1.48, 26 % low
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -67,10 +65,9 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from exoacq.errors import ConfigError
-from exoacq.flow.scatter import Collection, Particle, ScatterTable, ev, polystyrene, silica
+from exoacq.flow.scatter import Collection, Particle, ScatterTable
 
-__all__ = ["Marker", "Population", "Cytometer", "FlowSimulator", "silica_beads", "polystyrene_beads",
-           "mesf_beads", "ev_sample", "particles_per_s", "FLUOROCHROME_OF_CHANNEL"]
+__all__ = ["Marker", "Population", "Cytometer", "FlowSimulator", "particles_per_s"]
 
 #: Particles are generated in chunks of this many samples (independent of how traces are read).
 _CHUNK_SAMPLES = 1 << 16
@@ -80,7 +77,6 @@ _PULSE_SIGMAS = 5.0
 _DIAMETER_SIGMAS = 6.0
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _INT16_MIN = -32768
-_BEADS = Path(__file__).resolve().parents[2] / "calibrations" / "flow"
 
 
 def _positive(where: str, value: float, allow_zero: bool = False) -> None:
@@ -506,93 +502,3 @@ class FlowSimulator:
         data.update({f"mesf_{m}": cols[f"mesf_{m}"] for m in self.markers})
         data.update({f"{c}_peak_counts": cols["peaks"][i] for i, c in enumerate(cy.channels)})
         return pd.DataFrame(data, columns=self.truth_columns())
-
-
-# -- presets ----------------------------------------------------------------------------------
-def _log_sd(cv_percent: float) -> float:
-    """SD of ln d of a log-normal with this relative SD (percent): sqrt(ln(1 + cv^2))."""
-    return math.sqrt(math.log1p((cv_percent / 100.0) ** 2))
-
-
-def silica_beads(wavelength_nm: float = 488.0, *, diameters_nm: tuple[float, ...] | None = None,
-                 diameter_cv: float | None = None, concentration_per_ml: float = 2e7,
-                 bead_file: Path | str = _BEADS / "beads-silica.toml") -> list[Population]:
-    """A silica size ladder (detergent resistant) as in ``bead_file`` (calibrations/flow/
-    beads-silica.toml: 80, 100, 150, 200, 300, 500 nm, CV 8-4 %, colloidal silica n = 1.438 at
-    488 nm), read with :func:`exoacq.flow.calibration.load_bead_set` so that the simulation and
-    the calibration agree; without the file 100/150/200/300/500 nm, CV 3 %. ``diameter_cv``
-    (SD of ln d) overrides the file's CVs."""
-    bead_file = Path(bead_file)
-    particle = silica(wavelength_nm)
-    if diameters_nm is not None:
-        sizes, cvs = [float(d) for d in diameters_nm], [_log_sd(3.0)] * len(diameters_nm)
-    elif bead_file.exists():
-        from exoacq.flow.calibration import load_bead_set
-        beads = load_bead_set(bead_file)
-        particle = beads.particle(wavelength_nm)
-        sizes = list(beads.diameters_nm)
-        cvs = [_log_sd(c) for c in beads.diameter_cv_percent] or [_log_sd(3.0)] * len(sizes)
-        if len(cvs) != len(sizes):
-            raise ConfigError(f"{bead_file}: diameter_cv_percent has {len(cvs)} values for {len(sizes)} diameters")
-    else:
-        sizes, cvs = [100.0, 150.0, 200.0, 300.0, 500.0], [_log_sd(3.0)] * 5
-    return [Population(f"silica {d:g} nm", particle, d, diameter_cv if diameter_cv is not None else cv,
-                       concentration_per_ml, detergent_resistant=True) for d, cv in zip(sizes, cvs)]
-
-
-def polystyrene_beads(wavelength_nm: float = 488.0, *, diameters_nm: tuple[float, ...] = (80.0, 100.0, 125.0, 150.0),
-                      diameter_cv: float = 0.03, concentration_per_ml: float = 2e7) -> list[Population]:
-    """Polystyrene bead mix (detergent resistant; Sultanova 2009 refractive index). The default
-    sizes stay below saturation on the default :class:`Cytometer` (200 nm polystyrene does not)."""
-    particle = polystyrene(wavelength_nm)
-    return [Population(f"polystyrene {d:g} nm", particle, float(d), diameter_cv, concentration_per_ml,
-                       detergent_resistant=True) for d in diameters_nm]
-
-
-#: The reference fluorochrome of each default fluorescence channel (calibrations/flow/beads-mesf.toml).
-FLUOROCHROME_OF_CHANNEL = {"FL1": "FITC", "FL2": "PE"}
-
-
-def mesf_beads(channel: str = "FL1", *, mesf: tuple[float, ...] | None = None, mesf_cv: float = 0.08,
-               diameter_nm: float | None = None, wavelength_nm: float = 488.0, concentration_per_ml: float = 2e7,
-               bead_file: Path | str = _BEADS / "beads-mesf.toml") -> list[Population]:
-    """An MESF bead ladder for one fluorescence channel: one polystyrene population per level
-    (0 = the blank bead), each with its MESF per bead (not scaled with area), spread ``mesf_cv``
-    (SD of ln MESF). Levels and bead size from ``bead_file`` (the [mesf] list of the channel's
-    fluorochrome, FITC for FL1 and PE for FL2; bead_diameter_um, 2 um: such beads saturate the
-    default side scatter, as micron beads do on a nano cytometer), else 0/300/1000/3000/10000/
-    30000 MESF on 100 nm beads."""
-    bead_file = Path(bead_file)
-    levels, size = mesf, diameter_nm
-    if (levels is None or size is None) and bead_file.exists():
-        from exoacq.flow.calibration import load_bead_set
-        beads = load_bead_set(bead_file)
-        fluorochrome = FLUOROCHROME_OF_CHANNEL.get(channel, channel)
-        if levels is None:
-            if fluorochrome not in beads.mesf:
-                raise ConfigError(f"{bead_file}: no [mesf] {fluorochrome} ladder for channel {channel} "
-                                  f"(has {', '.join(beads.mesf)})")
-            levels = tuple(beads.mesf[fluorochrome])
-        if size is None:
-            size_um = tomllib.loads(bead_file.read_text(encoding="utf-8"))["standard"].get("bead_diameter_um")
-            size = 1000.0 * float(size_um) if size_um else None
-    levels = levels if levels is not None else (0.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0)
-    size = size if size is not None else 100.0
-    particle = polystyrene(wavelength_nm)
-    out = []
-    for level in levels:
-        markers = () if level <= 0 else (Marker(channel, 1.0, float(level), mesf_cv, scales_with_area=False),)
-        out.append(Population(f"MESF {level:g} {channel}", particle, float(size), 0.03, concentration_per_ml,
-                              markers=markers, detergent_resistant=True))
-    return out
-
-
-def ev_sample(concentration_per_ml: float = 2e10, *, diameter_nm: float = 80.0, diameter_cv: float = 0.35,
-              cd63_fraction: float = 0.40, cd81_fraction: float = 0.25, mesf_median: float = 600.0,
-              mesf_cv: float = 0.5, particle: Particle | None = None, name: str = "EVs") -> list[Population]:
-    """Extracellular vesicles: core-shell spheres (:func:`exoacq.flow.scatter.ev`), log-normal
-    diameters (median 80 nm, SD of ln d 0.35: ~3 % below 40 nm, ~25 % below the default
-    detection limit, ~63 nm), CD63+ and CD81+ fractions (independent), not detergent resistant."""
-    markers = tuple(Marker(n, f, mesf_median, mesf_cv) for n, f in (("CD63", cd63_fraction), ("CD81", cd81_fraction)))
-    return [Population(name, particle if particle is not None else ev(), diameter_nm, diameter_cv,
-                       concentration_per_ml, markers=markers, detergent_resistant=False)]
