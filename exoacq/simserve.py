@@ -23,20 +23,29 @@ from exoacq.errors import ExoacqError
 from exoacq.registry import installed
 
 
-def _simulators(config_path: Path | None) -> list[tuple[str, Any, Any]]:
-    """(name, driver, simulator) for each simulator to serve."""
+def _simulators(config_path: Path | None) -> list[tuple[str, Any, Any, Any]]:
+    """(name, driver, simulator, wire) for each simulator to serve; ``wire()``, called once the
+    simulator has started, lets the driver connect it to its instrument's simulation (e.g. the
+    simulated sample an oscilloscope's twin digitizes), as the daemon does when it opens the device."""
     registry = installed()
     if config_path is None:
-        return [(name, driver, driver.simulator(driver.options()))
+        return [(name, driver, driver.simulator(driver.options()), None)
                 for name, driver in sorted(registry.drivers.items()) if driver.simulator is not None]
     from exoacq.config import load_config
 
     config = load_config(config_path, registry=registry)
     out = []
     for instrument_name, instrument in config.instruments.items():
+        context = dict(instrument.plugin.simulation_context(instrument))
         for role, device in instrument.devices.items():
             if device.plugin.simulator is not None:
-                out.append((f"{instrument_name}.{role}", device.plugin, device.plugin.simulator(device.options)))
+                simulator = device.plugin.simulator(device.options)
+                context.setdefault("simulators", {})[role] = simulator
+
+                def wire(device=device, simulator=simulator, context=context) -> None:
+                    device.plugin.open(device.options, simulator.address, context)  # not connected: wiring only
+
+                out.append((f"{instrument_name}.{role}", device.plugin, simulator, wire))
     if not out:
         raise ExoacqError(f"{config_path}: no device in it has a simulator to serve", code="usage")
     return out
@@ -51,9 +60,11 @@ def serve(config_path: Path | None = None, stop: threading.Event | None = None) 
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        for name, driver, simulator in _simulators(config_path):
+        for name, driver, simulator, wire in _simulators(config_path):
             simulator.start()
             started.append(simulator)
+            if wire is not None:
+                wire()
             print(json.dumps({"name": name, "driver": driver.name, "kind": driver.kind,
                               "port": simulator.address}), flush=True)
         print(f"exoacq: serving {len(started)} simulator(s); stop with Ctrl-C or SIGTERM", file=sys.stderr, flush=True)

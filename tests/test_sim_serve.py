@@ -449,3 +449,50 @@ def test_laser_off_switches_every_real_laser_off(tmp_path: Path) -> None:
             f"port {missing} (No such file or directory)"]
         with serial.Serial(cobolt, 115200, timeout=1) as port:
             exchange(port, b"l?\r", b"0\r\n")
+
+
+FLOW_RIG = """
+[instruments.nanoflow]
+method = "flow"
+[instruments.nanoflow.devices.digitizer]
+driver = "oscilloscope"
+model = "keysight-infiniivision"
+resource = "TCPIP0::192.168.1.40::INSTR"
+sample_rate_hz = 1.0e6
+memory_depth = 200000
+[instruments.nanoflow.settings]
+calibration = "calibrations/flow/simulated-cytometer.toml"
+[instruments.nanoflow.simulation]
+flow_rate_ul_min = 1.0
+seed = 3
+[[instruments.nanoflow.simulation.populations]]
+name = "silica 200 nm"
+material = "silica"
+diameter_nm = 200.0
+concentration_per_ml = 6.0e7
+"""
+
+
+def test_sim_serve_config_feeds_a_flow_instruments_scope_its_simulated_sample(tmp_path: Path) -> None:
+    """The oscilloscope's twin digitizes the configured sample, read here through the real driver:
+    1,000 silica beads of 200 nm per second, each a side-scatter pulse of ~8,000 counts (Mie)."""
+    from exoacq.drivers.oscilloscope import Oscilloscope
+    from exoacq.flow.pulses import PulseDetector, Trigger
+
+    config = tmp_path / "flow.toml"
+    config.write_text(FLOW_RIG)
+    with sim_serve("--config", str(config), count=1) as served:
+        assert served.records["nanoflow.digitizer"]["kind"] == "digitizer"
+        scope = Oscilloscope(served.port("nanoflow.digitizer"), model="keysight-infiniivision",
+                             channels={"SSC": 1, "FL1": 2, "FL2": 3}, memory_depth=200_000)
+        scope.connect()
+        try:
+            scope.start()
+            block = scope.read(timeout_s=5.0)
+        finally:
+            scope.close()
+    assert block is not None and block.samples.shape == (3, 200_000) and scope.sample_rate_hz == 1e6
+    detector = PulseDetector(["SSC", "FL1", "FL2"], 1e6, Trigger())
+    events = detector.process(block.samples, start_s=0.0)
+    assert 140 <= len(events) <= 260  # Poisson around 200 in 0.2 s
+    assert 6000 < events["SSC-H"].median() < 10000

@@ -242,6 +242,14 @@ def analyse_recording(run: Any, recorder: Any, settings: Any, instrument: str) -
     if threshold_au is not None:
         keywords["EXOACQ_TRIGGER_CHANNEL"] = detector.trigger.channel
         keywords["EXOACQ_TRIGGER_THRESHOLD_AU"] = repr(float(threshold_au))
+    volume_nl = flow_rate * live_s / 60.0 * 1000.0 if flow_rate else None
+    # The events are kept first: a failing analysis (a bad gate) must not lose the acquisition.
+    files, problems = {}, []
+    try:
+        files["fcs"] = str(export_events(run.output_dir / EVENTS_FILE, events, calibration, keywords=keywords,
+                                         volume_nl=volume_nl))
+    except (OSError, ExoacqError) as exc:
+        problems.append(f"cannot write the run's FCS file: {getattr(exc, 'strerror', None) or exc}")
     sample = FlowInput(events=events, duration_s=live_s, volume_nl=None, flow_rate_ul_min=flow_rate,
                        dilution=run.settings["dilution"], source=run.run_id, keywords=dict(keywords))
     result = analyse(sample, calibration=calibration, gates=gates, markers=settings.markers,
@@ -254,14 +262,8 @@ def analyse_recording(run: Any, recorder: Any, settings: Any, instrument: str) -
                                          "baseline_counts": baseline,
                                          "noise_counts": (detector.noise_counts or {}).get(detector.trigger.channel),
                                          "pulses_truncated": detector.pulses_truncated}}
-    volume_nl = flow_rate * live_s / 60.0 * 1000.0 if flow_rate else None
-    try:
-        path = export_events(run.output_dir / EVENTS_FILE, events, calibration, keywords=keywords,
-                             volume_nl=volume_nl)
-        result["files"] = {"fcs": str(path)}
-    except (OSError, ExoacqError) as exc:
-        result["files"] = {}
-        result["warnings"].append(f"cannot write the run's FCS file: {getattr(exc, 'strerror', None) or exc}")
+    result["files"] = files
+    result["warnings"] += problems
     return result
 
 

@@ -26,7 +26,10 @@ def check_files(settings: Any, relative_to: Path | None, source: str) -> None:
         _read(lambda: GateSet.from_gatingml(path, final=settings.final_gate), source, "settings.gates")
         settings.gates = str(path)
     for text in settings.gate:
-        _read(lambda: parse_threshold(text), source, "settings.gate")
+        gate = _read(lambda: parse_threshold(text), source, "settings.gate")
+        if gate.parameter == "Diameter" and settings.calibration is None:
+            raise ConfigError(f"{source}: settings.gate {text!r}: a Diameter gate needs a scatter calibration "
+                              "(settings.calibration; on the command line --calibration)")
 
 
 def _read(load: Any, source: str, key: str) -> Any:
