@@ -47,16 +47,13 @@ Fault injection as in the TED4015 twin: ``silent``, :meth:`unplug`, :meth:`push_
 """
 from __future__ import annotations
 
-import os
-import select
-import socket
-import struct
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from exoacq.drivers.socket_sim import SocketSimulator
 
 MODELS = ("rigol-ds1000z", "keysight-infiniivision")
 IDENTITY = {"rigol-ds1000z": "RIGOL TECHNOLOGIES,DS1104Z,DS1ZA000000001,00.04.04.SP4",
@@ -126,7 +123,7 @@ class TestPattern:
         return np.clip(np.rint(trace), -32768, 32767).astype(np.int16)
 
 
-class OscilloscopeSimulator:
+class OscilloscopeSimulator(SocketSimulator):
     """A scope on a loopback socket. ``with OscilloscopeSimulator(model=...) as sim: Oscilloscope(sim.address, ...)``."""
 
     name = "oscilloscope"
@@ -138,6 +135,7 @@ class OscilloscopeSimulator:
             raise ValueError(f"model must be one of {MODELS}")
         if not sample_rate_hz > 0:
             raise ValueError("sample_rate_hz must be positive")
+        super().__init__()
         self.model = model
         self.rigol = model == "rigol-ds1000z"
         self.identity = IDENTITY[model]
@@ -148,15 +146,7 @@ class OscilloscopeSimulator:
         #: True: a record takes its own duration (points / sample rate) to fill, as on a real scope.
         self.realtime = bool(realtime)
         self._source: Source = source or TestPattern(channels, sample_rate_hz=sample_rate_hz, seed=seed)
-        self.silent = False
         self.no_trigger = False
-        self._lock = threading.Lock()
-        self._transcript: list[tuple[str, str]] = []
-        self._server: socket.socket | None = None
-        self._client: socket.socket | None = None
-        self._wake: tuple[int, int] | None = None
-        self._thread: threading.Thread | None = None
-        self._port = 0
         self._errors: list[str] = []
         self._display = [True] + [False] * (ANALOG_CHANNELS - 1)
         self._scale = [DEFAULT_VOLTS_PER_DIV] * ANALOG_CHANNELS
@@ -179,48 +169,6 @@ class OscilloscopeSimulator:
         self._table = self._handlers()
 
     # -- public API ----------------------------------------------------------
-    def start(self) -> "OscilloscopeSimulator":
-        """Listen on 127.0.0.1 (a free port) and serve from a daemon thread."""
-        if self._thread is None:
-            server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            server.bind(("127.0.0.1", 0))
-            server.listen(1)
-            self._server, self._port = server, server.getsockname()[1]
-            self._wake = os.pipe()
-            self._thread = threading.Thread(target=self._serve, name=f"{self.name}-sim", daemon=True)
-            self._thread.start()
-        return self
-
-    @property
-    def address(self) -> str:
-        """The VISA resource string: ``TCPIP0::127.0.0.1::<port>::SOCKET``."""
-        return f"TCPIP0::127.0.0.1::{self._port}::SOCKET"
-
-    def close(self) -> None:
-        """Stop serving and close the sockets. Idempotent."""
-        self._stop(reset=False)
-
-    def unplug(self) -> None:
-        """The cable is pulled: the connection is reset and the port closed."""
-        self._stop(reset=True)
-
-    def __enter__(self) -> "OscilloscopeSimulator":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def transcript(self) -> list[tuple[str, str]]:
-        """Lines exchanged, without terminators: ("rx", received) / ("tx", sent)."""
-        with self._lock:
-            return list(self._transcript)
-
-    def clear_transcript(self) -> None:
-        with self._lock:
-            self._transcript.clear()
-
     def set_source(self, source: Source) -> None:
         """Take the signal from ``source`` from the next trigger on (e.g. the instrument's flow simulation)."""
         with self._lock:
@@ -482,93 +430,6 @@ class OscilloscopeSimulator:
         else:
             self._errors.append(f'{code:+d},"{ERRORS.get(code, "Unknown error")}"')
 
-    # -- serving (as drivers/ted4015_sim.py) ------------------------------------
-    def _serve(self) -> None:
-        server, wake = self._server, self._wake
-        assert server is not None and wake is not None
-        while True:
-            try:
-                ready, _, _ = select.select([server, wake[0]], [], [])
-                if wake[0] in ready:
-                    return
-                client, _ = server.accept()
-            except (OSError, ValueError):
-                return
-            with self._lock:
-                self._client = client
-            try:
-                if not self._serve_client(client):
-                    return
-            finally:
-                with self._lock:
-                    if self._client is client:
-                        self._client = None
-                try:
-                    client.close()
-                except OSError:
-                    pass
-
-    def _serve_client(self, client: socket.socket) -> bool:
-        """Answer one VISA session until it disconnects (True) or serving stops (False)."""
-        assert self._wake is not None
-        wake = self._wake[0]
-        pending = b""
-        while True:
-            try:
-                ready, _, _ = select.select([client, wake], [], [])
-                if wake in ready:
-                    return False
-                chunk = client.recv(4096)
-                if hasattr(socket, "TCP_QUICKACK"):
-                    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            except (OSError, ValueError):
-                return True
-            if not chunk:
-                return True
-            *lines, pending = (pending + chunk).split(b"\n")
-            for raw in lines:
-                line = raw.decode("ascii", errors="replace").strip()
-                if not line:
-                    continue
-                with self._lock:
-                    self._transcript.append(("rx", line))
-                    if self.silent:
-                        continue
-                    replies = self.reply(line)
-                    for reply in replies:
-                        shown = reply if isinstance(reply, str) else \
-                            f"{reply[:2 + int(reply[1:2])].decode()}<{len(reply) - 2 - int(reply[1:2])} bytes>"
-                        self._transcript.append(("tx", shown))
-                for reply in replies:
-                    data = reply.encode("ascii", "replace") if isinstance(reply, str) else reply
-                    try:
-                        client.sendall(data + b"\n")
-                    except OSError:
-                        return True
-
-    def _stop(self, *, reset: bool) -> None:
-        if self._thread is None:
-            return
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            try:
-                if reset:  # close with RST: the peer's next read or write fails at once
-                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                client.close()
-            except OSError:
-                pass
-        assert self._wake is not None and self._server is not None
-        os.write(self._wake[1], b"x")
-        self._thread.join(timeout=2.0)
-        self._thread = None
-        self._server.close()
-        for fd in self._wake:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._wake = None
 
 
 # -- argument parsing ----------------------------------------------------------------

@@ -41,15 +41,12 @@ built in ``__init__``.
 from __future__ import annotations
 
 import math
-import os
 import re
-import select
-import socket
-import struct
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from exoacq.drivers.socket_sim import SocketSimulator
 
 # Series 4000 SCPI Programmer's Reference, chapter 4 (SCPI error messages).
 ERRORS: dict[int, str] = {
@@ -202,7 +199,7 @@ def _from_c(value_c: float, unit: str) -> float:
     return {"C": value_c, "K": value_c + 273.15, "F": value_c * 1.8 + 32.0}[unit]
 
 
-class TED4015Simulator:
+class TED4015Simulator(SocketSimulator):
     """A TED4015 on a loopback socket. ``with TED4015Simulator() as sim: TED4015(sim.address)``.
 
     ``tau_s`` is the sample holder's thermal time constant and ``ambient_c``
@@ -233,14 +230,7 @@ class TED4015Simulator:
         self.identity = f"THORLABS,TED4015,{serial_number},{firmware}"
         # The thermistor actually mounted (the configured constants may differ).
         self._sensor = (thermistor_r0_ohm, thermistor_t0_c, thermistor_beta)
-        self._lock = threading.Lock()
-        self._transcript: list[tuple[str, str]] = []
-        self.silent = False
-        self._server: socket.socket | None = None
-        self._client: socket.socket | None = None
-        self._wake: tuple[int, int] | None = None
-        self._thread: threading.Thread | None = None
-        self._port = 0
+        super().__init__()
         # -- instrument state ------------------------------------------------
         self._temperature_c = self.ambient_c
         self._updated = time.monotonic()
@@ -340,52 +330,6 @@ class TED4015Simulator:
         add("STATus:MEASurement:ENABle?", _no_args(lambda: str(self._measurement_enable)))
 
     # -- public API ----------------------------------------------------------
-    def start(self) -> "TED4015Simulator":
-        """Listen on 127.0.0.1 (a free port) and serve from a daemon thread."""
-        if self._thread is None:
-            server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            server.bind(("127.0.0.1", 0))
-            server.listen(1)
-            self._server, self._port = server, server.getsockname()[1]
-            self._wake = os.pipe()
-            self._thread = threading.Thread(target=self._serve, name=f"{self.name}-sim", daemon=True)
-            self._thread.start()
-        return self
-
-    @property
-    def address(self) -> str:
-        """The VISA resource string of the controller: ``TCPIP0::127.0.0.1::<port>::SOCKET``."""
-        return f"TCPIP0::127.0.0.1::{self._port}::SOCKET"
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    def close(self) -> None:
-        """Stop serving and close the sockets (a client sees the connection end). Idempotent."""
-        self._stop(reset=False)
-
-    def unplug(self) -> None:
-        """The USB cable is pulled: the connection is reset and the port closed."""
-        self._stop(reset=True)
-
-    def __enter__(self) -> "TED4015Simulator":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def transcript(self) -> list[tuple[str, str]]:
-        """Lines exchanged, without terminators: ("rx", received) / ("tx", sent)."""
-        with self._lock:
-            return list(self._transcript)
-
-    def clear_transcript(self) -> None:
-        with self._lock:
-            self._transcript.clear()
-
     @property
     def temperature_c(self) -> float:
         """The modelled sample temperature now, in C (read by other simulators)."""
@@ -744,90 +688,3 @@ class TED4015Simulator:
         heating = (HOLD_A_PER_K * (self._setpoint_c - self.ambient_c)
                    + self._loop["GAIN"] * (self._setpoint_c - self._temperature_c))
         return -max(-limit, min(limit, heating))
-
-    # -- serving -----------------------------------------------------------------
-    def _serve(self) -> None:
-        server, wake = self._server, self._wake
-        assert server is not None and wake is not None
-        while True:
-            try:
-                ready, _, _ = select.select([server, wake[0]], [], [])
-                if wake[0] in ready:
-                    return
-                client, _ = server.accept()
-            except (OSError, ValueError):
-                return
-            with self._lock:
-                self._client = client
-            try:
-                if not self._serve_client(client):
-                    return
-            finally:
-                with self._lock:
-                    if self._client is client:
-                        self._client = None
-                try:
-                    client.close()
-                except OSError:
-                    pass
-
-    def _serve_client(self, client: socket.socket) -> bool:
-        """Answer one VISA session until it disconnects (True) or serving stops (False)."""
-        assert self._wake is not None
-        wake = self._wake[0]
-        pending = b""
-        while True:
-            try:
-                ready, _, _ = select.select([client, wake], [], [])
-                if wake in ready:
-                    return False
-                chunk = client.recv(4096)
-                # Acknowledge at once: a client that writes a command and then a
-                # query (Nagle on, as pyvisa-py's sockets) would otherwise wait for
-                # the delayed ACK, ~40 ms per set command.
-                if hasattr(socket, "TCP_QUICKACK"):
-                    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            except (OSError, ValueError):
-                return True
-            if not chunk:
-                return True
-            *lines, pending = (pending + chunk).split(b"\n")
-            for raw in lines:
-                line = raw.decode("ascii", errors="replace").strip()
-                if not line:
-                    continue
-                with self._lock:
-                    self._transcript.append(("rx", line))
-                    if self.silent:
-                        continue
-                    replies = self.reply(line)
-                    self._transcript.extend(("tx", reply) for reply in replies)
-                if replies:
-                    try:
-                        client.sendall("".join(r + "\n" for r in replies).encode("ascii", "replace"))
-                    except OSError:
-                        return True
-
-    def _stop(self, *, reset: bool) -> None:
-        if self._thread is None:
-            return
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            try:
-                if reset:  # close with RST: the peer's next read or write fails at once
-                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                client.close()
-            except OSError:
-                pass
-        assert self._wake is not None and self._server is not None
-        os.write(self._wake[1], b"x")
-        self._thread.join(timeout=2.0)
-        self._thread = None
-        self._server.close()
-        for fd in self._wake:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._wake = None

@@ -242,3 +242,60 @@ class Method:
     def format_progress(self, document: dict[str, Any]) -> str | None:
         """One status line of a progress document, or None."""
         return None
+
+
+def make_safe(steps: list[Callable[[], Any]]) -> None:
+    """Run every step (laser off, detector stopped, pump stopped), whatever the others did; the
+    devices' errors are joined into one DeviceError raised at the end."""
+    from exoacq.errors import DeviceError
+
+    errors = []
+    for step in steps:
+        try:
+            step()
+        except DeviceError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise DeviceError("; ".join(errors))
+
+
+class FolderWatcher:
+    """A thread that polls an instrument's watched-folder device (the ``role``, e.g. a hardware
+    correlator's or a cytometer's export folder) every ``interval_s`` and emits each new file's
+    result document, ``analyse(path, device)``, as a ``file_result`` event for the service's
+    :meth:`MethodService.on_event` to publish (main thread)."""
+
+    def __init__(self, service: MethodService, role: str, interval_s: float,
+                 analyse: Callable[[Path, Any], dict[str, Any]]):
+        self.service, self.role, self.interval_s, self.analyse = service, role, interval_s, analyse
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        name = f"{self.role}-folder-{self.service.instrument.name}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        import logging
+
+        from exoacq.errors import ExoacqError
+
+        instrument = self.service.instrument
+        while not self._stop.wait(self.interval_s):
+            slot = instrument.slots[self.role]
+            if slot.device is None:
+                continue
+            try:
+                paths = slot.device.poll()
+            except ExoacqError as exc:
+                logging.getLogger(f"exoacq.{instrument.method.name}").error("%s: %s", instrument.name, exc)
+                continue
+            for path in paths:
+                self.service.context.emit({"event": "file_result", "instrument": instrument.name,
+                                           "document": self.analyse(path, slot.device)})

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 from exoacq.bus import make_document
 from exoacq.errors import DeviceError, ExoacqError, ProtocolError
 from exoacq.dls.plugin import DLSRun as Run
-from exoacq.methods import MethodService, RunStatus
+from exoacq.methods import FolderWatcher, MethodService, RunStatus, make_safe
 
 log = logging.getLogger("exoacq.dls")
 
@@ -35,21 +34,18 @@ class DLSService(MethodService):
     def __init__(self, instrument, context):
         super().__init__(instrument, context)
         self.settings = instrument.config.options
-        self._watcher: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._watcher: FolderWatcher | None = None
         self.files_published = 0
 
     # -- lifetime -------------------------------------------------------------------
     def start(self) -> None:
         if "correlator" in self.instrument.slots:
-            self._watcher = threading.Thread(target=self._watch_folder, name=f"dls-folder-{self.instrument.name}",
-                                             daemon=True)
+            self._watcher = FolderWatcher(self, "correlator", self.settings.watch_interval_s, self.analyse_file)
             self._watcher.start()
 
     def stop(self) -> None:
-        self._stop.set()
         if self._watcher is not None:
-            self._watcher.join(timeout=5.0)
+            self._watcher.stop()
 
     def describe(self) -> dict[str, Any]:
         return {"ready": True, "files_published": self.files_published,
@@ -173,17 +169,10 @@ class DLSService(MethodService):
         return analysis
 
     def teardown(self, run: Run) -> None:
-        errors = []
         steps = [lambda: self.instrument.device("detector").stop()]
         if "laser" in self.instrument.slots:
             steps.insert(0, lambda: self.instrument.device("laser").set_emission(False))
-        for step in steps:
-            try:
-                step()
-            except DeviceError as exc:
-                errors.append(str(exc))
-        if errors:
-            raise DeviceError("; ".join(errors))
+        make_safe(steps)
 
     # -- events, results, progress (main thread) ------------------------------------------
     def on_event(self, status: RunStatus | None, event: dict[str, Any]) -> None:
@@ -231,22 +220,8 @@ class DLSService(MethodService):
                                               "count_trace")})
         return base
 
-    # -- a hardware correlator's folder (its own thread) ------------------------------------
-    def _watch_folder(self) -> None:
-        while not self._stop.wait(self.settings.watch_interval_s):
-            slot = self.instrument.slots["correlator"]
-            if slot.device is None:
-                continue
-            try:
-                paths = slot.device.poll()
-            except ExoacqError as exc:
-                log.error("%s: %s", self.instrument.name, exc)
-                continue
-            for path in paths:
-                self.context.emit({"event": "file_result", "instrument": self.instrument.name,
-                                   "document": self.analyse_file(path)})
-
-    def analyse_file(self, path: Path) -> dict[str, Any]:
+    # -- a hardware correlator's folder (a FolderWatcher's thread) ---------------------------
+    def analyse_file(self, path: Path, correlator: Any = None) -> dict[str, Any]:
         """A correlator file's result document (``run_id`` null, ``source`` the file); an unreadable
         file gives a document with ``error`` and no measurements."""
         from exoacq.dls.analysis import analyze_record

@@ -12,7 +12,6 @@ published as it appears (``run_id`` null).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from exoacq.bus import make_document
 from exoacq.errors import DeviceError, ExoacqError
 from exoacq.flow.plugin import FlowRun as Run
-from exoacq.methods import MethodService, RunStatus
+from exoacq.methods import FolderWatcher, MethodService, RunStatus, make_safe
 
 log = logging.getLogger("exoacq.flow")
 
@@ -34,21 +33,18 @@ class FlowService(MethodService):
     def __init__(self, instrument, context):
         super().__init__(instrument, context)
         self.settings = instrument.config.options
-        self._watcher: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._watcher: FolderWatcher | None = None
         self.files_published = 0
 
     # -- lifetime -------------------------------------------------------------------
     def start(self) -> None:
         if "cytometer" in self.instrument.slots:
-            self._watcher = threading.Thread(target=self._watch_folder, name=f"flow-folder-{self.instrument.name}",
-                                             daemon=True)
+            self._watcher = FolderWatcher(self, "cytometer", self.settings.watch_interval_s, self.analyse_file)
             self._watcher.start()
 
     def stop(self) -> None:
-        self._stop.set()
         if self._watcher is not None:
-            self._watcher.join(timeout=5.0)
+            self._watcher.stop()
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
@@ -132,19 +128,12 @@ class FlowService(MethodService):
         return analyse_recording(run, recorder, self.settings, self.instrument.name)
 
     def teardown(self, run: Run) -> None:
-        errors = []
         steps = [lambda: self.instrument.device("digitizer").stop()]
         if "pump" in self.instrument.slots:
             steps.append(lambda: self.instrument.device("pump").stop())
         if "laser" in self.instrument.slots:
             steps.insert(0, lambda: self.instrument.device("laser").set_emission(False))
-        for step in steps:
-            try:
-                step()
-            except DeviceError as exc:
-                errors.append(str(exc))
-        if errors:
-            raise DeviceError("; ".join(errors))
+        make_safe(steps)
 
     # -- events, results, progress (main thread) ------------------------------------------
     def on_event(self, status: RunStatus | None, event: dict[str, Any]) -> None:
@@ -188,21 +177,7 @@ class FlowService(MethodService):
         return {"state": status.state, "duration_s": run.settings["duration_s"], "sample": run.settings["sample"],
                 "control": run.settings["control"], **fields}
 
-    # -- a cytometer's export folder (its own thread) -------------------------------------
-    def _watch_folder(self) -> None:
-        while not self._stop.wait(self.settings.watch_interval_s):
-            slot = self.instrument.slots["cytometer"]
-            if slot.device is None:
-                continue
-            try:
-                paths = slot.device.poll()
-            except ExoacqError as exc:
-                log.error("%s: %s", self.instrument.name, exc)
-                continue
-            for path in paths:
-                self.context.emit({"event": "file_result", "instrument": self.instrument.name,
-                                   "document": self.analyse_file(path, slot.device)})
-
+    # -- a cytometer's export folder (a FolderWatcher's thread) ------------------------------
     def analyse_file(self, path: Path, folder: Any = None) -> dict[str, Any]:
         """An exported FCS file's result document (``run_id`` null, ``source`` the file); an unreadable
         file gives a document with ``error`` and no measurements."""
