@@ -123,7 +123,8 @@ class FlowCalibration:
     #: light is also seen; diagonal 1), measured on single-stained beads; None: not measured.
     spillover: pd.DataFrame | None = None
     #: The trigger detector's baseline and noise while the beads ran (``channel``, ``baseline_counts``,
-    #: ``noise_counts``): the reference a sample's baseline is checked against (swarm raises it).
+    #: ``noise_counts``, and the digitizer's ``volts_per_count`` when known): the reference a sample's
+    #: baseline is checked against (swarm raises it), and the scale its heights are valid at.
     detector: dict | None = None
 
     def to_toml(self) -> str:
@@ -238,6 +239,8 @@ class FlowCalibration:
             detector = {"channel": r.get(dt, "detector", "channel", str),
                         "baseline_counts": r.number(dt, "detector", "baseline_counts"),
                         "noise_counts": r.number(dt, "detector", "noise_counts")}
+            if "volts_per_count" in dt:
+                detector["volts_per_count"] = r.number(dt, "detector", "volts_per_count")
             if not detector["noise_counts"] > 0:
                 raise ExoacqError(f"{where}: key detector.noise_counts must be > 0", code="bad_calibration")
         return cls(scatter=scatter, fluorescence=fluorescence, created=str(r.get(head, "calibration", "created", object)),

@@ -229,7 +229,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         d, channel = recorder.detector, settings.trigger_channel
         threshold = d.threshold_counts - d.baseline_counts[channel]
         detector = {"channel": channel, "baseline_counts": d.baseline_counts[channel],
-                    "noise_counts": d.noise_counts[channel]}
+                    "noise_counts": d.noise_counts[channel],
+                    "volts_per_count": recorder.volts_per_count[channel]}
         for channel, fluorochrome in (("FL1", "FITC"), ("FL2", "PE")):
             ladder, _ = simulated_bead_events("mesf", duration_s=5.0, settings=settings, seed=args.seed,
                                               channel=channel)
@@ -245,6 +246,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         found = levels(sample.keywords, channel) if channel else None
         detector = None if found is None else {"channel": channel, "baseline_counts": found[0],
                                                "noise_counts": found[1]}
+        scale = _keyword_float(sample.keywords, f"EXOACQ_VOLTS_PER_COUNT_{channel}") if channel else None
+        if detector is not None and scale:
+            detector["volts_per_count"] = scale
         sources = [str(args.beads)]
         for spec in args.mesf:
             path, _, rest = spec.partition(":")
@@ -300,7 +304,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 "EXOACQ_DILUTION": repr(float(args.dilution)), "EXOACQ_CONTROL": args.control or "sample",
                 "EXOACQ_LIVE_TIME_S": repr(recorder.live_time_s), "EXOACQ_FLOW_RATE_UL_MIN": repr(rate),
                 "EXOACQ_TRIGGER_CHANNEL": d.trigger.channel, "EXOACQ_TRIGGER_THRESHOLD_AU": repr(float(threshold)),
-                **level_keywords(d)}
+                **level_keywords(d, recorder.volts_per_count)}
     export_events(args.output, recorder.events(), None, keywords=keywords,
                   volume_nl=rate * recorder.live_time_s / 60.0 * 1000.0)
     print(f"{args.output}: {recorder.events_total} events in {recorder.live_time_s:g} s "

@@ -119,9 +119,10 @@ SWARM_NOISE_RATIO = 1.5
 SWARM_BASELINE_SHIFT_SIGMA = 3.0
 
 
-def level_keywords(detector: Any) -> dict[str, str]:
-    """Each channel's baseline and noise (counts) as FCS keywords of the events file."""
-    out = {}
+def level_keywords(detector: Any, volts_per_count: dict[str, float] | None = None) -> dict[str, str]:
+    """Each channel's baseline and noise (counts), and the digitizer's volts per count, as FCS
+    keywords of the events file."""
+    out = {f"EXOACQ_VOLTS_PER_COUNT_{c}": repr(float(v)) for c, v in (volts_per_count or {}).items()}
     for channel, value in (detector.baseline_counts or {}).items():
         out[f"EXOACQ_BASELINE_COUNTS_{channel}"] = repr(float(value))
     for channel, value in (detector.noise_counts or {}).items():
@@ -151,6 +152,7 @@ def baseline_check(sample: Any, calibration: Any, buffer: Any = None) -> tuple[d
         reference = (calibration.detector["baseline_counts"], calibration.detector["noise_counts"])
         source = "the calibration's bead run"
     check = {"channel": channel, "baseline_counts": own[0], "noise_counts": own[1],
+             "volts_per_count": _keyword_float(sample.keywords, f"EXOACQ_VOLTS_PER_COUNT_{channel}"),
              "reference": None if reference is None else {"source": source, "baseline_counts": reference[0],
                                                           "noise_counts": reference[1]}}
     if reference is None:
@@ -160,6 +162,19 @@ def baseline_check(sample: Any, calibration: Any, buffer: Any = None) -> tuple[d
                        f"{reference[0]:.1f} and {reference[1]:.2f} in {source}: unresolved particles add up "
                        "under the pulses")
     return check, None
+
+
+def scale_mismatch(check: dict | None, calibration: Any) -> str | None:
+    """A warning when the digitizer's scale (volts per count) differs from the one the calibration was
+    measured at: heights in counts, hence diameters and MESF, would be off by that factor."""
+    detector = getattr(calibration, "detector", None) or {}
+    calibrated = detector.get("volts_per_count")
+    now = (check or {}).get("volts_per_count")
+    if not calibrated or not now or abs(now / calibrated - 1.0) < 1e-3:
+        return None
+    return (f"the digitizer's {detector.get('channel')} scale is {now:.4g} V/count but the calibration was measured "
+            f"at {calibrated:.4g} V/count: heights, diameters and MESF are off by a factor {now / calibrated:.3g}; "
+            "restore the digitizer's settings or calibrate again at these")
 
 
 def analyse(sample: Any, *, calibration: Any, gates: Any, markers: dict[str, str], controls: dict[str, Any],
@@ -176,6 +191,9 @@ def analyse(sample: Any, *, calibration: Any, gates: Any, markers: dict[str, str
     result = analyze(sample, calibration=calibration, gates=gates, markers=present,
                      controls=Controls(**controls), trigger_threshold_au=trigger_threshold_au)
     check, reason = baseline_check(sample, calibration, controls.get("buffer"))
+    mismatch = scale_mismatch(check, calibration)
+    if mismatch:
+        result["warnings"].append(mismatch)
     result["swarm"]["baseline"] = check
     if reason:
         result["swarm"]["flag"] = True
@@ -236,7 +254,8 @@ def analyse_recording(run: Any, recorder: Any, settings: Any, instrument: str) -
     keywords = {"$CYT": f"exoacq {instrument}", "EXOACQ_VERSION": __version__, "EXOACQ_RUN_ID": run.run_id,
                 "EXOACQ_SAMPLE": run.settings["sample"], "EXOACQ_DILUTION": repr(float(run.settings["dilution"])),
                 "EXOACQ_CONTROL": run.settings["control"] or "sample", "EXOACQ_LIVE_TIME_S": repr(live_s),
-                "EXOACQ_SAMPLE_RATE_HZ": repr(recorder.sample_rate_hz), **level_keywords(detector)}
+                "EXOACQ_SAMPLE_RATE_HZ": repr(recorder.sample_rate_hz),
+                **level_keywords(detector, recorder.volts_per_count)}
     if flow_rate:
         keywords["EXOACQ_FLOW_RATE_UL_MIN"] = repr(float(flow_rate))
     if threshold_au is not None:

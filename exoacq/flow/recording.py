@@ -47,6 +47,8 @@ class Recorder:
         self.samples = 0
         self.events_total = 0
         self.blocks = 0
+        #: Volts of one count per channel, as the digitizer reported with the first block.
+        self.volts_per_count: dict[str, float] | None = None
         self._rate_time_s: list[float] = []
         self._rate_per_s: list[float] = []
 
@@ -59,6 +61,8 @@ class Recorder:
         n = samples.shape[1]
         if n == 0:
             return self.detector.flush()
+        if self.volts_per_count is None:
+            self.volts_per_count = {c: float(v) for c, v in zip(self.channels, np.asarray(block.volts_per_count))}
         events = self.detector.process(np.ascontiguousarray(samples), start_s=block.start_s,
                                        contiguous=block.contiguous)
         block_s = n / self.sample_rate_hz

@@ -34,6 +34,9 @@ from exoacq.flow.simulate import Cytometer, FlowSimulator, Marker, Population
 #: The bead standards of calibrations/flow (the simulated ones and the calibration read the same files).
 _BEADS = Path(__file__).resolve().parents[2] / "calibrations" / "flow"
 
+#: Volts of one count of the simulated traces: a Keysight InfiniiVision's 16-bit WORD code at its default
+#: 0.1 V/div (8 divisions over 65536 codes), as the simulated oscilloscope digitizes them.
+SIMULATED_VOLTS_PER_COUNT = 8 * 0.1 / 65536
 #: Of the particles, bound non-specifically by an isotype-control antibody (a stated assumption).
 ISOTYPE_FRACTION = 0.005
 
@@ -103,11 +106,11 @@ def record(simulator: FlowSimulator, duration_s: float, settings: Any, *, block_
     cytometer = simulator.cytometer
     recorder = Recorder(list(cytometer.channels), cytometer.sample_rate_hz, settings)
     block_n = max(1000, int(round(block_s * cytometer.sample_rate_hz)))
-    ones = np.ones(len(cytometer.channels))
+    scale = np.full(len(cytometer.channels), SIMULATED_VOLTS_PER_COUNT)
     while recorder.live_time_s < duration_s - 0.5 / cytometer.sample_rate_hz:
         start_s = recorder.live_time_s
         samples, _truth = simulator.traces(block_n)
-        recorder.add(TraceBlock(samples, ones, 0 * ones, start_s, contiguous=True), limit_s=duration_s)
+        recorder.add(TraceBlock(samples, scale, 0 * scale, start_s, contiguous=True), limit_s=duration_s)
         if progress is not None:
             progress(recorder.live_time_s, duration_s)
     recorder.finish()
