@@ -138,7 +138,10 @@ class Daemon:
                                  run_status=lambda run_id: self._runs.get(run_id),
                                  progress_now=self.publish_progress_now, fail=self._fail,
                                  publish=lambda topic, document: publish(self.results, topic, document),
-                                 data_dir=self.config.daemon.resolved_data_dir())
+                                 data_dir=self.config.daemon.resolved_data_dir(),
+                                 stored_run=self._stored_run,
+                                 stored_runs=lambda method, instrument, limit: self.store.find(method, instrument,
+                                                                                             limit))
         for name, instrument_config in self.config.instruments.items():
             instrument = Instrument(name, instrument_config)
             try:
@@ -463,6 +466,13 @@ class Daemon:
         if not isinstance(run_id, str):
             raise ProtocolError(f"run_id = {run_id!r}: must be a run id string")
         return self.store.get(run_id)
+
+    def _stored_run(self, run_id: str) -> dict[str, Any] | None:
+        """A stored run's full record for a method service, or None when there is no such run."""
+        try:
+            return self.store.get(run_id)
+        except ExoacqError:
+            return None
 
     # -- events from the acquisition threads and the services -------------------------
     def _on_event(self, event: dict[str, Any]) -> None:

@@ -116,6 +116,10 @@ class ServiceContext:
     #: Publish a document that belongs to no run (main thread), e.g. a correlator file's result.
     publish: Callable[[str, dict[str, Any]], None]
     data_dir: Path
+    #: A stored run's full record (settings, state, result, directory), or None (main thread).
+    stored_run: Callable[[str], dict[str, Any] | None] = lambda run_id: None
+    #: Stored runs, newest first, with their results: ``stored_runs(method, instrument, limit)`` (main thread).
+    stored_runs: Callable[[str | None, str | None, int], list[dict[str, Any]]] = lambda m, i, n: []
 
 
 class MethodService:
@@ -229,6 +233,13 @@ class Method:
 
     def check_instrument(self, instrument: "Instrument") -> None:
         """Check the connected devices fit the settings (e.g. a calibration's optics); raise ConfigError."""
+
+    def reprocess(self, record: dict[str, Any], overrides: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+        """Analyse a stored run's raw data again (``record``: its stored record, with ``settings``,
+        ``result`` and ``directory``) with ``overrides`` of its analysis settings; write files under
+        ``output_dir``; return the new result document. Runs in a worker thread of the daemon."""
+        from exoacq.errors import ExoacqError
+        raise ExoacqError(f"method {self.name!r} cannot re-process a stored run", code="no_reprocess")
 
     def add_cli(self, verbs: dict[str, "argparse._SubParsersAction"]) -> None:
         """Add this method's sub-commands to the verbs (``acquire``, ``analyze``, ``calibrate``,

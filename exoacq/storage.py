@@ -96,6 +96,13 @@ class RunStore:
         rows = self._db.execute("SELECT * FROM runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
         return [self._row(r, full=False) for r in rows]
 
+    def find(self, method: str | None = None, instrument: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Full records (with results), newest first, of one method and/or instrument."""
+        rows = self._db.execute(
+            "SELECT * FROM runs WHERE (? IS NULL OR method = ?) AND (? IS NULL OR instrument = ?) "
+            "ORDER BY created DESC LIMIT ?", (method, method, instrument, instrument, limit)).fetchall()
+        return [self._row(r, full=True) for r in rows]
+
     def fail_unfinished(self, reason: str) -> list[str]:
         """Mark runs left in a non-final state (the daemon died) as failed; return their ids."""
         rows = self._db.execute(

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import zmq
 
-from exoacq.bus import loads, make_document, send_frame
+from exoacq.bus import loads, send_frame
 from exoacq.errors import DeviceError, ExoacqError
 from exoacq.methods import MethodService, RunStatus
 from exoacq.nta.acquisition import NTAAcquisition, Run
 from exoacq.nta.pipeline import TrackingPipeline
-from exoacq.nta.results import combine_captures
+from exoacq.nta.result_document import build_result
 
 log = logging.getLogger("exoacq.nta")
 
@@ -197,31 +197,12 @@ class NTAService(MethodService):
         wanted = run.settings["captures"] if status.state == "processing" else run.captures_ended
         if wanted == 0 or len(results) < wanted:
             return
-        summary = combine_captures([results[k] for k in sorted(results)])
-        acq = status.acquisition
-        frames = {"planned": acq.get("frames_planned"), "acquired": acq.get("frames_acquired", 0),
-                  "processed": sum(r["frames_processed"] for r in results.values()),
-                  "dropped": acq.get("frames_dropped", 0),
-                  "dropped_by": acq.get("frames_dropped_by", {"camera": 0, "tracker": 0})}
-        warnings = list(summary.pop("warnings"))
-        by = frames["dropped_by"]
-        if by["tracker"]:
-            warnings.append(f"{by['tracker']} of {frames['acquired']} frames were dropped: the tracking core "
-                            "fell behind the camera; results use the frames it processed")
-        if by["camera"]:
-            warnings.append(f"the camera lost {by['camera']} frames: the acquisition fell behind its frame "
-                            "clock (machine overloaded?)")
-        tracking = status.data.get("tracking", {})
-        document = make_document(
-            "nta.result", run.run_id, schema=self.instrument.method.topics["nta.result"], method="nta",
-            instrument=run.instrument, complete=status.state != "aborted",
-            sample=run.settings["sample"], dilution=run.settings["dilution"],
-            duration_s=run.settings["duration_s"], **summary, frames=frames, warnings=warnings,
-            detection_volume={"nl": tracking.get("detection_volume_nl"),
-                              "source": self.settings.detection_volume_source},
-            settings={"acquisition": run.settings, "tracking": tracking,
-                      "instruments": status.data.get("instruments", {})},
-        )
+        document = build_result(
+            run_id=run.run_id, schema=self.instrument.method.topics["nta.result"], instrument=run.instrument,
+            complete=status.state != "aborted", run_settings=run.settings,
+            captures=[results[k] for k in sorted(results)], acquisition=status.acquisition,
+            tracking=status.data.get("tracking", {}), instruments=status.data.get("instruments", {}),
+            detection_volume_source=self.settings.detection_volume_source)
         if "export" in run.settings.get("after", []):
             document["files"] = {**(document.get("files") or {}), **self._export(run, document)}
         self.context.finish(status, document)
