@@ -195,17 +195,28 @@ class SampleComponent:
 class SimulatedSample:
     """Spheres diffusing in a periodic 3-D box centred on the field of view and the sheet.
 
-    Count drawn once: Poisson(concentration x box volume), 1 mL = 1e12 um^3. Leaving
+    Count drawn once per tube: Poisson(concentration x box volume), 1 mL = 1e12 um^3. Leaving
     particles re-enter on the other side, out of sight if the box exceeds the field
-    (margin) and spans +-3 sheet waists. ``displacement_um`` is the unwrapped motion."""
+    (margin) and spans +-3 sheet waists. ``displacement_um`` is the unwrapped motion.
+
+    ``contamination``: particles of the buffer itself (dust, protein aggregates, ...) at
+    ``contamination_per_ml``, present in every tube; drawn after the sample's own (which
+    stay those of a clean buffer with the same seed). ``from_buffer`` marks them.
+    :meth:`load_tube` puts a fresh tube in the holder: the sample again (a new draw), or
+    the buffer alone (a blank)."""
 
     def __init__(self, components: Sequence[SampleComponent], concentration_per_ml: float, *,
                  box_um: tuple[float, float, float], temperature_c: float = 25.0,
                  drift_um_s: tuple[float, float] = (0.0, 0.0), medium_index: float = 1.332,
-                 seed: int | None = None):
+                 seed: int | None = None, contamination: Sequence[SampleComponent] = (),
+                 contamination_per_ml: float = 0.0):
         _check("components", components, len(components) > 0, "at least one SampleComponent")
         self.components = list(components)
         self.concentration_per_ml = _positive("concentration_per_ml", concentration_per_ml, zero_ok=True)
+        self.contamination = list(contamination)
+        self.contamination_per_ml = _positive("contamination_per_ml", contamination_per_ml, zero_ok=True)
+        _check("contamination", contamination, self.contamination_per_ml == 0.0 or len(self.contamination) > 0,
+               "at least one SampleComponent when contamination_per_ml > 0")
         _check("box_um", box_um, len(box_um) == 3, "three lengths (x, y, z) in um")
         self.box_um = tuple(_positive(f"box_um[{i}]", b) for i, b in enumerate(box_um))
         _check("drift_um_s", drift_um_s, len(drift_um_s) == 2 and all(map(math.isfinite, drift_um_s)),
@@ -213,14 +224,49 @@ class SimulatedSample:
         self.drift_um_s = (float(drift_um_s[0]), float(drift_um_s[1]))
         self.medium_index = _positive("medium_index", medium_index)
         self.temperature_c = temperature_c
-        self.seed = _seed(seed)
+        self.seed = self.tube_seed = _seed(seed)
+        self.tube, self.tubes_loaded = "sample", 0
         self._rng = np.random.default_rng(self.seed)
-        n = int(self._rng.poisson(self.concentration_per_ml * math.prod(self.box_um) * 1e-12))
-        table = np.array([(c.diameter_nm, c.cv, c.number_fraction, c.refractive_index) for c in self.components])
+        self._fill(blank=False)
+
+    def _draw(self, components: Sequence[SampleComponent], concentration_per_ml: float):
+        """Positions, diameters and refractive indices of a Poisson number of particles in the box."""
+        n = int(self._rng.poisson(concentration_per_ml * math.prod(self.box_um) * 1e-12))
+        table = np.array([(c.diameter_nm, c.cv, c.number_fraction, c.refractive_index) for c in components])
         which = self._rng.choice(len(table), size=n, p=table[:, 2] / table[:, 2].sum())
         s2 = np.log1p(table[which, 1] ** 2)  # log-normal: mean diameter_nm, relative SD cv
         diameters = table[which, 0] * np.exp(np.sqrt(s2) * self._rng.standard_normal(n) - s2 / 2)
-        self._set((self._rng.random((n, 3)) - 0.5) * np.array(self.box_um), diameters, table[which, 3])
+        return (self._rng.random((n, 3)) - 0.5) * np.array(self.box_um), diameters, table[which, 3]
+
+    def _fill(self, blank: bool) -> None:
+        """The tube's particles: the sample's (unless a blank), then the buffer's contamination."""
+        parts = [] if blank else [(*self._draw(self.components, self.concentration_per_ml), False)]
+        if self.contamination_per_ml > 0.0:
+            parts.append((*self._draw(self.contamination, self.contamination_per_ml), True))
+        if not parts:  # a clean buffer: an empty tube
+            parts.append((np.empty((0, 3)), np.empty(0), np.empty(0), False))
+        self._set(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                  np.concatenate([p[2] for p in parts]),
+                  np.concatenate([np.full(len(p[1]), p[3]) for p in parts]))
+
+    def load_tube(self, *, blank: bool = False, seed: int | None = None) -> dict[str, Any]:
+        """A fresh tube in the holder, as an operator loads one per run: the sample again (a new
+        Poisson draw of the same stock, contamination included) or, ``blank``, the buffer alone.
+        Temperature, drift and medium stay. Seeds: given, else the n-th tube's from the sample's
+        seed (a daemon's sequence of runs replays). Returns :meth:`describe`."""
+        self.tubes_loaded += 1
+        self.tube_seed = _seed(seed) if seed is not None else int(
+            np.random.SeedSequence([self.seed, self.tubes_loaded]).generate_state(1, np.uint64)[0] >> 1)
+        self._rng = np.random.default_rng(self.tube_seed)
+        self.tube = "blank" if blank else "sample"
+        self._fill(blank)
+        return self.describe()
+
+    def realised_concentration_per_ml(self) -> dict[str, float]:
+        """The truth of this tube: the sample's own particles and the buffer's, per mL of the box."""
+        box_ml = math.prod(self.box_um) * 1e-12
+        buffer = int(np.count_nonzero(self.from_buffer))
+        return {"sample": (len(self) - buffer) / box_ml, "contamination": buffer / box_ml}
 
     @classmethod
     def from_particles(cls, positions_um: Any, diameters_nm: Any, *, box_um: tuple[float, float, float],
@@ -235,8 +281,10 @@ class SimulatedSample:
         sample._set(pos, d, np.full(len(d), _positive("refractive_index", refractive_index)))
         return sample
 
-    def _set(self, positions: np.ndarray, diameters: np.ndarray, index: np.ndarray) -> None:
+    def _set(self, positions: np.ndarray, diameters: np.ndarray, index: np.ndarray,
+             from_buffer: np.ndarray | None = None) -> None:
         self.positions_um, self.diameters_nm, self.refractive_index = positions, diameters, index
+        self.from_buffer = np.zeros(len(diameters), bool) if from_buffer is None else from_buffer.astype(bool)
         self.ids, self.displacement_um = np.arange(len(diameters)), np.zeros_like(positions)
         self.elapsed_s, self._diffusion = 0.0, None
 
@@ -291,6 +339,10 @@ class SimulatedSample:
     def describe(self) -> dict[str, Any]:
         return {"components": [asdict(c) for c in self.components],
                 "concentration_per_ml": self.concentration_per_ml, "particle_count": len(self),
+                "contamination": [asdict(c) for c in self.contamination],
+                "contamination_per_ml": self.contamination_per_ml,
+                "contamination_count": int(np.count_nonzero(self.from_buffer)),
+                "tube": self.tube, "tubes_loaded": self.tubes_loaded, "tube_seed": self.tube_seed,
                 "box_um": list(self.box_um), "temperature_c": self.temperature_c,
                 "viscosity_mpa_s": self.viscosity_mpa_s, "medium_index": self.medium_index,
                 "drift_um_s": list(self.drift_um_s), "seed": self.seed, "elapsed_s": self.elapsed_s}
@@ -471,10 +523,20 @@ class SimulatedNTACamera:
             time.sleep(wait)
         return start_unix
 
+    def load_tube(self, *, blank: bool = False, seed: int | None = None) -> dict[str, Any]:
+        """The operator puts a fresh tube in the holder before a run: the sample (a new draw of
+        the same stock) or, ``blank``, the buffer alone (only its contamination shows).
+        Returns the tube's description (:meth:`SimulatedSample.describe`)."""
+        if self._t0_mono is not None:
+            raise DeviceError("simulated NTA camera is acquiring: stop it before loading another tube")
+        self._truth = None
+        return self.sample.load_tube(blank=blank, seed=seed)
+
     def truth(self) -> dict[str, np.ndarray]:
         """Every particle of the sample in the last frame: mean position during the
         exposure (``x_px`` column, ``y_px`` row, pixel centres at integers), ``z_um``,
-        ``diameter_nm``, ``particle_id``, ``photons`` (expected e), ``in_field``."""
+        ``diameter_nm``, ``particle_id`` (``sample.from_buffer[particle_id]``: the buffer's),
+        ``photons`` (expected e), ``in_field``."""
         if self._truth is None:
             raise DeviceError("no frame rendered yet: truth() describes the last frame")
         return {k: v.copy() for k, v in self._truth.items()}
@@ -561,9 +623,11 @@ def make_simulated_nta(components: Sequence[SampleComponent], concentration_per_
                        illumination_mw: Callable[[], float] | None, temperature_c: float = 25.0,
                        drift_um_s: tuple[float, float] = (0.0, 0.0), medium_index: float = 1.332,
                        seed: int | None = None, margin_um: float = 10.0, thermometer_noise_c: float = 0.0,
+                       contamination: Sequence[SampleComponent] = (), contamination_per_ml: float = 0.0,
                        **camera_kwargs: Any) -> tuple[SimulatedNTACamera, SimulatedThermometer, SimulatedSample]:
     """Camera, thermometer and a sample whose box is the field plus ``margin_um`` on
-    each side in x and y and +-3 sheet waists in z; seeds derived from ``seed``."""
+    each side in x and y and +-3 sheet waists in z; seeds derived from ``seed``. The buffer's
+    ``contamination`` (at ``contamination_per_ml``) is in every tube (SimulatedSample)."""
     geo = {k: p.default for k, p in inspect.signature(SimulatedNTACamera).parameters.items()} | camera_kwargs
     width, height = _int_in("width", geo["width"], 8, 16384), _int_in("height", geo["height"], 8, 16384)
     pixel, waist = _positive("pixel_size_um", geo["pixel_size_um"]), _positive("sheet_waist_um", geo["sheet_waist_um"])
@@ -571,7 +635,8 @@ def make_simulated_nta(components: Sequence[SampleComponent], concentration_per_
     s_sample, s_camera, s_thermo = (int(v) for v in np.random.SeedSequence(seed).generate_state(3))
     box = (width * pixel + 2 * margin, height * pixel + 2 * margin, 6 * waist)
     sample = SimulatedSample(components, concentration_per_ml, box_um=box, temperature_c=temperature_c,
-                             drift_um_s=drift_um_s, medium_index=medium_index, seed=s_sample)
+                             drift_um_s=drift_um_s, medium_index=medium_index, seed=s_sample,
+                             contamination=contamination, contamination_per_ml=contamination_per_ml)
     camera = SimulatedNTACamera(sample, illumination_mw=illumination_mw, seed=s_camera, **camera_kwargs)
     return camera, SimulatedThermometer(sample, thermometer_noise_c, seed=s_thermo), sample
 
@@ -595,6 +660,8 @@ def _open_camera(options: Any, address: str | None, context: dict[str, Any]) -> 
     camera, _, sample = make_simulated_nta(
         [SampleComponent(**c.model_dump()) for c in sim.components], sim.concentration_per_ml,
         temperature_c=sim.temperature_c, drift_um_s=tuple(sim.drift_um_s),
+        contamination=[SampleComponent(**c.model_dump()) for c in sim.contamination],
+        contamination_per_ml=sim.contamination_per_ml,
         illumination_mw=lambda: laser.emitted_power_mw, seed=sim.seed, **options.model_dump())
 
     def holder_c() -> float | None:

@@ -74,12 +74,29 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--instrument", help="abort the run on this instrument")
     p.set_defaults(func=cmd_stop)
 
-    p = add_control(sub.add_parser("runs", help="list past runs, or `runs show ID`"))
-    p.add_argument("action", nargs="?", choices=["show"], help="show one run")
-    p.add_argument("run_id", nargs="?", help="run id for `show`")
+    p = add_control(sub.add_parser("runs", help="list past runs; `runs show ID` (its result versions too); "
+                                                "`runs pick ID N` (which version is the run's result)"))
+    p.add_argument("action", nargs="?", choices=["show", "pick"], help="show one run, or pick its result version")
+    p.add_argument("run_id", nargs="?", help="run id for `show` and `pick`")
+    p.add_argument("pick", nargs="?", metavar="N", help="`pick`: the version number, or `newest`")
+    p.add_argument("--version", dest="show_version", type=int, metavar="N",
+                   help="`show`: this result version instead of the run's result")
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=50)
-    p.set_defaults(func=cmd_runs)
+    # A method may add its own listing (an option and a view(client, args) -> exit status): ``verbs["runs"]``.
+    p.set_defaults(func=cmd_runs, views=[])
+    verbs["runs"] = p
+
+    p = add_control(sub.add_parser("reprocess", help="analyse a stored run's raw data again with other analysis "
+                                                     "settings: a new result version, the earlier ones kept"))
+    p.add_argument("run_id")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an analysis setting to change, e.g. --set minmass=300 (repeat for several; NTA: "
+                        "minmass, min_track_length, feature_diameter_px, search_range_px, min_diameter_nm, "
+                        "detector, calibration, detection_volume_nl)")
+    p.add_argument("--reason", help="why (kept with the version), e.g. 'new calibration 2026-12'")
+    p.add_argument("--json", action="store_true", help="print the new version's result document alone on stdout")
+    p.set_defaults(func=cmd_reprocess)
 
     p = add_control(sub.add_parser("preview", help="live mode on an instrument: light on, frames and features "
                                                    "published, nothing recorded"))
@@ -233,20 +250,22 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        for dest, view in args.views:  # a method's own listing (NTA: --bead-checks)
+            if getattr(args, dest, False):
+                return view(client, args)
+        if args.action in ("show", "pick") and not args.run_id:
+            raise ExoacqError(f"`exoacq runs {args.action}` needs a run id (see `exoacq runs`)", code="usage")
+        if args.action == "pick":
+            return _pick_version(client, args)
         if args.action == "show":
-            if not args.run_id:
-                raise ExoacqError("`exoacq runs show` needs a run id (see `exoacq runs`)", code="usage")
-            record = client.request("run", run_id=args.run_id)
+            if args.pick is not None:
+                raise ExoacqError(f"unexpected {args.pick!r}: `exoacq runs show RUN_ID [--version N]`", code="usage")
+            params = {} if args.show_version is None else {"version": args.show_version}
+            record = client.request("run", run_id=args.run_id, **params)
             if args.json:
                 print(json.dumps(record))
             else:
-                from exoacq.client import format_result
-                print(f"{record['run_id']}: {record['state']}  sample '{record['sample']}'  instrument "
-                      f"{record.get('instrument') or '-'}  started {record['started']}  finished {record['finished']}")
-                if record.get("error"):
-                    print(f"  error: {record['error']}")
-                if record.get("result"):
-                    print(format_result(record["result"]))
+                _print_run(record)
             return 0
         runs = client.request("runs", limit=args.limit)
     if args.json:
@@ -256,6 +275,65 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for r in runs:
         print(f"{r['run_id']:<28} {r['method']:<6} {r.get('instrument') or '-':<12} {r['state']:<10} "
               f"{r['started'] or '-':<25} {r['sample']}")
+    return 0
+
+
+def _print_run(record: dict[str, Any]) -> None:
+    """A stored run as `runs show` prints it: the run, its result versions, then the result shown."""
+    from exoacq.client import format_result, format_versions
+    print(f"{record['run_id']}: {record['state']}  sample '{record['sample']}'  instrument "
+          f"{record.get('instrument') or '-'}  started {record['started']}  finished {record['finished']}")
+    if record.get("error"):
+        print(f"  error: {record['error']}")
+    print(format_versions(record))
+    if record.get("result"):
+        print(f"result version {record.get('version') or record.get('current_version')}:")
+        print(format_result(record["result"]))
+
+
+def _pick_version(client: Any, args: argparse.Namespace) -> int:
+    if args.pick is None:
+        raise ExoacqError("`exoacq runs pick RUN_ID N` needs a version number (or `newest`)", code="usage")
+    if args.pick == "newest":
+        version = None
+    else:
+        try:
+            version = int(args.pick)
+        except ValueError:
+            raise ExoacqError(f"version {args.pick!r}: must be a version number (1, 2, ...) or `newest`",
+                              code="usage") from None
+    reply = client.request("select_version", run_id=args.run_id, version=version)
+    if args.json:
+        print(json.dumps(reply))
+    else:
+        how = "picked by the operator" if reply["picked_version"] is not None else "the newest"
+        print(f"run {reply['run_id']}: its result is version {reply['current_version']} ({how})")
+    return 0
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    from exoacq.client import StatusLine, follow_reprocess, parse_overrides
+
+    overrides = parse_overrides(args.overrides)
+    line = StatusLine()
+    shown: set[str] = set()
+
+    def on_version(document: dict[str, Any]) -> None:
+        state = document["state"]
+        if state in shown:
+            return
+        shown.add(state)
+        waiting = document.get("waiting") or 0
+        behind = f" (after {waiting} other re-processing{'s' if waiting > 1 else ''})" if waiting else ""
+        line.message(f"run {document['run_id']}: version {document['version']} {state}{behind}")
+
+    with _client(args) as client:
+        document = follow_reprocess(client, args.run_id, overrides, reason=args.reason, on_version=on_version)
+        if args.json:
+            print(json.dumps(document))
+            return 0
+        line.message(f"run {args.run_id}: version {document['version']} done")
+        _print_run(client.request("run", run_id=args.run_id, version=document["version"]))
     return 0
 
 

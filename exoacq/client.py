@@ -73,6 +73,94 @@ def follow_run(client: ControlClient, request: dict[str, Any],
         sub.close(linger=0)
 
 
+def follow_reprocess(client: ControlClient, run_id: str, overrides: dict[str, Any], reason: str | None = None,
+                     on_version: Callable[[dict[str, Any]], None] | None = None,
+                     timeout_s: float | None = None) -> dict[str, Any]:
+    """Ask the daemon to re-process a stored run and block until the new version is made; return
+    its result document (``<method>.result`` with ``version``).
+
+    Raises ExoacqError if the re-processing fails. ``on_version`` sees every ``run.version``
+    document of this version (processing, then done or failed), for progress display.
+    """
+    endpoints = client.request("status")["endpoints"]
+    method = client.request("run", run_id=run_id)["method"]
+    result_topic = f"{method}.result"
+    sub = subscribe(endpoints["results"], ["run.version", result_topic])
+    try:
+        time.sleep(SUBSCRIBE_SETTLE_S)
+        request: dict[str, Any] = {"run_id": run_id, "overrides": overrides}
+        if reason is not None:
+            request["reason"] = reason
+        reply = client.request("reprocess", **request)
+        version = reply["version"]
+        if on_version:
+            on_version({**reply, "waiting": reply.get("waiting", 0)})
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last_seen = time.monotonic()
+        while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise ExoacqError(f"run {run_id} version {version} was not made within {timeout_s:g} s "
+                                  "(it goes on in the daemon: see `exoacq runs show`)", code="timeout")
+            if sub.poll(200):
+                topic, payload = sub.recv_multipart()
+                document = loads(payload)
+                if document.get("run_id") != run_id or document.get("version") != version:
+                    continue
+                last_seen = time.monotonic()
+                if topic.decode() == result_topic:
+                    return document
+                if on_version:
+                    on_version(document)
+                if document["state"] == "failed":
+                    raise ExoacqError(f"run {run_id} version {version} failed: {document.get('error')}",
+                                      code="reprocess_failed")
+            elif time.monotonic() - last_seen > POLL_AFTER_S:  # a document may have been missed
+                last_seen = time.monotonic()
+                record = client.request("run", run_id=run_id)
+                entry = next((v for v in record["versions"] if v["version"] == version), None)
+                if entry is not None and entry["state"] == "done":
+                    return client.request("run", run_id=run_id, version=version)["result"]
+                if entry is not None and entry["state"] == "failed":
+                    raise ExoacqError(f"run {run_id} version {version} failed: {entry['error']}",
+                                      code="reprocess_failed")
+    finally:
+        sub.close(linger=0)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs of ``--set``: a VALUE that reads as JSON (300, 1.5, true, null, "x") is
+    that value, any other text a string (a file name)."""
+    import json
+
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ExoacqError(f"--set {pair!r}: must be KEY=VALUE, e.g. --set minmass=300", code="usage")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        overrides[key.strip()] = value
+    return overrides
+
+
+def format_versions(record: dict[str, Any]) -> str:
+    """The result versions of a stored run, one line each; ``*`` marks the run's result."""
+    versions = record.get("versions") or []
+    if not versions:
+        return "  no result"
+    picked = record.get("picked_version")
+    lines = [f"  result versions (the run's result: {record.get('current_version') or '-'}"
+             f"{', picked by the operator' if picked is not None else ', the newest'}):"]
+    for v in versions:
+        overrides = " ".join(f"{k}={v['overrides'][k]}" for k in v["overrides"]) or "-"
+        error = f"  error: {v['error']}" if v.get("error") else ""
+        lines.append(f"  {'*' if v['current'] else ' '} v{v['version']:<3} {v['state']:<10} {v['created']:<27} "
+                     f"{v['reason']}  {overrides}{error}")
+    return "\n".join(lines)
+
+
 class StatusLine:
     """A status line on stderr: redrawn in place on a terminal, one line per update otherwise."""
 

@@ -11,7 +11,10 @@ Threads:
   queued runs one at a time through the method's engine (setup, exec,
   teardown), or a live preview, and reconnects lost devices with backoff;
 * a frames proxy: each acquisition thread publishes live frames on its own
-  socket; the proxy forwards them to the daemon's frames endpoint.
+  socket; the proxy forwards them to the daemon's frames endpoint;
+* a re-processing thread, started by the first ``reprocess`` request: runs the
+  methods' ``reprocess`` hooks one at a time; the main thread stores and
+  publishes the versions they make.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from exoacq.bus import STATUS_SCHEMA, dumps, loads, make_document, publish, utc_
 from exoacq.config import Config
 from exoacq.errors import ConfigError, ExoacqError, ProtocolError
 from exoacq.instruments import Instrument
-from exoacq.methods import MethodService, RunStatus, ServiceContext
+from exoacq.methods import Method, MethodService, RunStatus, ServiceContext
 from exoacq.runner import InstrumentRunner, Preview
 from exoacq.sdnotify import notify
 from exoacq.storage import FINAL_STATES, RunStore
@@ -49,6 +52,8 @@ SERVICE_START_TIMEOUT_S = 60.0
 LIVE_FRAMES = "inproc://live-frames"
 #: A run's event-model documents, beside its other files.
 BLUESKY_FILE = "bluesky.jsonl"
+#: Schema of the ``run.version`` documents (a result version was asked for, made, or failed).
+RUN_VERSION_SCHEMA = "exoacq.run.version/1"
 
 
 class Daemon:
@@ -61,6 +66,12 @@ class Daemon:
         self.store = RunStore(config.daemon.resolved_data_dir())
         for run_id in self.store.fail_unfinished("the daemon stopped during this run"):
             log.warning("run %s was left unfinished by a previous daemon: marked failed", run_id)
+        for run_id, version in self.store.fail_unfinished_versions("the daemon stopped during this re-processing"):
+            log.warning("run %s version %d was left unfinished by a previous daemon: marked failed", run_id, version)
+        #: Re-processing: jobs for the worker thread, and its outcomes for the main thread.
+        self._reprocess_jobs: queue.Queue = queue.Queue()
+        self._reprocessed: queue.Queue = queue.Queue()
+        self._reprocess_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._runs: dict[str, RunStatus] = {}
         self._started = time.time()
@@ -188,6 +199,12 @@ class Daemon:
             for socket, callback in self._watched.items():
                 if socket in ready:
                     self._guarded(callback)
+            while not self._reprocessed.empty():
+                outcome = self._reprocessed.get_nowait()
+                try:
+                    self._on_reprocessed(*outcome)
+                except Exception:  # a bug or a broken catalog: logged; the daemon keeps serving
+                    log.exception("run %s: storing result version %d failed", outcome[0]["run_id"], outcome[1])
             if time.monotonic() - self._last_progress >= PROGRESS_INTERVAL_S:
                 self._last_progress = time.monotonic()
                 for runner in self.runners.values():
@@ -226,6 +243,10 @@ class Daemon:
                 current.run.finished.set()
             runner.instrument.close()  # lasers first
             runner.service.stop()
+        self._reprocess_jobs.put(None)  # a hook already running is not waited for: its version fails
+        for run_id, version in self.store.fail_unfinished_versions("the daemon was stopped before this "
+                                                                   "re-processing finished"):
+            log.warning("run %s version %d: re-processing not finished at shutdown: marked failed", run_id, version)
         self.store.close()
         try:
             self._proxy_control.send(b"TERMINATE")
@@ -462,10 +483,115 @@ class Daemon:
             raise ProtocolError(f"limit = {limit!r}: must be a positive integer")
         return self.store.list(limit)
 
-    def _cmd_run(self, run_id: str) -> dict[str, Any]:
+    def _cmd_run(self, run_id: str, version: int | None = None) -> dict[str, Any]:
         if not isinstance(run_id, str):
             raise ProtocolError(f"run_id = {run_id!r}: must be a run id string")
-        return self.store.get(run_id)
+        if version is not None and not _is_version(version):
+            raise ProtocolError(f"version = {version!r}: must be a result version number (1, 2, ...)")
+        return self.store.get(run_id, version)
+
+    # -- result versions: re-processing a stored run ---------------------------------
+    def _cmd_reprocess(self, run_id: str, overrides: dict[str, Any] | None = None,
+                       reason: str | None = None) -> dict[str, Any]:
+        """Analyse a stored run again with ``overrides``: reply at once with the version reserved; the
+        method's hook runs in the re-processing thread; the version is stored and published when done."""
+        if not isinstance(run_id, str):
+            raise ProtocolError(f"run_id = {run_id!r}: must be a run id string")
+        overrides = {} if overrides is None else overrides
+        if not isinstance(overrides, dict):
+            raise ProtocolError(f"overrides = {overrides!r}: must be an object of analysis settings")
+        if reason is not None and (not isinstance(reason, str) or not 1 <= len(reason) <= 200):
+            raise ProtocolError(f"reason = {reason!r}: must be a text of 1 to 200 characters")
+        record = self.store.get(run_id)
+        original = next((v for v in record["versions"] if v["version"] == 1 and v["state"] == "done"), None)
+        if record["state"] not in ("done", "aborted") or original is None:
+            raise ExoacqError(f"run {run_id} is {record['state']}"
+                              f"{' without a result' if original is None else ''}: only a finished run with "
+                              "a result can be re-processed", code="not_reprocessable")
+        method = self._method_named(record["method"], record.get("instrument"))
+        if type(method).reprocess is Method.reprocess:
+            raise ExoacqError(f"method {method.name!r} cannot re-process a stored run", code="no_reprocess")
+        version = self.store.reserve_version(run_id, reason or "reprocessed", overrides)
+        output_dir = self.store.run_dir(run_id) / f"v{version}"
+        waiting = self._reprocess_jobs.qsize()
+        # The hook gets the run as acquired (version 1): overrides always apply to the original settings.
+        self._reprocess_jobs.put((method, self.store.get(run_id, version=1), overrides, version, output_dir))
+        if self._reprocess_thread is None:
+            self._reprocess_thread = threading.Thread(target=self._reprocess_worker, name="reprocess", daemon=True)
+            self._reprocess_thread.start()
+        self._publish_version(record, version, "processing")
+        return {"run_id": run_id, "version": version, "state": "processing", "waiting": waiting}
+
+    def _cmd_select_version(self, run_id: str, version: int | None) -> dict[str, Any]:
+        """The operator picks which version is the run's result (null: the newest again)."""
+        if not isinstance(run_id, str):
+            raise ProtocolError(f"run_id = {run_id!r}: must be a run id string")
+        if version is not None and not _is_version(version):
+            raise ProtocolError(f"version = {version!r}: must be a result version number (1, 2, ...) or null")
+        self.store.select_version(run_id, version)
+        record = self.store.get(run_id)
+        log.info("run %s: result version %s %s", run_id, record["current_version"],
+                 "picked by the operator" if version is not None else "(the newest)")
+        return {"run_id": run_id, "current_version": record["current_version"],
+                "picked_version": record["picked_version"]}
+
+    def _method_named(self, name: str, instrument: str | None) -> Method:
+        """The plugin of a stored run's method, from its instrument (or any instrument of the method)."""
+        runner = self.runners.get(instrument or "")
+        if runner is not None and runner.instrument.method.name == name:
+            return runner.instrument.method
+        for runner in self.runners.values():
+            if runner.instrument.method.name == name:
+                return runner.instrument.method
+        raise ExoacqError(f"no instrument of this daemon runs method {name!r}: it cannot re-process this run",
+                          code="unknown_method")
+
+    def _reprocess_worker(self) -> None:
+        """The re-processing thread: one hook at a time, in order; outcomes go to the main thread."""
+        while True:
+            job = self._reprocess_jobs.get()
+            if job is None:
+                return
+            method, record, overrides, version, output_dir = job
+            try:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                document = method.reprocess(record, overrides, output_dir)
+                if not isinstance(document, dict):
+                    raise TypeError(f"{method.name}.reprocess returned {type(document).__name__}, not a document")
+                self._reprocessed.put((record, version, document, None))
+            except ExoacqError as exc:
+                self._reprocessed.put((record, version, None, str(exc)))
+            except OSError as exc:
+                self._reprocessed.put((record, version, None, f"cannot write {output_dir}: {exc.strerror or exc}"))
+            except Exception as exc:  # a bug in the hook: recorded with the version, logged with its traceback
+                log.exception("run %s: re-processing version %d failed", record["run_id"], version)
+                self._reprocessed.put((record, version, None, f"internal error: {type(exc).__name__}: {exc}"))
+
+    def _on_reprocessed(self, record: dict[str, Any], version: int, document: dict[str, Any] | None,
+                        error: str | None) -> None:
+        """Main thread: store a version the hook made (then publish it), or record its failure."""
+        run_id = record["run_id"]
+        if document is not None:
+            document = {**document, "version": version}
+            try:
+                self.store.save_version(run_id, version, document)
+            except (OSError, ValueError, TypeError) as exc:
+                error = f"cannot store version {version}: {getattr(exc, 'strerror', None) or exc}"
+        if error is not None:
+            self.store.fail_version(run_id, version, error)
+            log.error("run %s: re-processing version %d failed: %s", run_id, version, error)
+        else:
+            method = self._method_named(record["method"], record.get("instrument"))
+            publish(self.results, method.result_topic, document)
+            log.info("run %s: result version %d stored", run_id, version)
+        self._publish_version(record, version, "failed" if error is not None else "done", error)
+
+    def _publish_version(self, record: dict[str, Any], version: int, state: str, error: str | None = None) -> None:
+        entry = next(v for v in self.store.versions(record["run_id"]) if v["version"] == version)
+        publish(self.results, "run.version", make_document(
+            "run.version", record["run_id"], schema=RUN_VERSION_SCHEMA, version=version, state=state,
+            method=record["method"], instrument=record.get("instrument"), reason=entry["reason"],
+            overrides=entry["overrides"], current=entry["current"], error=error))
 
     def _stored_run(self, run_id: str) -> dict[str, Any] | None:
         """A stored run's full record for a method service, or None when there is no such run."""
@@ -623,6 +749,10 @@ class Daemon:
         if time.monotonic() - status.data.get("_last_progress", 0.0) >= 0.1:
             status.data["_last_progress"] = time.monotonic()
             self._publish_progress(status)
+
+
+def _is_version(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _connectable(address: str) -> str:

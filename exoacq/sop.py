@@ -173,6 +173,11 @@ class Sop(BaseModel):
     method: Annotated[str, Field(strict=True, pattern=r"^[a-z][a-z0-9_-]{0,39}$")] | None = None
     description: Annotated[str, Field(strict=True, max_length=4000)] = ""
     steps: Annotated[list[Step], Field(min_length=1, max_length=1000)]
+    #: A system-suitability (bead-check) SOP: the bead standard file the result is judged against.
+    bead_check: Annotated[str, Field(strict=True, min_length=1, max_length=1000)] | None = None
+    #: The run is a buffer blank; or: the blank run to subtract from this sample.
+    blank: bool = False
+    blank_run: Annotated[str, Field(strict=True, min_length=1, max_length=100)] | None = None
     source: str = "SOP"
 
     @model_validator(mode="after")

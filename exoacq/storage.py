@@ -3,6 +3,14 @@
 ``<data_dir>/runs.sqlite`` holds one row per run (id, method, sample,
 settings, state, times, result, error); ``<data_dir>/runs/<run_id>/`` holds
 the run's files (tracks, result). Written only by the daemon's main thread.
+
+Result versions: a run's result as acquired is its version 1 (``result.json``);
+re-processing the stored raw data makes versions 2, 3, ... (``result-vN.json``,
+their files under ``vN/``). Every version is kept in the ``results`` table
+exactly as published (the JSON text), with when and why it was made and the
+analysis overrides; version 1 is never rewritten. The run's result
+(``runs.result``) is the newest version that succeeded, unless the operator
+picked another (``runs.current_version``).
 """
 from __future__ import annotations
 
@@ -34,7 +42,21 @@ CREATE TABLE IF NOT EXISTS runs (
     error    TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
+CREATE TABLE IF NOT EXISTS results (
+    run_id    TEXT NOT NULL,
+    version   INTEGER NOT NULL,
+    state     TEXT NOT NULL,
+    created   TEXT NOT NULL,
+    reason    TEXT NOT NULL,
+    overrides TEXT NOT NULL,
+    result    TEXT,
+    error     TEXT,
+    PRIMARY KEY (run_id, version)
+);
 """
+
+#: States of a result version.
+VERSION_STATES = ("processing", "done", "failed")
 
 
 class RunStore:
@@ -52,6 +74,13 @@ class RunStore:
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(runs)")}
         if "instrument" not in columns:  # a catalog written before instruments had names
             self._db.execute("ALTER TABLE runs ADD COLUMN instrument TEXT")
+        if "current_version" not in columns:  # a catalog written before result versions
+            self._db.execute("ALTER TABLE runs ADD COLUMN current_version INTEGER")
+        # Results stored before versions existed are their runs' version 1, unchanged.
+        self._db.execute(
+            "INSERT INTO results (run_id, version, state, created, reason, overrides, result) "
+            "SELECT run_id, 1, 'done', COALESCE(finished, created), 'acquired', '{}', result FROM runs "
+            "WHERE result IS NOT NULL AND run_id NOT IN (SELECT run_id FROM results)")
 
     def close(self) -> None:
         self._db.close()
@@ -82,15 +111,109 @@ class RunStore:
             (state, state, now, state, now, error, run_id))
 
     def save_result(self, run_id: str, result: dict[str, Any]) -> None:
+        """The run's result as acquired: its version 1 (``result.json``), stored once."""
+        if self._version_row(run_id, 1) is not None:
+            raise ExoacqError(f"run {run_id} already has its result (version 1); it is never rewritten",
+                              code="result_exists")
         text = dumps(result).decode()
         (self.run_dir(run_id) / "result.json").write_text(text, encoding="utf-8")
-        self._db.execute("UPDATE runs SET result = ? WHERE run_id = ?", (text, run_id))
+        self._db.execute(
+            "INSERT INTO results (run_id, version, state, created, reason, overrides, result) "
+            "VALUES (?, 1, 'done', ?, 'acquired', '{}', ?)", (run_id, utc_now_iso(), text))
+        self._refresh_current(run_id)
 
-    def get(self, run_id: str) -> dict[str, Any]:
+    # -- result versions ---------------------------------------------------------------
+    def reserve_version(self, run_id: str, reason: str, overrides: dict[str, Any]) -> int:
+        """The next version number of a run's result, recorded as ``processing``."""
+        row = self._db.execute("SELECT MAX(version) AS n FROM results WHERE run_id = ?", (run_id,)).fetchone()
+        version = (row["n"] or 1) + 1
+        self._db.execute(
+            "INSERT INTO results (run_id, version, state, created, reason, overrides) "
+            "VALUES (?, ?, 'processing', ?, ?, ?)",
+            (run_id, version, utc_now_iso(), reason, dumps(overrides).decode()))
+        return version
+
+    def save_version(self, run_id: str, version: int, result: dict[str, Any]) -> str:
+        """A re-processed result: ``result-vN.json`` and the catalog, exactly the text returned
+        (what the daemon publishes); the run's result if it is now the current version."""
+        if version < 2:
+            raise ValueError("version 1 is the run's result as acquired: use save_result")
+        text = dumps(result).decode()
+        (self.run_dir(run_id) / f"result-v{version}.json").write_text(text, encoding="utf-8")
+        self._db.execute("UPDATE results SET state = 'done', result = ?, error = NULL "
+                         "WHERE run_id = ? AND version = ? AND state = 'processing'", (text, run_id, version))
+        self._refresh_current(run_id)
+        return text
+
+    def fail_version(self, run_id: str, version: int, error: str) -> None:
+        self._db.execute("UPDATE results SET state = 'failed', error = ? WHERE run_id = ? AND version = ? "
+                         "AND state = 'processing'", (error, run_id, version))
+
+    def fail_unfinished_versions(self, reason: str) -> list[tuple[str, int]]:
+        """Mark versions still ``processing`` (the daemon stopped) as failed; return (run_id, version)s."""
+        rows = self._db.execute("SELECT run_id, version FROM results WHERE state = 'processing'").fetchall()
+        for row in rows:
+            self.fail_version(row["run_id"], row["version"], reason)
+        return [(row["run_id"], row["version"]) for row in rows]
+
+    def select_version(self, run_id: str, version: int | None) -> None:
+        """The operator's pick of the run's result; None: the newest version again."""
+        self.get(run_id)
+        if version is not None:
+            row = self._version_row(run_id, version)
+            if row is None:
+                raise ExoacqError(f"run {run_id} has no result version {version}", code="unknown_version")
+            if row["state"] != "done":
+                raise ExoacqError(f"run {run_id} version {version} is {row['state']}"
+                                  f"{': ' + row['error'] if row['error'] else ''}; only a finished version "
+                                  "can be the run's result", code="no_result")
+        self._db.execute("UPDATE runs SET current_version = ? WHERE run_id = ?", (version, run_id))
+        self._refresh_current(run_id)
+
+    def versions(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's result versions, oldest first (without their documents)."""
+        current = self._current(run_id)
+        rows = self._db.execute("SELECT version, state, created, reason, overrides, error FROM results "
+                                "WHERE run_id = ? ORDER BY version", (run_id,)).fetchall()
+        return [{"version": r["version"], "state": r["state"], "created": r["created"], "reason": r["reason"],
+                 "overrides": json.loads(r["overrides"]), "current": r["version"] == current, "error": r["error"]}
+                for r in rows]
+
+    def _version_row(self, run_id: str, version: int) -> sqlite3.Row | None:
+        return self._db.execute("SELECT * FROM results WHERE run_id = ? AND version = ?",
+                                (run_id, version)).fetchone()
+
+    def _current(self, run_id: str) -> int | None:
+        """The version that is the run's result: the operator's pick, else the newest that succeeded."""
+        row = self._db.execute("SELECT current_version FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is not None and row["current_version"] is not None:
+            return row["current_version"]
+        newest = self._db.execute("SELECT MAX(version) AS n FROM results WHERE run_id = ? AND state = 'done'",
+                                  (run_id,)).fetchone()
+        return newest["n"]
+
+    def _refresh_current(self, run_id: str) -> None:
+        current = self._current(run_id)
+        if current is not None:
+            self._db.execute("UPDATE runs SET result = (SELECT result FROM results WHERE run_id = ? AND version = ?) "
+                             "WHERE run_id = ?", (run_id, current, run_id))
+
+    def get(self, run_id: str, version: int | None = None) -> dict[str, Any]:
+        """A run's full record; its ``result`` is the current version's, or version ``version``'s."""
         row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             raise ExoacqError(f"no run with id {run_id!r}", code="unknown_run")
-        return self._row(row, full=True)
+        record = self._row(row, full=True)
+        if version is not None:
+            found = self._version_row(run_id, version)
+            if found is None:
+                raise ExoacqError(f"run {run_id} has no result version {version}", code="unknown_version")
+            if found["state"] != "done":
+                raise ExoacqError(f"run {run_id} version {version} is {found['state']}"
+                                  f"{': ' + found['error'] if found['error'] else ''}", code="no_result")
+            record["result"] = json.loads(found["result"])
+            record["version"] = version
+        return record
 
     def list(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT * FROM runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
@@ -118,4 +241,7 @@ class RunStore:
         if full:
             record["result"] = json.loads(row["result"]) if row["result"] else None
             record["directory"] = str(self.run_dir(row["run_id"]))
+            record["versions"] = self.versions(row["run_id"])
+            record["current_version"] = self._current(row["run_id"])
+            record["picked_version"] = row["current_version"]
         return record

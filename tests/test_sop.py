@@ -186,7 +186,7 @@ def test_top_level_problems() -> None:
         "sop.toml: name = 1 must be text",
         "sop.toml: steps = []: List should have at least 1 item after validation, not 0",
         "sop.toml: unknown key 'methods' (did you mean 'method'? units are part of the key name); "
-        "allowed here: name, method, description, steps",
+        "allowed here: name, method, description, steps, bead_check, blank, blank_run",
     ]
     assert refusal('steps = [\n').startswith("sop.toml: not valid TOML: ")
 

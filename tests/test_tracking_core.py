@@ -118,8 +118,7 @@ def test_a_worker_started_elsewhere_serves_the_daemon(tmp_path):
 @pytest.mark.slow
 def test_daemon_and_offline_analysis_agree_on_the_same_frames(tmp_path):
     config = tmp_path / "save.toml"
-    config.write_text(simulated_instrument_toml(settings={"save_frames": True,
-                                                          "calibration": "calibrations/nta/simulated-camera.toml"}))
+    config.write_text(simulated_instrument_toml(settings={"calibration": "calibrations/nta/simulated-camera.toml"}))
     process, control = start_daemon(tmp_path / "data", tmp_path / "daemon.log", extra=["--config", str(config)])
     try:
         proc = run_cli("acquire", "nta", "--duration", "4", "--captures", "1", "--dilution", "10", "--json", "--control", control)
@@ -128,10 +127,12 @@ def test_daemon_and_offline_analysis_agree_on_the_same_frames(tmp_path):
     finally:
         assert stop_daemon(process) == 0
     assert live["frames"]["dropped"] == 0
-    frames = tmp_path / "data" / "runs" / live["run_id"] / "frames.npy"
-    assert np.load(frames, mmap_mode="r").shape == (100, 480, 640)
+    video = tmp_path / "data" / "runs" / live["run_id"] / "video.mkv"  # kept by default (lossless FFV1)
+    from exoacq.nta.video import open_video
+    kept = open_video(video)
+    assert (kept.frame_count, kept.height, kept.width) == (100, 480, 640)
     from conftest import ROOT
-    proc = run_cli("analyze", "nta", str(frames), "--fps", "25", "--pixel-size-um", "0.166", "--exposure-ms", "15",
+    proc = run_cli("analyze", "nta", str(video), "--fps", "25", "--pixel-size-um", "0.166", "--exposure-ms", "15",
                    "--temperature-c", repr(live["temperature_c"]), "--dilution", "10",
                    "--calibration", str(ROOT / "calibrations" / "nta" / "simulated-camera.toml"), "--json")
     assert proc.returncode == 0, proc.stderr

@@ -21,6 +21,7 @@ from exoacq.bus import send_frame
 from exoacq.errors import DeviceError, ProtocolError
 from exoacq.methods import Run as CoreRun
 from exoacq.nta.analysis import TrackingParameters
+from exoacq.nta.video_store import VideoRecorder
 
 #: Acquisition counters are reported this often.
 REPORT_INTERVAL_S = 0.25
@@ -40,7 +41,7 @@ def validate_request(params: dict[str, Any], sop: Any = None) -> dict[str, Any]:
     """Check an ``acquire`` request for NTA; return the run settings (units in keys).
 
     With a SOP (:mod:`exoacq.sop`), the captures and their duration are the SOP's."""
-    allowed = {"duration_s", "sample", "dilution", "captures"}
+    allowed = {"duration_s", "sample", "dilution", "captures", "blank", "blank_run", "bead_check"}
     unknown = set(params) - allowed
     if unknown:
         raise ProtocolError(f"unknown parameter(s) for an NTA acquisition: {', '.join(sorted(unknown))}; "
@@ -55,6 +56,13 @@ def validate_request(params: dict[str, Any], sop: Any = None) -> dict[str, Any]:
                                 "in the request", code="bad_sop")
         captures = sop.captures()
         given |= {"captures": sum(c.count for c in captures), "duration_s": max(c.duration_s for c in captures)}
+        for key in ("bead_check", "blank_run", "blank"):  # the SOP's own: a bead check, a blank, its blank
+            value = getattr(sop, key)
+            if value in (None, False):
+                continue
+            if given.get(key) not in (None, False, value):
+                raise ProtocolError(f"{key}: the SOP says {value!r}; the request says {given[key]!r}", code="bad_sop")
+            given[key] = value
     settings.update(given)
     duration, dilution, sample = settings["duration_s"], settings["dilution"], settings["sample"]
     if not isinstance(duration, (int, float)) or isinstance(duration, bool) or not 0 < duration <= MAX_DURATION_S:
@@ -69,6 +77,16 @@ def validate_request(params: dict[str, Any], sop: Any = None) -> dict[str, Any]:
     if not isinstance(sample, str) or not 0 < len(sample) <= 200:
         raise ProtocolError(f"sample = {sample!r}: must be a name of 1 to 200 characters")
     settings["duration_s"], settings["dilution"] = float(duration), float(dilution)
+    if settings.get("bead_check") is not None:  # a bead-check run: its standard file, read now
+        from exoacq.nta.suitability import bead_check_setting
+        settings["bead_check"] = bead_check_setting(settings["bead_check"])
+    blank, blank_run = settings.setdefault("blank", False), settings.get("blank_run")
+    if not isinstance(blank, bool):
+        raise ProtocolError(f"blank = {blank!r}: must be true (this run is a buffer blank) or false")
+    if blank_run is not None and (not isinstance(blank_run, str) or not 0 < len(blank_run) <= 100):
+        raise ProtocolError(f"blank_run = {blank_run!r}: must be the run id of a buffer blank")
+    if blank and blank_run is not None:
+        raise ProtocolError("blank and blank_run: a blank is the buffer itself; it has no blank to subtract")
     if sop is not None:
         settings["sop"] = {"name": sop.name, "source": sop.source, "steps": sop.describe_steps(),
                            "definition": sop.to_dict()}
@@ -244,53 +262,54 @@ class NTAAcquisition:
         t_start = time.monotonic()
         last_report = 0.0
         last_laser_check = t_start
-        recording = None
-        if self.settings.save_frames:  # raw frames, for offline re-analysis (exoacq analyze)
-            recording = np.lib.format.open_memmap(output / "frames.npy", mode="w+", dtype=camera.dtype,
-                                                  shape=(n_frames, camera.height, camera.width))
+        # The raw video, for re-processing (exoacq.nta.video_store): a writer thread, never waited for.
+        video = VideoRecorder(output, camera.width, camera.height, camera.dtype, camera.frame_rate_hz) \
+            if self.settings.keep_video else None
 
         def counters() -> dict[str, Any]:
             return {"frames_acquired": acquired, "frames_planned": n_frames,
                     "frames_dropped": tracker_drops + camera_drops,
                     "frames_dropped_by": {"camera": camera_drops, "tracker": tracker_drops},
+                    "video_frames_lost": video.frames_lost if video is not None else 0,
                     "elapsed_s": time.monotonic() - t_start}
 
-        while acquired + camera_drops < n_frames and not run.abort.is_set():
-            frame = np.empty((camera.height, camera.width), dtype=camera.dtype)
-            timestamp = camera.fill(frame)
-            camera_drops = camera.frames_dropped - camera_drops_before
-            # Frames the camera lost leave a gap in the numbering: the tracker ends its tracks there.
-            header = {"run_id": run.run_id, "instrument": run.instrument, "capture": run.capture,
-                      "frame_number": acquired + camera_drops, "timestamp": timestamp,
-                      "exposure_ms": camera.exposure_ms}
-            try:
-                send_frame(self.frames_socket, {**header, "run_id": capture_id(run.run_id, run.capture),
-                                                "seq": sent, "locate": run.locate}, frame, flags=zmq.NOBLOCK)
-                sent += 1
-            except zmq.Again:
-                tracker_drops += 1
-            try:
-                send_frame(self.live_socket, header, frame, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # a slow viewer never slows the instrument
-            if recording is not None and header["frame_number"] < n_frames:
-                recording[header["frame_number"]] = frame
-            acquired += 1
-            now = time.monotonic()
-            if run.laser_on and now - last_laser_check >= LASER_CHECK_S:
-                last_laser_check = now
-                self._check_light()
-            if now - last_report >= REPORT_INTERVAL_S:
-                last_report = now
-                self.emit({"event": "acquisition", "run_id": run.run_id, "capture": run.capture, **counters()})
-        run.frames_sent = sent
-        if recording is not None:
-            recording.flush()
-            written = min(acquired + camera_drops, n_frames)
-            if written < n_frames:  # an aborted run: keep only the frames it has
-                np.save(output / "frames.npy", np.array(recording[:written]))
-            del recording
-        final = counters()
+        try:
+            while acquired + camera_drops < n_frames and not run.abort.is_set():
+                frame = np.empty((camera.height, camera.width), dtype=camera.dtype)
+                timestamp = camera.fill(frame)
+                camera_drops = camera.frames_dropped - camera_drops_before
+                # Frames the camera lost leave a gap in the numbering: the tracker ends its tracks there.
+                header = {"run_id": run.run_id, "instrument": run.instrument, "capture": run.capture,
+                          "frame_number": acquired + camera_drops, "timestamp": timestamp,
+                          "exposure_ms": camera.exposure_ms}
+                try:
+                    send_frame(self.frames_socket, {**header, "run_id": capture_id(run.run_id, run.capture),
+                                                    "seq": sent, "locate": run.locate}, frame, flags=zmq.NOBLOCK)
+                    sent += 1
+                    tracked = True
+                except zmq.Again:
+                    tracker_drops += 1
+                    tracked = False
+                try:
+                    send_frame(self.live_socket, header, frame, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # a slow viewer never slows the instrument
+                if video is not None:
+                    video.offer(header["frame_number"], timestamp, frame, tracked)
+                acquired += 1
+                now = time.monotonic()
+                if run.laser_on and now - last_laser_check >= LASER_CHECK_S:
+                    last_laser_check = now
+                    self._check_light()
+                if now - last_report >= REPORT_INTERVAL_S:
+                    last_report = now
+                    self.emit({"event": "acquisition", "run_id": run.run_id, "capture": run.capture, **counters()})
+        finally:
+            run.frames_sent = sent
+            if video is not None:  # the frames in the writer's queue are written; frames.csv beside them
+                kept = video.close()
+                self.emit({"event": "video", "run_id": run.run_id, "capture": run.capture, **kept})
+        final = {**counters(), "video_frames_lost": kept["frames_lost"] if video is not None else 0}
         self.emit({"event": "acquisition", "run_id": run.run_id, "capture": run.capture, **final})
         return final
 

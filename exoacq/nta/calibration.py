@@ -32,6 +32,13 @@ class CalibrationInfo(_Strict):
     instrument: str
     method: str
     operator: str = ""
+    #: Last day the calibration may be used (inclusive, UTC); None: it does not expire. A lab's
+    #: procedure sets it (e.g. a year after ``date``, or the bead lot's expiry, whichever is first).
+    expires: date | None = None
+
+    def expired(self, on: date) -> bool:
+        """Whether the calibration has expired on the day ``on`` (it is valid through ``expires``)."""
+        return self.expires is not None and on > self.expires
 
 
 class NTAOptics(_Strict):
@@ -121,8 +128,9 @@ def block_standard_error(values: list[float] | tuple[float, ...], block: int) ->
 
 def nta_calibration_text(*, volume_nl: float, uncertainty_nl: float, frames: int, optics: NTAOptics,
                          standard: BeadStandard, instrument: str, method: str, version: int = 1,
-                         relative_detection_depth: float | None = None) -> str:
-    """The TOML of a detection-volume calibration (validated by reading it back)."""
+                         relative_detection_depth: float | None = None, expires: date | None = None) -> str:
+    """The TOML of a detection-volume calibration (validated by reading it back); ``expires``: the
+    last day it may be used (None: no expiry)."""
     text = f"""# NTA detection-volume calibration written by exoacq.
 # Valid with the optics below and for particles like the standard (scatter grows as d^6).
 
@@ -132,7 +140,7 @@ version = {version}
 date = {date.today().isoformat()}
 instrument = {_toml_str(instrument)}
 method = {_toml_str(method)}
-
+{"" if expires is None else f"expires = {expires.isoformat()}   # last day it may be used{chr(10)}"}
 [optics]
 pixel_size_um = {optics.pixel_size_um!r}
 frame_rate_hz = {optics.frame_rate_hz!r}

@@ -18,10 +18,22 @@ from exoacq.errors import ExoacqError
 
 
 def add_cli(verbs: dict[str, Any]) -> None:
+    runs = verbs.get("runs")
+    if runs is not None:  # `exoacq runs --bead-checks`
+        runs.add_argument("--bead-checks", action="store_true",
+                          help="NTA bead checks among the last --limit runs: measured values against their limits")
+        runs.set_defaults(views=[*runs.get_default("views"), ("bead_checks", _bead_checks)])
     p = verbs["acquire"].add_parser("nta", help="NTA: size distribution and concentration")
     p.add_argument("--duration", type=_positive_float, default=None,
                    help="seconds of each video (default 60; with --sop, the SOP's)")
     p.add_argument("--captures", type=int, default=None, help="videos to record and average (default 5)")
+    p.add_argument("--bead-check", type=Path, metavar="FILE",
+                   help="this run is a bead check (system suitability) against this bead standard "
+                        "(e.g. calibrations/nta/beads-100nm.toml)")
+    p.add_argument("--blank", action="store_true", default=None,
+                   help="this run is a buffer blank: the buffer alone (on a simulated instrument, a tube of buffer)")
+    p.add_argument("--blank-run", metavar="RUN_ID",
+                   help="subtract this blank run's particles (concentration and size histogram) from the result")
     add_acquire_options(p)
     p.set_defaults(func=cmd_acquire)
 
@@ -102,7 +114,10 @@ def add_cli(verbs: dict[str, Any]) -> None:
 
 
 def cmd_acquire(args: argparse.Namespace) -> int:
-    params = {"duration_s": args.duration, "captures": args.captures}
+    params = {"duration_s": args.duration, "captures": args.captures, "blank": args.blank,
+              "blank_run": args.blank_run}
+    if args.bead_check is not None:  # a local file by its absolute path; else as given (the project's)
+        params["bead_check"] = str(args.bead_check.resolve() if args.bead_check.exists() else args.bead_check)
     return run_acquisition(args, "nta", {k: v for k, v in params.items() if v is not None})
 
 
@@ -422,4 +437,13 @@ def cmd_bench_batch(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from exoacq.nta.worker import serve
     serve(args.frames, args.features)
+    return 0
+
+
+def _bead_checks(client: Any, args: argparse.Namespace) -> int:
+    """``exoacq runs --bead-checks``: the bead checks and their trend (exoacq.nta.suitability)."""
+    from exoacq.nta.suitability import bead_check_records, bead_check_trend, format_bead_check_table
+
+    rows = bead_check_trend(bead_check_records(client, limit=args.limit))
+    print(json.dumps(rows) if args.json else format_bead_check_table(rows))
     return 0

@@ -240,6 +240,98 @@ def _svg_plot(hist: dict[str, Any], width: int = 720, height: int = 320) -> str:
     return "\n".join(parts)
 
 
+def _svg_trend(rows: list[dict[str, Any]], quantity: str, label: str, width: int = 720, height: int = 220) -> str:
+    """Bead checks in time order: the measured value (dot: green inside, red outside its limits)
+    against its acceptance range (grey bar: certified value +/- the limit), one column per check."""
+    e = html.escape
+    points = [(r, r.get(quantity), r.get(quantity + "_range")) for r in rows if r.get(quantity + "_range")]
+    if not points:
+        return f"<p>{e(label)}: not checked.</p>"
+    values = [v for _, v, rng in points for v in ([v] if v is not None else []) + list(rng)]
+    low, high = min(values), max(values)
+    pad = 0.1 * (high - low) or 0.1 * abs(high) or 1.0
+    low, high = max(low - pad, 0.0), high + pad
+    left, right, upper, lower = 80, 20, 15, 45
+    step = (width - left - right) / len(points)
+    sx = lambda i: left + step * (i + 0.5)  # noqa: E731
+    sy = lambda v: height - lower - (height - upper - lower) * (v - low) / (high - low)  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="bead-check trend: {e(label)}">']
+    every = max(1, len(points) // 8)
+    for i, (row, value, (lo, hi)) in enumerate(points):
+        x = sx(i)
+        parts.append(f'<rect class="limit" x="{x - 4:.1f}" y="{sy(hi):.1f}" width="8" '
+                     f'height="{max(sy(lo) - sy(hi), 1.0):.1f}" fill="#ccc"/>')
+        if value is not None:
+            ok = lo <= value <= hi
+            colour = "#1a9850" if ok else "#d73027"
+            parts.append(f'<circle class="{"pass" if ok else "fail"}" cx="{x:.1f}" cy="{sy(value):.1f}" '
+                         f'r="4" fill="{colour}"><title>{e(row["run_id"])}: {value:.4g}</title></circle>')
+        if i % every == 0:
+            parts.append(f'<text x="{x:.1f}" y="{height - lower + 14}" font-size="10" text-anchor="middle">'
+                         f'{e(row["time"][5:16].replace("T", " "))}</text>')
+    parts.append(f'<line x1="{left}" y1="{height - lower}" x2="{width - right}" y2="{height - lower}" stroke="#000"/>')
+    parts.append(f'<line x1="{left}" y1="{upper}" x2="{left}" y2="{height - lower}" stroke="#000"/>')
+    step = 10.0 ** math.floor(math.log10((high - low) / 4))
+    step *= next(m for m in (1, 2, 5, 10) if (high - low) / (step * m) <= 5)
+    for k in range(math.ceil(low / step), math.floor(high / step) + 1):
+        parts.append(f'<text x="{left - 6}" y="{sy(k * step) + 4:.1f}" font-size="11" '
+                     f'text-anchor="end">{k * step:.3g}</text>')
+    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 8}" font-size="12" text-anchor="middle">'
+                 'Bead check (date, UTC)</text>')
+    parts.append(f'<text x="14" y="{(upper + height - lower) / 2}" font-size="12" text-anchor="middle" '
+                 f'transform="rotate(-90 14 {(upper + height - lower) / 2})">{e(label)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _suitability_html(suitability: dict[str, Any] | None, bead_check: dict[str, Any] | None,
+                      trend: list[dict[str, Any]] | None) -> str:
+    """The report's system-suitability section: verdict and flags, calibration expiry, the bead check
+    the result relies on, this run's own bead check (if it is one) and the trend of recent checks."""
+    e = html.escape
+    out = ["<h2>System suitability</h2>"]
+    if suitability is None:
+        out.append("<p>not assessed</p>")
+    else:
+        if suitability["flags"]:
+            out.append('<div class="warnings" id="suitability-flags"><h3>Not suitable</h3>\n<ul>\n'
+                       + "".join(f"<li>{e(f)}</li>\n" for f in suitability["flags"]) + "</ul></div>")
+        else:
+            out.append('<p class="ok" id="suitability-ok">Suitable: calibration valid, bead check passed '
+                       f'within {suitability["period_h"]:g} h.</p>')
+        cal, check = suitability.get("calibration"), suitability.get("bead_check")
+        rows = [["Calibration file", cal["file"] if cal else "none (no calibration file)"]]
+        if cal:
+            rows += [["Calibration version, date", f"v{cal.get('version', '?')}, {cal.get('date', '?')}"],
+                     ["Calibration expires", cal["expires"] or "no expiry"],
+                     ["Calibration expired", {True: "YES", False: "no", None: "unknown"}[cal["expired"]]]]
+        rows.append(["Bead-check period (h)", f"{suitability['period_h']:g}"])
+        if check:
+            rows += [["Bead check", f"{check['run_id']} at {check['time']} ({check['age_h']:.1f} h before)"],
+                     ["Bead standard (lot)", f"{check['standard']} ({check['lot']})"],
+                     ["Bead check result", "passed" if check["passed"] else "FAILED"]]
+        else:
+            rows.append(["Bead check", f"none within {suitability['period_h']:g} h"])
+        out.append(_table(["Item", "Value"], rows))
+    if bead_check is not None:
+        out.append(f"<h3>This run's bead check: {'passed' if bead_check['passed'] else 'FAILED'}</h3>")
+        out.append(f"<p>Standard {e(bead_check['standard'])}, lot {e(bead_check['lot'])}"
+                   + (" (nominal values, not certified)" if bead_check.get("nominal") else "") + ".</p>")
+        out.append(_table(["Quantity", "Measured", "Certified ± uncertainty", "Acceptance", "Deviation (%)", "Result"],
+                          [[c["quantity"], _show(c["measured"], ".4g"),
+                            f"{c['certified']:.4g} ± {_show(c['uncertainty'], '.2g')}",
+                            f"{c['limit'][0]:.4g} – {c['limit'][1]:.4g} (± {c['limit_pct']:g} %)",
+                            _show(c["deviation_pct"], "+.1f"), "pass" if c["passed"] else "FAIL"]
+                           for c in bead_check["checks"]]))
+    if trend:
+        out.append(f"<h3>Bead-check trend ({len(trend)} checks)</h3>\n<p>Measured value (dot: green within, "
+                   "red outside its limits) against the acceptance range (grey bar).</p>")
+        out.append(_svg_trend(trend, "mean_diameter_nm", "Mean diameter (nm)"))
+        out.append(_svg_trend(trend, "concentration_per_ml", "Concentration (particles / ml)"))
+    return "\n".join(out)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in header)
@@ -248,10 +340,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_html_report(path, captures: list[dict[str, Any]], average: dict[str, Any] | None = None, *,
-                      sample: str, settings: dict[str, Any], calibration: dict[str, Any] | None) -> None:
-    """Write one self-contained HTML report (UTF-8, no external assets, inline SVG plot).
+                      sample: str, settings: dict[str, Any], calibration: dict[str, Any] | None,
+                      suitability: dict[str, Any] | None = None, bead_check: dict[str, Any] | None = None,
+                      bead_checks: list[dict[str, Any]] | None = None) -> None:
+    """Write one self-contained HTML report (UTF-8, no external assets, inline SVG plots).
 
-    Warnings first, then the statistics (average +/- standard error and per capture), the
+    Warnings first, then the system suitability (``suitability`` and, for a bead-check run,
+    ``bead_check``: the result's documents from exoacq.nta.suitability; ``bead_checks``: the
+    trend rows of recent bead checks, plotted against their limits), the statistics (average +/- standard error and per capture), the
     size distribution, the settings (acquisition, tracking, instruments, with units), the
     calibration used ("none" without one) and the frames of each capture. All text is escaped.
     """
@@ -300,6 +396,7 @@ th:first-child, td:first-child {{ text-align: left; }}
 <p>Sample: <strong>{e(sample)}</strong> &middot; {len(captures)} captures &middot;
 exoacq {e(exoacq.__version__)} &middot; {e(datetime.now(timezone.utc).isoformat(timespec="seconds"))}</p>
 {warn_html}
+{_suitability_html(suitability, bead_check, bead_checks)}
 <h2>Statistics</h2>
 <p>Average ± standard error (SD / &radic;n) over the captures.</p>
 {_table(["Statistic", "Average ± standard error"] + names, stat_rows)}

@@ -40,6 +40,10 @@ def format_result(doc: dict[str, Any]) -> str:
         lines.append(f"  Standard error    mean {_num(size['mean'], '.1f')} nm, mode {_num(size['mode'], '.1f')} nm, "
                      f"D50 {_num(size['d50'], '.1f')} nm, concentration {_num(se['concentration_per_ml'], '.2g')} "
                      f"particles/mL (over {len(doc['captures'])} captures)")
+    from exoacq.nta.blank import format_blank
+    blank = format_blank(doc)
+    if blank:
+        lines.append(blank)
     if doc.get("files"):
         tracks = doc["files"].get("tracks") or next(iter(doc["files"].values()))
         lines.append(f"  Tracks file       {tracks}{' (and one per capture)' if se else ''}")

@@ -65,6 +65,16 @@ class NTAMethod(Method):
         from exoacq.nta.service import NTAService
         return NTAService(instrument, context)
 
+    def reprocess(self, record: dict[str, Any], overrides: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+        """Analyse a stored run's kept videos again (exoacq.nta.reprocess)."""
+        from exoacq.nta.reprocess import reprocess_run
+        document = reprocess_run(record, overrides, output_dir)
+        blank = (record.get("result") or {}).get("blank")
+        if isinstance(blank, dict) and "error" not in blank:  # the blank subtracted live is subtracted again
+            from exoacq.nta.blank import apply_blank, blank_document
+            apply_blank(document, blank_document(blank), warn_fraction=blank["warn_fraction"])
+        return document
+
     def simulated_instrument(self) -> dict[str, Any]:
         return {
             "method": "nta",

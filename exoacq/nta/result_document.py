@@ -32,6 +32,10 @@ def build_result(*, run_id: str, schema: str, instrument: str, complete: bool, r
     if by["camera"]:
         warnings.append(f"the camera lost {by['camera']} frames: the acquisition fell behind its frame "
                         "clock (machine overloaded?)")
+    frames["video_lost"] = acquisition.get("video_frames_lost", 0)
+    if frames["video_lost"]:
+        warnings.append(f"the kept video lacks {frames['video_lost']} of the {frames['acquired']} frames (writing "
+                        "fell behind): re-processing cannot reproduce this result")
     return make_document(
         "nta.result", run_id, schema=schema, method="nta", instrument=instrument, complete=complete,
         sample=run_settings["sample"], dilution=run_settings["dilution"], duration_s=run_settings["duration_s"],

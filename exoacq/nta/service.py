@@ -85,6 +85,9 @@ class NTAService(MethodService):
 
     # -- the engine ---------------------------------------------------------------
     def setup(self, run: Run) -> None:
+        load_tube = getattr(self.engine.camera, "load_tube", None)
+        if load_tube is not None:  # the simulated instrument: the operator puts this run's tube in the holder
+            load_tube(blank=run.settings.get("blank", False))
         self.engine.setup(run)
 
     def exec(self, run: Run) -> dict[str, Any]:
@@ -173,6 +176,8 @@ class NTAService(MethodService):
         elif kind == "progress":
             data["tracker"] = event
             self.context.progress_now(status)
+        elif kind == "video":
+            data.setdefault("videos", {})[event["capture"]] = event
         elif kind == "result":
             capture = int(str(event.get("run_id")).partition("/")[2] or 1)
             data.setdefault("captures", {})[capture] = {"capture": capture, **event}
@@ -200,16 +205,44 @@ class NTAService(MethodService):
         document = build_result(
             run_id=run.run_id, schema=self.instrument.method.topics["nta.result"], instrument=run.instrument,
             complete=status.state != "aborted", run_settings=run.settings,
-            captures=[results[k] for k in sorted(results)], acquisition=status.acquisition,
+            captures=[{**results[k], "files": {**results[k].get("files", {}),
+                                               **status.data.get("videos", {}).get(k, {}).get("files", {})}}
+                      for k in sorted(results)], acquisition=status.acquisition,
             tracking=status.data.get("tracking", {}), instruments=status.data.get("instruments", {}),
             detection_volume_source=self.settings.detection_volume_source)
+        try:
+            records = self._assess(run, document)
+        except Exception as exc:  # never lose a result to its suitability assessment
+            log.exception("suitability of run %s", run.run_id)
+            records = []
+            document["suitability"] = None
+            document["warnings"].append(f"system suitability could not be assessed: {exc}")
+        if run.settings.get("blank_run"):
+            from exoacq.nta.blank import attach_blank
+            attach_blank(document, self.context.stored_run(run.settings["blank_run"]), run.settings["blank_run"],
+                         warn_fraction=self.settings.blank_warning_fraction)
         if "export" in run.settings.get("after", []):
-            document["files"] = {**(document.get("files") or {}), **self._export(run, document)}
+            document["files"] = {**(document.get("files") or {}), **self._export(run, document, records)}
         self.context.finish(status, document)
 
-    def _export(self, run: Run, document: dict[str, Any]) -> dict[str, str]:
+    def _assess(self, run: Run, document: dict[str, Any]) -> list[dict[str, Any]]:
+        """System suitability (exoacq.nta.suitability): a bead-check run judged against its standard;
+        every result flagged when its calibration has expired or the newest bead check within
+        ``bead_check_period_h`` failed or is missing. Returns the stored runs it looked at."""
+        from exoacq.nta.suitability import assess, evaluate_bead_check
+
+        if run.settings.get("bead_check") is not None:
+            document["bead_check"] = evaluate_bead_check(document, run.settings["bead_check"])
+        records = self.context.stored_runs("nta", run.instrument, 100)
+        document["suitability"] = assess(document, calibration=self.settings.calibration, bead_checks=records,
+                                         period_h=self.settings.bead_check_period_h)
+        document["warnings"].extend(document["suitability"]["flags"])
+        return records
+
+    def _export(self, run: Run, document: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, str]:
         """A SOP's export step: the NanoSight-style CSV and the HTML report beside the run's files."""
         from exoacq.nta.export import write_experiment_summary_csv, write_html_report
+        from exoacq.nta.suitability import bead_check_trend
 
         captures = document.get("captures") or [document]
         csv, html = run.output_dir / "ExperimentSummary.csv", run.output_dir / "report.html"
@@ -219,7 +252,9 @@ class NTAService(MethodService):
         try:
             write_experiment_summary_csv(csv, captures, sample=run.settings["sample"], settings=document["settings"])
             write_html_report(html, captures, sample=run.settings["sample"], settings=document["settings"],
-                              calibration=calibration)
+                              calibration=calibration, suitability=document.get("suitability"),
+                              bead_check=document.get("bead_check"),
+                              bead_checks=bead_check_trend(records, current=document)[-30:])
         except (OSError, ValueError, ExoacqError) as exc:
             document["warnings"].append(f"export failed: {exc}")
             return {}

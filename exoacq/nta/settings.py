@@ -5,14 +5,17 @@ beside the sample it images (drivers/simulated_nta.py registers them).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from exoacq.config import Endpoint
 from exoacq.methods import MethodSettings
 from exoacq.registry import DriverOptions
+
+log = logging.getLogger("exoacq.nta")
 
 
 class _Section(BaseModel):
@@ -55,6 +58,16 @@ class SimulationConfig(MethodSettings):
     temperature_c: float = Field(25.0, gt=0.0, lt=100.0)
     drift_um_s: tuple[float, float] = (0.0, 0.0)
     seed: int | None = None
+    #: Particles of the buffer itself (dust, protein aggregates), in every tube; a blank run
+    #: (acquire ``blank``) shows them alone. 0: a clean buffer.
+    contamination_per_ml: float = Field(0.0, ge=0.0, le=1e11)
+    contamination: list[SampleComponentConfig] = [SampleComponentConfig(diameter_nm=150.0, cv=0.3)]
+
+    @model_validator(mode="after")
+    def _contamination_has_components(self) -> "SimulationConfig":
+        if self.contamination_per_ml > 0 and not self.contamination:
+            raise ValueError("contamination_per_ml > 0 needs at least one contamination component")
+        return self
 
 
 class TrackingConfig(_Section):
@@ -89,19 +102,39 @@ class NTASettings(MethodSettings):
     #: Effective detection volume (nL), when given directly instead of a calibration file;
     #: None and no calibration: no concentration is reported.
     detection_volume_nl: float | None = Field(None, gt=0.0)
-    #: Keep every raw frame of a run (frames.npy in the run's folder: frames x rows x columns,
-    #: the camera's own bits) for re-analysis with `exoacq analyze`; large: ~0.6 MB a frame at 640x480.
-    save_frames: bool = False
+    #: Keep every capture's raw video (video.mkv, lossless FFV1 at the camera's bit depth, and
+    #: frames.csv: exoacq.nta.video_store) for `exoacq reprocess`; ~270 MB a minute at 640x480,
+    #: 25 frames/s. ``save_frames`` is its old name (deprecated).
+    keep_video: bool = True
     #: Where detection_volume_nl came from, stored with each result.
     detection_volume_source: str = "not calibrated"
     #: Set from the calibration: the beads' relative detection depth (exoacq.nta.calibration).
     calibration_relative_depth: float | None = None
     #: Laser output during captures (the calibration states the power it was measured at).
     laser_power_mw: float = Field(40.0, gt=0.0, le=1000.0)
+    #: A buffer blank (acquire ``blank_run``) above this fraction of the sample's particles is a warning.
+    blank_warning_fraction: float = Field(0.1, gt=0.0, le=1.0)
+    #: How long a bead check (an NTA run with acquire parameter ``bead_check``) qualifies the
+    #: instrument: a result is flagged when the newest check within this period failed or there is
+    #: none; None: bead checks are not required (a failed one is still flagged). exoacq.nta.suitability
+    bead_check_period_h: float | None = Field(24.0, gt=0.0, le=24.0 * 366)
     #: Frames that may wait for the tracking core before new ones are dropped (and counted).
     frame_queue: int = Field(16, ge=2, le=1024)
     #: The tracking core's processes.
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _save_frames_is_keep_video(cls, data: Any) -> Any:
+        """``save_frames`` (kept raw frames as frames.npy until issue 15) is the old name of keep_video."""
+        if isinstance(data, dict) and "save_frames" in data:
+            data = dict(data)
+            value = data.pop("save_frames")
+            if "keep_video" in data and data["keep_video"] != value:
+                raise ValueError("save_frames is the old name of keep_video: give keep_video only")
+            data.setdefault("keep_video", value)
+            log.warning("settings: save_frames is deprecated; it is now keep_video (a lossless video per capture)")
+        return data
 
     @model_validator(mode="after")
     def _odd_diameter(self) -> "NTASettings":

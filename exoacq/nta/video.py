@@ -72,12 +72,20 @@ class Video:
 
 #: Single-channel codecs: OpenCV can hand their frames over without converting them to BGR.
 GRAY_FOURCCS = {"Y800", "GREY", "Y8  ", "Y16 "}
+#: Single-channel decoded pixel formats (FFmpeg's tags: gray8, gray16le), e.g. the daemon's kept FFV1 videos
+#: (exoacq.nta.video_store): read in their own bit depth, not reduced to 8-bit BGR.
+GRAY_PIXEL_FORMATS = {"Y800", "GREY", "Y1\x00\x10"}
+
+
+def _tag(value: float) -> str:
+    code = int(value)
+    return "".join(chr((code >> 8 * i) & 0xFF) for i in range(4))
 
 
 def _capture(path: Path) -> cv2.VideoCapture:
     capture = cv2.VideoCapture(str(path))
-    fourcc = int(capture.get(cv2.CAP_PROP_FOURCC))
-    if "".join(chr((fourcc >> 8 * i) & 0xFF) for i in range(4)) in GRAY_FOURCCS:
+    if (_tag(capture.get(cv2.CAP_PROP_FOURCC)) in GRAY_FOURCCS
+            or _tag(capture.get(cv2.CAP_PROP_CODEC_PIXEL_FORMAT)) in GRAY_PIXEL_FORMATS):
         capture.set(cv2.CAP_PROP_CONVERT_RGB, 0)
     return capture
 

@@ -1,0 +1,189 @@
+"""A capture's raw video, kept beside its tracks: FFV1 (lossless) in Matroska, plus ``frames.csv``.
+
+Every capture of an NTA run keeps what the camera delivered, so that the run
+can be analysed again later (:mod:`exoacq.nta.reprocess`), as labs working
+under written procedures keep their raw data:
+
+* ``video.mkv``: FFV1 (a lossless intra-frame codec, IETF RFC 9043),
+  one gray plane at the camera's own bit depth (8 or 16 bits a pixel; a 12-bit
+  camera's values as they come, in 16 bits). Decoding gives back the exact
+  pixel values;
+* ``frames.csv``: one row per frame the camera delivered: ``frame_number`` (the
+  camera's numbering: frames it lost leave gaps), ``timestamp_s`` (the
+  camera's), ``tracked`` (1: the frame reached the tracking core; 0: its queue
+  was full and the frame was dropped, as the live result counts it) and
+  ``in_video`` (1: the frame is in ``video.mkv``, in this order).
+
+Writing never slows the camera: frames go to a writer thread through a
+bounded queue; a frame the queue cannot take is left out of the video (and
+counted): the run's result then warns that the video is incomplete.
+
+Disk: the simulated camera (640 x 480, 25 frames/s, 12 bits) takes about
+270 MB a minute (29 % of the 920 MB a minute of raw 16-bit frames), so a run
+of 5 x 60 s captures about 1.3 GB (tests/test_nta_video_store.py measures it).
+"""
+from __future__ import annotations
+
+import csv
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from exoacq.errors import ExoacqError
+
+VIDEO_FILE = "video.mkv"
+FRAMES_FILE = "frames.csv"
+FRAMES_COLUMNS = ("frame_number", "timestamp_s", "tracked", "in_video")
+#: Frames that may wait for the video writer (4 s at 25 frames/s, ~60 MB at 640 x 480 x 16 bits).
+VIDEO_QUEUE_FRAMES = 100
+
+
+def capture_folder(run_directory: Path | str, capture: int, captures: int) -> Path:
+    """Where a capture's files are: ``capture-N`` in the run's folder, or the run's folder itself
+    when the run has one capture (as the acquisition engine places them)."""
+    run_directory = Path(run_directory)
+    return run_directory / f"capture-{capture}" if captures > 1 else run_directory
+
+
+def open_ffv1_writer(path: Path, width: int, height: int, dtype: np.dtype, frame_rate_hz: float) -> cv2.VideoWriter:
+    """An OpenCV (FFmpeg) writer of gray FFV1 frames of ``dtype`` (uint8 or uint16), lossless."""
+    depth = {np.dtype(np.uint8): cv2.CV_8U, np.dtype(np.uint16): cv2.CV_16U}.get(np.dtype(dtype))
+    if depth is None:
+        raise ExoacqError(f"{path}: cannot keep {np.dtype(dtype)} frames as FFV1 video (uint8 or uint16 only)",
+                          code="bad_video")
+    writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"FFV1"), float(frame_rate_hz),
+                             (int(width), int(height)),
+                             params=[cv2.VIDEOWRITER_PROP_DEPTH, depth, cv2.VIDEOWRITER_PROP_IS_COLOR, 0])
+    if not writer.isOpened():
+        raise ExoacqError(f"{path}: cannot open an FFV1 video for writing (OpenCV without FFmpeg?)",
+                          code="bad_video")
+    return writer
+
+
+@dataclass
+class VideoRecorder:
+    """Keeps one capture's frames: :meth:`offer` from the acquisition thread (never blocks),
+    :meth:`close` once the capture has ended (waits for the writer, writes ``frames.csv``)."""
+
+    folder: Path
+    width: int
+    height: int
+    dtype: np.dtype
+    frame_rate_hz: float
+    queue_frames: int = VIDEO_QUEUE_FRAMES
+    #: Frames the queue could not take (left out of the video).
+    frames_lost: int = 0
+    #: Why the writer stopped early (disk full, ...), or None.
+    error: str | None = None
+    _rows: list[tuple[int, float, int]] = field(default_factory=list)
+    _written: set[int] = field(default_factory=set)
+    _queue: queue.Queue = field(init=False)
+    _thread: threading.Thread = field(init=False)
+    _writer: cv2.VideoWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder)
+        self._writer = open_ffv1_writer(self.video_path, self.width, self.height, self.dtype, self.frame_rate_hz)
+        self._queue = queue.Queue(maxsize=self.queue_frames)
+        self._thread = threading.Thread(target=self._write, name=f"video {self.folder.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def video_path(self) -> Path:
+        return self.folder / VIDEO_FILE
+
+    @property
+    def frames_path(self) -> Path:
+        return self.folder / FRAMES_FILE
+
+    def offer(self, frame_number: int, timestamp_s: float | None, frame: np.ndarray, tracked: bool) -> bool:
+        """Queue a frame for the video (the caller must not reuse ``frame``); False if it was left out."""
+        timestamp = float("nan") if timestamp_s is None else float(timestamp_s)  # a camera without a clock
+        self._rows.append((int(frame_number), timestamp, int(bool(tracked))))
+        if self.error is None:
+            try:
+                self._queue.put_nowait((int(frame_number), frame))
+                return True
+            except queue.Full:
+                pass
+        self.frames_lost += 1
+        return False
+
+    def _write(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain: the acquisition thread must never wait
+            frame_number, frame = item
+            try:
+                self._writer.write(frame)
+                self._written.add(frame_number)
+            except cv2.error as exc:
+                self.error = f"{self.video_path}: writing failed: {str(exc).strip().splitlines()[-1]}"
+
+    def close(self) -> dict[str, object]:
+        """Finish the video and ``frames.csv``; return ``files`` and counters for the run's result."""
+        self._queue.put(None)  # blocks only until the writer takes a slot; the camera has stopped
+        self._thread.join()
+        self._writer.release()
+        with open(self.frames_path, "w", newline="", encoding="utf-8") as out:
+            table = csv.writer(out)
+            table.writerow(FRAMES_COLUMNS)
+            for number, timestamp, tracked in self._rows:
+                table.writerow((number, repr(timestamp), tracked, int(number in self._written)))
+        missing = len(self._rows) - len(self._written)
+        return {"files": {"video": str(self.video_path), "frames": str(self.frames_path)},
+                "frames_written": len(self._written), "frames_lost": missing, "error": self.error}
+
+
+def read_frames_table(folder: Path | str) -> pd.DataFrame:
+    """A capture's ``frames.csv``; a one-line ExoacqError when it is missing or not one."""
+    path = Path(folder) / FRAMES_FILE
+    if not path.is_file():
+        raise ExoacqError(f"{path} is missing: the capture's frame list (frame numbers, timestamps) was not kept",
+                          code="no_video")
+    try:
+        table = pd.read_csv(path, dtype={"frame_number": np.int64, "timestamp_s": np.float64,
+                                         "tracked": np.int64, "in_video": np.int64})
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise ExoacqError(f"{path}: not a frame list ({exc})", code="bad_video") from None
+    missing = [c for c in FRAMES_COLUMNS if c not in table.columns]
+    if missing:
+        raise ExoacqError(f"{path}: columns {', '.join(missing)} are missing", code="bad_video")
+    return table
+
+
+def kept_frames(folder: Path | str) -> Iterator[tuple[int, bool, np.ndarray]]:
+    """``(frame_number, tracked, frame)`` for every frame of a capture's kept video, in order."""
+    folder = Path(folder)
+    path = folder / VIDEO_FILE
+    if not path.is_file():
+        raise ExoacqError(f"{path} is missing: the capture's raw video was not kept (keep_video = false?)",
+                          code="no_video")
+    table = read_frames_table(folder)
+    in_video = table.loc[table["in_video"] == 1]
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    if not capture.isOpened():
+        raise ExoacqError(f"{path}: not a readable video", code="bad_video")
+    capture.set(cv2.CAP_PROP_CONVERT_RGB, 0)  # the gray plane as stored, in its own bit depth
+    read = 0
+    try:
+        for number, tracked in zip(in_video["frame_number"].to_numpy(), in_video["tracked"].to_numpy()):
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if frame.ndim != 2:
+                raise ExoacqError(f"{path}: frames of shape {frame.shape}: not a gray video kept by exoacq",
+                                  code="bad_video")
+            read += 1
+            yield int(number), bool(tracked), frame
+    finally:
+        capture.release()
+    if read < len(in_video):
+        raise ExoacqError(f"{path}: the video ends after {read} of the {len(in_video)} frames {FRAMES_FILE} lists "
+                          "(truncated or damaged file)", code="bad_video")

@@ -1,0 +1,116 @@
+"""A capture's kept raw video (exoacq.nta.video_store): lossless, with its frame list, never slowing the camera."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from exoacq.drivers.simulated_nta import SampleComponent, make_simulated_nta
+from exoacq.errors import ExoacqError
+from exoacq.nta.settings import NTASettings
+from exoacq.nta.video import open_video
+from exoacq.nta.video_store import VideoRecorder, kept_frames, read_frames_table
+
+
+def simulated_frames(n: int, seed: int = 3) -> list[np.ndarray]:
+    """Frames of the simulated camera (640 x 480, 12 bits in uint16, 100 nm beads at 3e8 /mL)."""
+    camera, _, _ = make_simulated_nta([SampleComponent(100.0)], 3e8, illumination_mw=None, seed=seed,
+                                      realtime=False)
+    camera.connect()
+    camera.start()
+    frames = []
+    for _ in range(n):
+        frame = np.empty((camera.height, camera.width), camera.dtype)
+        camera.fill(frame)
+        frames.append(frame)
+    return frames
+
+
+def test_the_kept_video_gives_back_every_pixel_and_the_camera_numbering(tmp_path):
+    frames = simulated_frames(12)
+    assert frames[0].dtype == np.uint16 and frames[0].max() > 255  # 12-bit values: 8-bit video would clip
+    numbers = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 13, 14]  # the camera lost frames 4, 11 and 12
+    tracked = [n != 7 for n in numbers]  # the tracking core's queue was full for frame 7
+    recorder = VideoRecorder(tmp_path, 640, 480, np.dtype(np.uint16), 25.0)
+    for k, (number, frame) in enumerate(zip(numbers, frames)):
+        assert recorder.offer(number, 1000.0 + number / 25.0, frame, tracked[k])
+    kept = recorder.close()
+    assert kept["frames_written"] == 12 and kept["frames_lost"] == 0 and kept["error"] is None
+    assert kept["files"] == {"video": str(tmp_path / "video.mkv"), "frames": str(tmp_path / "frames.csv")}
+    table = read_frames_table(tmp_path)
+    assert table["frame_number"].tolist() == numbers
+    assert table["timestamp_s"].tolist() == [1000.0 + n / 25.0 for n in numbers]  # exact: written with repr
+    assert table["tracked"].tolist() == [int(t) for t in tracked] and table["in_video"].tolist() == [1] * 12
+    back = list(kept_frames(tmp_path))
+    assert [(n, t) for n, t, _ in back] == list(zip(numbers, tracked))
+    for (_, _, frame), original in zip(back, frames):
+        assert frame.dtype == np.uint16 and np.array_equal(frame, original)
+    # `exoacq analyze` reads it too, in its own bit depth
+    video = open_video(tmp_path / "video.mkv")
+    assert (video.fps, video.frame_count, video.width, video.height) == (25.0, 12, 640, 480)
+    assert all(np.array_equal(a, b) for a, b in zip(video.frames(), frames))
+
+
+def test_8_bit_frames_are_kept_as_8_bit(tmp_path):
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (48, 64), dtype=np.uint8) for _ in range(5)]
+    recorder = VideoRecorder(tmp_path, 64, 48, np.dtype(np.uint8), 30.0)
+    for n, frame in enumerate(frames):
+        recorder.offer(n, n / 30.0, frame, True)
+    recorder.close()
+    back = [f for _, _, f in kept_frames(tmp_path)]
+    assert len(back) == 5 and all(b.dtype == np.uint8 and np.array_equal(b, f) for b, f in zip(back, frames))
+
+
+def test_a_full_writer_queue_drops_frames_from_the_video_without_waiting(tmp_path):
+    frames = simulated_frames(40, seed=5)
+    recorder = VideoRecorder(tmp_path, 640, 480, np.dtype(np.uint16), 25.0, queue_frames=2)
+    t = time.perf_counter()
+    for n, frame in enumerate(frames):  # far faster than 25 frames/s: the encoder cannot keep up
+        recorder.offer(n, n / 25.0, frame, True)
+    offering_s = time.perf_counter() - t
+    kept = recorder.close()
+    assert offering_s < 0.2  # never waits for the encoder (~15 ms a frame: 0.6 s for 40)
+    assert 0 < kept["frames_lost"] < 40 and kept["frames_written"] + kept["frames_lost"] == 40
+    table = read_frames_table(tmp_path)
+    assert len(table) == 40 and table["in_video"].sum() == kept["frames_written"]
+    back = list(kept_frames(tmp_path))  # the frames that are in the video, each with its own number
+    assert [n for n, _, _ in back] == table.loc[table["in_video"] == 1, "frame_number"].tolist()
+    assert all(np.array_equal(f, frames[n]) for n, _, f in back)
+
+
+def test_disk_per_minute_of_simulated_camera_video(tmp_path):
+    """Measured: ~270 MB a minute (640 x 480, 25 frames/s, 12 bits), ~29 % of the raw 16-bit frames."""
+    frames = simulated_frames(50, seed=7)
+    recorder = VideoRecorder(tmp_path, 640, 480, np.dtype(np.uint16), 25.0, queue_frames=64)
+    for n, frame in enumerate(frames):
+        recorder.offer(n, n / 25.0, frame, True)
+    assert recorder.close()["frames_lost"] == 0
+    mb_per_min = (tmp_path / "video.mkv").stat().st_size / 1e6 / 50 * 25 * 60
+    raw_mb_per_min = 640 * 480 * 2 * 25 * 60 / 1e6
+    print(f"kept video: {mb_per_min:.0f} MB/min ({mb_per_min / raw_mb_per_min:.0%} of raw); "
+          f"5 x 60 s run: {5 * mb_per_min / 1000:.2f} GB")
+    assert 150 < mb_per_min < 400 and mb_per_min < 0.45 * raw_mb_per_min
+
+
+def test_a_capture_without_its_video_or_frame_list_is_a_one_line_error(tmp_path):
+    with pytest.raises(ExoacqError, match=r"video\.mkv is missing: .*keep_video = false") as missing:
+        list(kept_frames(tmp_path))
+    assert "\n" not in str(missing.value) and missing.value.code == "no_video"
+    (tmp_path / "video.mkv").write_bytes(b"")
+    with pytest.raises(ExoacqError, match=r"frames\.csv is missing"):
+        list(kept_frames(tmp_path))
+    pd.DataFrame({"frame_number": [0]}).to_csv(tmp_path / "frames.csv", index=False)
+    with pytest.raises(ExoacqError, match="columns timestamp_s, tracked, in_video are missing"):
+        read_frames_table(tmp_path)
+
+
+def test_keep_video_is_on_by_default_and_save_frames_is_its_old_name():
+    assert NTASettings().keep_video is True
+    assert NTASettings(save_frames=True).keep_video is True
+    assert NTASettings(save_frames=False).keep_video is False
+    assert NTASettings(keep_video=False).keep_video is False
+    with pytest.raises(ValueError, match="save_frames is the old name of keep_video"):
+        NTASettings(save_frames=True, keep_video=False)
