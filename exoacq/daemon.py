@@ -13,7 +13,8 @@ Threads:
 * a frames proxy: each acquisition thread publishes live frames on its own
   socket; the proxy forwards them to the daemon's frames endpoint;
 * a re-processing thread, started by the first ``reprocess`` request: runs the
-  methods' ``reprocess`` hooks one at a time; the main thread stores and
+  methods' ``reprocess`` hooks one at a time, each in a process of its own
+  (:mod:`exoacq.reprocess_worker`: JSON in and out, never the daemon's GIL); the main thread stores and
   publishes the versions they make.
 """
 from __future__ import annotations
@@ -23,10 +24,12 @@ import logging
 import os
 import queue
 import signal
+import subprocess
 import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -54,6 +57,8 @@ LIVE_FRAMES = "inproc://live-frames"
 BLUESKY_FILE = "bluesky.jsonl"
 #: Schema of the ``run.version`` documents (a result version was asked for, made, or failed).
 RUN_VERSION_SCHEMA = "exoacq.run.version/1"
+#: A re-processing that takes longer is stopped and its version failed (5 x 60 s of video: ~5 min on one core).
+REPROCESS_TIMEOUT_S = 3600.0
 
 
 class Daemon:
@@ -547,25 +552,15 @@ class Daemon:
                           code="unknown_method")
 
     def _reprocess_worker(self) -> None:
-        """The re-processing thread: one hook at a time, in order; outcomes go to the main thread."""
+        """The re-processing thread: one hook at a time, in order, each in a process of its own
+        (``python -m exoacq.reprocess_worker``); outcomes go to the main thread."""
         while True:
             job = self._reprocess_jobs.get()
             if job is None:
                 return
             method, record, overrides, version, output_dir = job
-            try:
-                output_dir.mkdir(parents=True, exist_ok=True)
-                document = method.reprocess(record, overrides, output_dir)
-                if not isinstance(document, dict):
-                    raise TypeError(f"{method.name}.reprocess returned {type(document).__name__}, not a document")
-                self._reprocessed.put((record, version, document, None))
-            except ExoacqError as exc:
-                self._reprocessed.put((record, version, None, str(exc)))
-            except OSError as exc:
-                self._reprocessed.put((record, version, None, f"cannot write {output_dir}: {exc.strerror or exc}"))
-            except Exception as exc:  # a bug in the hook: recorded with the version, logged with its traceback
-                log.exception("run %s: re-processing version %d failed", record["run_id"], version)
-                self._reprocessed.put((record, version, None, f"internal error: {type(exc).__name__}: {exc}"))
+            self._reprocessed.put((record, version, *_reprocess_in_a_process(method.name, record, overrides,
+                                                                            output_dir)))
 
     def _on_reprocessed(self, record: dict[str, Any], version: int, document: dict[str, Any] | None,
                         error: str | None) -> None:
@@ -777,3 +772,26 @@ def run_daemon(config: Config) -> int:
         daemon.shutdown()
     log.info("exoacq daemon stopped")
     return 0
+
+
+def _reprocess_in_a_process(method: str, record: dict[str, Any], overrides: dict[str, Any],
+                            output_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(document, None) or (None, the one-line reason): the method's reprocess hook run by
+    :mod:`exoacq.reprocess_worker`, the job and the result as JSON on its stdin and stdout."""
+    job = dumps({"method": method, "record": record, "overrides": overrides, "output_dir": str(output_dir)})
+    try:
+        done = subprocess.run([sys.executable, "-m", "exoacq.reprocess_worker"], input=job, capture_output=True,
+                              timeout=REPROCESS_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None, f"re-processing took longer than {REPROCESS_TIMEOUT_S:g} s and was stopped"
+    except OSError as exc:
+        return None, f"cannot start the re-processing process: {exc.strerror or exc}"
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        if done.returncode == 1:
+            log.error("run %s: re-processing failed:\n%s", record["run_id"], "\n".join(lines))
+        return None, lines[0] if lines else f"the re-processing process exited with status {done.returncode}"
+    try:
+        return loads(done.stdout), None
+    except ValueError as exc:
+        return None, f"the re-processing process wrote no result document ({exc})"
