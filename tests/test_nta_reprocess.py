@@ -72,9 +72,9 @@ def test_a_higher_minmass_detects_fewer_particles(stored, tmp_path):
     other = reprocess_run(record, {"minmass": "600"}, tmp_path)  # as `--set minmass=600` may send it
     assert other["settings"]["tracking"]["minmass"] == 600.0
     assert other["reprocessed"]["overrides"] == {"minmass": 600.0}
-    # dimmer features (the sheet's edges) fall below the threshold: fewer per frame, and not more tracks
+    # dimmer features (the sheet's edges) fall below the threshold: fewer per frame (the track count
+    # need not fall: a particle that dips below the threshold breaks its track in two)
     assert other["particles_per_frame"] < 0.95 * live["particles_per_frame"]
-    assert other["tracks"]["total"] <= live["tracks"]["total"]
     assert other["frames"] == live["frames"]
     assert other["size_nm"]["mean"] == pytest.approx(100.0, rel=0.25)  # still the 100 nm beads (fewer tracks)
     assert any("minmass 600 differs from the run's 300" in w for w in other["warnings"])

@@ -3,7 +3,7 @@ the ``suitability`` of the next sample's result, its HTML report and the bead-ch
 
 The documents are real: two short NTA runs (5 s and 3 s, one capture) on the simulated daemon,
 whose sample is 100 nm polystyrene at 3e8 particles/mL (SimulationConfig defaults). The first is the
-bead check (judged against a copy of calibrations/nta/beads-100nm.toml, and against a 150 nm
+bead check (judged against a copy of calibrations/nta/beads-100nm.toml, and against a 200 nm
 standard for a check that must fail), the second the next sample. Until the daemon judges bead
 checks itself (the first run is asked for with ``bead_check``; refused, it is repeated without), the
 tests add ``bead_check`` to the stored record as the service will; the last test checks what the
@@ -52,18 +52,20 @@ def _standard_copy(tmp_path, filename: str, **replace: str):
 
 @pytest.fixture(scope="module")
 def standards(tmp_path_factory):
-    """Standards for a check of one short capture, and one of the wrong size (150 nm).
+    """Standards for a check of one short capture, and one of the wrong size (200 nm).
 
     The shipped limits (+/- 5 % size, +/- 20 % concentration) are for a check of several captures
     of a minute. One 3-s capture sizes ~40 tracks of ~13 frames and counts ~22 particles per frame
     in a sheet refilled about twice: over 13 runs here its mean scattered 95-114 nm and its
-    concentration 71-126 % of the truth. The bead-check run here is 5 s and the copy's limits are
-    +/- 20 % on size and +/- 50 % on concentration; a 150 nm certificate still fails by far (~ -33 %)."""
+    concentration 71-126 % of the truth; 8 runs of 5 s on a fresh daemon read 96-113 nm and 75-153 %
+    (the ~20 particles in the field hardly change in 5 s: ~25 % SD). The bead-check run here is 5 s
+    and the copy's limits are +/- 25 % on size and +/- 100 % on concentration (4 SD each: the test
+    is of the verdicts, not of the instrument); a 200 nm certificate still fails by far (~ -50 %)."""
     tmp_path = tmp_path_factory.mktemp("standards")
-    limits = {"mean_diameter_pct": "20.0", "mode_diameter_pct": "20.0", "concentration_pct": "50.0"}
+    limits = {"mean_diameter_pct": "25.0", "mode_diameter_pct": "25.0", "concentration_pct": "100.0"}
     good = _standard_copy(tmp_path, "beads-100nm-3s.toml", **limits)
-    wrong = _standard_copy(tmp_path, "beads-150nm.toml", mean_diameter_nm="150.0",
-                           name='"nominal 150 nm polystyrene (wrong size for the simulated sample)"', **limits)
+    wrong = _standard_copy(tmp_path, "beads-200nm.toml", mean_diameter_nm="200.0",
+                           name='"nominal 200 nm polystyrene (wrong size for the simulated sample)"', **limits)
     return bead_check_setting(str(good)), bead_check_setting(str(wrong))
 
 
@@ -148,21 +150,21 @@ def test_bead_check_passes_for_the_right_standard_and_fails_for_the_wrong_size(r
     assert check["passed"], check["problems"]
     assert check["lot"] == "SIM-PS100-2026-001" and check["file"] == good["file"]
     mean = by["mean_diameter_nm"]
-    assert mean["measured"] == document["size_nm"]["mean"] and mean["limit"] == pytest.approx([80.0, 120.0])
+    assert mean["measured"] == document["size_nm"]["mean"] and mean["limit"] == pytest.approx([75.0, 125.0])
     assert mean["deviation_pct"] == pytest.approx(100 * (document["size_nm"]["mean"] / 100.0 - 1))
-    assert abs(by["mode_diameter_nm"]["deviation_pct"]) < 20
-    assert by["concentration_per_ml"]["limit"] == pytest.approx([1.5e8, 4.5e8])
+    assert abs(by["mode_diameter_nm"]["deviation_pct"]) < 25
+    assert by["concentration_per_ml"]["limit"] == pytest.approx([0.0, 6.0e8])
     assert by["concentration_per_ml"]["measured"] == document["concentration_per_ml"]
 
     failed = evaluate_bead_check(document, wrong)
     by = {c["quantity"]: c for c in failed["checks"]}
     assert not failed["passed"]
-    # 100 nm beads against a 150 nm certificate: about -33 %, far outside +/- 20 %
-    assert by["mean_diameter_nm"]["deviation_pct"] == pytest.approx(100 * (document["size_nm"]["mean"] / 150 - 1))
-    assert by["mean_diameter_nm"]["deviation_pct"] < -20  # the 100 nm check above passed: mean < 120 nm
+    # 100 nm beads against a 200 nm certificate: about -50 %, far outside +/- 25 %
+    assert by["mean_diameter_nm"]["deviation_pct"] == pytest.approx(100 * (document["size_nm"]["mean"] / 200 - 1))
+    assert by["mean_diameter_nm"]["deviation_pct"] < -25  # the 100 nm check above passed: mean < 125 nm
     assert not by["mean_diameter_nm"]["passed"] and not by["mode_diameter_nm"]["passed"]
     assert by["concentration_per_ml"]["passed"]  # the concentration is right: only the size fails
-    assert any(p.startswith("mean_diameter_nm") and "limit +/- 20 %" in p for p in failed["problems"])
+    assert any(p.startswith("mean_diameter_nm") and "limit +/- 25 %" in p for p in failed["problems"])
 
 
 def _report(tmp_path, document, suitability, trend, bead_check=None):
@@ -194,7 +196,7 @@ def test_passed_bead_check_qualifies_the_next_sample(runs, standards, tmp_path):
 def test_failed_bead_check_flags_the_next_sample(runs, standards, tmp_path):
     (beads, beads_record), (sample, _) = runs["beads"], runs["sample"]
     passed, failed = _as_bead_check(beads_record, standards[0]), _as_bead_check(beads_record, standards[1])
-    failed["run_id"] = failed["result"]["run_id"] = beads["run_id"] + "-150"
+    failed["run_id"] = failed["result"]["run_id"] = beads["run_id"] + "-200"
     failed["result"]["time"] = (_parse(beads["time"]) + timedelta(seconds=1)).isoformat()  # the newest check
     suitability = assess(sample, calibration=CALIBRATION, bead_checks=[failed, passed], period_h=24.0)
     assert not suitability["suitable"] and not suitability["bead_check"]["passed"]
@@ -213,7 +215,7 @@ def test_failed_bead_check_flags_the_next_sample(runs, standards, tmp_path):
     own = assess(failed["result"], calibration=CALIBRATION, bead_checks=[], period_h=24.0)
     assert not own["suitable"] and own["flags"][0].startswith("this bead check failed")
     report = _report(tmp_path, failed["result"], own, trend, bead_check=failed["result"]["bead_check"])
-    assert "This run's bead check: FAILED" in report and "150 ± 3" in report
+    assert "This run's bead check: FAILED" in report and "200 ± 3" in report
 
 
 def test_missing_or_stale_bead_check_is_flagged(runs, standards):
@@ -296,10 +298,10 @@ def test_reprocessed_result_keeps_the_suitability_of_its_measurement(runs, stand
 def test_bead_check_table(runs, standards):
     beads_record = runs["beads"][1]
     rows = bead_check_trend([_as_bead_check(beads_record, standards[1]), runs["sample"][1]])
-    assert len(rows) == 1 and rows[0]["mean_diameter_nm_range"] == pytest.approx([120.0, 180.0])
+    assert len(rows) == 1 and rows[0]["mean_diameter_nm_range"] == pytest.approx([150.0, 250.0])
     table = format_bead_check_table(rows)
     mean = beads_record["result"]["size_nm"]["mean"]
-    assert beads_record["run_id"] in table and f"{mean:.1f} [120.0-180.0]" in table and table.endswith("FAIL")
+    assert beads_record["run_id"] in table and f"{mean:.1f} [150.0-250.0]" in table and table.endswith("FAIL")
     assert format_bead_check_table([]).startswith("no bead checks recorded")
 
 
@@ -308,7 +310,7 @@ def test_daemon_judges_bead_checks_end_to_end(daemon, runs):
     `exoacq runs --bead-checks`."""
     (check, check_record), (sample, _) = runs["beads"], runs["sample"]
     assert check["bead_check"]["passed"] and check["suitability"]["bead_check"]["run_id"] == check["run_id"]
-    assert check_record["settings"]["bead_check"]["standard"]["acceptance"]["mean_diameter_pct"] == 20.0
+    assert check_record["settings"]["bead_check"]["standard"]["acceptance"]["mean_diameter_pct"] == 25.0
     assert sample["suitability"]["bead_check"]["run_id"] == check["run_id"] and sample["suitability"]["suitable"]
     assert sample["suitability"]["calibration"]["file"].endswith("simulated-camera.toml")
     with ControlClient(daemon.control) as client:
