@@ -53,7 +53,8 @@ from typing import Any
 
 import numpy as np
 
-from exoacq.drivers.socket_sim import SocketSimulator
+from exoacq.drivers.socket_sim import ScpiError as _Err, SocketSimulator, one_parameter as _one, \
+    scpi_boolean as _boolean
 
 MODELS = ("rigol-ds1000z", "keysight-infiniivision")
 IDENTITY = {"rigol-ds1000z": "RIGOL TECHNOLOGIES,DS1104Z,DS1ZA000000001,00.04.04.SP4",
@@ -86,11 +87,6 @@ for _word in _MNEMONICS.split():
     _SHORT[_word.upper()] = _SHORT["".join(c for c in _word if c.isupper())] = \
         "".join(c for c in _word if c.isupper())
 
-
-class _Err(Exception):
-    def __init__(self, code: int):
-        super().__init__(code)
-        self.code = code
 
 
 class TestPattern:
@@ -433,13 +429,6 @@ class OscilloscopeSimulator(SocketSimulator):
 
 
 # -- argument parsing ----------------------------------------------------------------
-def _one(params: list[str]) -> str:
-    if not params or not params[0]:
-        raise _Err(-109)
-    if len(params) > 1:
-        raise _Err(-108)
-    return params[0]
-
 
 def _float(text: str) -> float:
     try:
@@ -468,14 +457,6 @@ def _segments(text: str) -> int:
         raise _Err(-222)
     return value
 
-
-def _boolean(text: str) -> bool:
-    word = text.upper()
-    if word in ("ON", "1"):
-        return True
-    if word in ("OFF", "0"):
-        return False
-    raise _Err(-224)
 
 
 def _choice(text: str, allowed: tuple[str, ...]) -> str:

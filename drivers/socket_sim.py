@@ -183,3 +183,31 @@ def _shown(reply: str | bytes) -> str:
         return reply
     header = 2 + int(reply[1:2])
     return f"{reply[:header].decode()}<{len(reply) - header} bytes>"
+
+
+# -- SCPI parameters, as every simulated SCPI instrument parses them ------------------------
+class ScpiError(Exception):
+    """A command the instrument refuses: its SCPI error code goes to the error queue."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def one_parameter(params: list[str]) -> str:
+    """The single parameter of a command: -109 "Missing parameter", -108 "Parameter not allowed"."""
+    if not params or not params[0]:
+        raise ScpiError(-109)
+    if len(params) > 1:
+        raise ScpiError(-108)
+    return params[0]
+
+
+def scpi_boolean(text: str) -> bool:
+    """ON/1 or OFF/0; anything else -224 "Illegal parameter value"."""
+    word = text.upper()
+    if word in ("ON", "1"):
+        return True
+    if word in ("OFF", "0"):
+        return False
+    raise ScpiError(-224)

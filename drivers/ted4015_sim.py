@@ -46,7 +46,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from exoacq.drivers.socket_sim import SocketSimulator
+from exoacq.drivers.socket_sim import ScpiError as _Err, SocketSimulator, one_parameter as _one, \
+    scpi_boolean as _boolean
 
 # Series 4000 SCPI Programmer's Reference, chapter 4 (SCPI error messages).
 ERRORS: dict[int, str] = {
@@ -95,11 +96,6 @@ _PLAIN = {"": 1.0}
 _KEYWORDS = {"MIN": "MIN", "MINIMUM": "MIN", "MAX": "MAX", "MAXIMUM": "MAX",
              "DEF": "DEF", "DEFAULT": "DEF"}
 
-
-class _Err(Exception):
-    def __init__(self, code: int):
-        super().__init__(code)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -154,13 +150,6 @@ def _no_args(action: Callable[[], str | None]) -> Callable[[list[str]], str | No
     return handler
 
 
-def _one(params: list[str]) -> str:
-    if not params or not params[0]:
-        raise _Err(-109)
-    if len(params) > 1:
-        raise _Err(-108)
-    return params[0]
-
 
 def _keyword(params: list[str]) -> str | None:
     """The MIN/MAX/DEF argument of a query, None without one."""
@@ -181,14 +170,6 @@ def _number(text: str, suffixes: dict[str, float]) -> float:
         raise _Err(-131)
     return float(match.group(1)) * scale
 
-
-def _boolean(text: str) -> bool:
-    word = text.upper()
-    if word in ("ON", "1"):
-        return True
-    if word in ("OFF", "0"):
-        return False
-    raise _Err(-224)
 
 
 def _to_c(value: float, unit: str) -> float:

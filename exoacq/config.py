@@ -127,6 +127,22 @@ def resolve_file(path: Path | str, relative_to: Path | None, what: str = "file")
     return found
 
 
+def load_toml_model(path: Path | str, model: type[BaseModel], what: str) -> Any:
+    """A TOML file validated by a pydantic model (a calibration, a bead standard); a one-line
+    ConfigError names the file and the first bad key: ``calibration PATH: result.volume_nl: ...``."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not valid TOML: {exc}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{what} {path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+
+
 def example_text() -> str:
     """The commented example configuration (several instruments)."""
     return resources.files("exoacq").joinpath("config_example.toml").read_text(encoding="utf-8")

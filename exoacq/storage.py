@@ -160,13 +160,7 @@ class RunStore:
         """The operator's pick of the run's result; None: the newest version again."""
         self.get(run_id)
         if version is not None:
-            row = self._version_row(run_id, version)
-            if row is None:
-                raise ExoacqError(f"run {run_id} has no result version {version}", code="unknown_version")
-            if row["state"] != "done":
-                raise ExoacqError(f"run {run_id} version {version} is {row['state']}"
-                                  f"{': ' + row['error'] if row['error'] else ''}; only a finished version "
-                                  "can be the run's result", code="no_result")
+            self._finished_version(run_id, version, "; only a finished version can be the run's result")
         self._db.execute("UPDATE runs SET current_version = ? WHERE run_id = ?", (version, run_id))
         self._refresh_current(run_id)
 
@@ -178,6 +172,16 @@ class RunStore:
         return [{"version": r["version"], "state": r["state"], "created": r["created"], "reason": r["reason"],
                  "overrides": json.loads(r["overrides"]), "current": r["version"] == current, "error": r["error"]}
                 for r in rows]
+
+    def _finished_version(self, run_id: str, version: int, why: str = "") -> sqlite3.Row:
+        """A version that exists and is done; else an ExoacqError (``why`` ends the not-done message)."""
+        row = self._version_row(run_id, version)
+        if row is None:
+            raise ExoacqError(f"run {run_id} has no result version {version}", code="unknown_version")
+        if row["state"] != "done":
+            raise ExoacqError(f"run {run_id} version {version} is {row['state']}"
+                              f"{': ' + row['error'] if row['error'] else ''}{why}", code="no_result")
+        return row
 
     def _version_row(self, run_id: str, version: int) -> sqlite3.Row | None:
         return self._db.execute("SELECT * FROM results WHERE run_id = ? AND version = ?",
@@ -205,13 +209,7 @@ class RunStore:
             raise ExoacqError(f"no run with id {run_id!r}", code="unknown_run")
         record = self._row(row, full=True)
         if version is not None:
-            found = self._version_row(run_id, version)
-            if found is None:
-                raise ExoacqError(f"run {run_id} has no result version {version}", code="unknown_version")
-            if found["state"] != "done":
-                raise ExoacqError(f"run {run_id} version {version} is {found['state']}"
-                                  f"{': ' + found['error'] if found['error'] else ''}", code="no_result")
-            record["result"] = json.loads(found["result"])
+            record["result"] = json.loads(self._finished_version(run_id, version)["result"])
             record["version"] = version
         return record
 

@@ -13,9 +13,9 @@ import tomllib
 from datetime import date
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from exoacq.config import resolve_file
+from exoacq.config import load_toml_model, resolve_file
 from exoacq.errors import ConfigError
 
 #: Project root, for the relative paths of the embedded default configuration.
@@ -86,18 +86,7 @@ def resolve(path: Path | str, relative_to: Path | None) -> Path:
 
 
 def load_nta_calibration(path: Path) -> NTACalibration:
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read calibration {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"calibration {path}: not valid TOML: {exc}") from None
-    try:
-        calibration = NTACalibration.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"calibration {path}: {key}: {err['msg']}") from None
+    calibration = load_toml_model(path, NTACalibration, "calibration")
     if calibration.calibration.kind != "nta.detection_volume":
         raise ConfigError(f"calibration {path}: kind = {calibration.calibration.kind!r}, "
                           "expected 'nta.detection_volume'")

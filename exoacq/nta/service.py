@@ -16,8 +16,8 @@ import numpy as np
 import zmq
 
 from exoacq.bus import loads, send_frame
-from exoacq.errors import DeviceError, ExoacqError
-from exoacq.methods import MethodService, RunStatus
+from exoacq.errors import ExoacqError
+from exoacq.methods import MethodService, RunStatus, make_safe
 from exoacq.nta.acquisition import NTAAcquisition, Run
 from exoacq.nta.pipeline import TrackingPipeline
 from exoacq.nta.result_document import build_result
@@ -133,14 +133,7 @@ class NTAService(MethodService):
                                        "exposure_ms": camera.exposure_ms})
                     counts.clear()
         finally:
-            errors = []
-            for step in (lambda: engine.laser.set_emission(False), camera.stop):
-                try:
-                    step()
-                except DeviceError as exc:
-                    errors.append(str(exc))
-            if errors:
-                raise DeviceError("; ".join(errors))
+            make_safe([lambda: engine.laser.set_emission(False), camera.stop])
 
     # -- events ---------------------------------------------------------------------
     def _on_tracker_events(self) -> None:

@@ -25,14 +25,13 @@ De Temmerman 2014), so a real instrument's procedure may need wider ones.
 """
 from __future__ import annotations
 
-import tomllib
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from exoacq.config import resolve_file
+from exoacq.config import load_toml_model, resolve_file
 from exoacq.errors import ConfigError, ProtocolError
 
 #: Quantities a bead check judges: (key in the check, the standard's certified value and its uncertainty,
@@ -92,17 +91,7 @@ class BeadStandardFile(_Strict):
 
 def load_bead_standard(path: Path | str) -> BeadStandardFile:
     """Read and check a bead standard file; a one-line ConfigError names what is wrong."""
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read bead standard {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"bead standard {path}: not valid TOML: {exc}") from None
-    try:
-        standard = BeadStandardFile.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"bead standard {path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+    standard = load_toml_model(path, BeadStandardFile, "bead standard")
     if standard.acceptance.concentration_pct is not None and standard.standard.concentration_per_ml is None:
         raise ConfigError(f"bead standard {path}: acceptance.concentration_pct needs standard.concentration_per_ml")
     return standard
