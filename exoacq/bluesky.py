@@ -19,6 +19,8 @@ as bluesky's JSONL serializer writes them (``exoacq export bluesky RUN_ID``).
 """
 from __future__ import annotations
 
+import copy
+
 import json
 from datetime import datetime
 from pathlib import Path
@@ -86,7 +88,8 @@ class RunDocuments:
 
     def __init__(self, *, run_id: str, method: str, instrument: str | None, sample: str,
                  settings: dict[str, Any], time_s: float, method_settings: dict[str, Any] | None = None):
-        method_settings = method_settings or {}
+        # copies: the RunStart is the settings as the run started, whatever the run adds to them later
+        settings, method_settings = copy.deepcopy(settings), copy.deepcopy(method_settings or {})
         metadata = {"run_id": run_id, "sample": sample, "dilution": settings.get("dilution"), "method": method,
                     "instrument": instrument, "plan_name": f"exoacq.{method}", "exoacq_settings": settings,
                     "method_settings": method_settings, "calibration": method_settings.get("calibration")}

@@ -20,8 +20,10 @@ def test_flattening_keeps_units_from_the_key_names():
                            "tracks__used"}
     assert units_of(("size_nm", "mean")) == "nm" and units_of(("concentration_per_ml",)) == "1/mL"
     assert units_of(("histogram", "bin_centres_nm")) == "nm" and units_of(("tracks", "used")) is None
-    docs = RunDocuments(run_id="r", method="nta", instrument="nta", sample="s", settings={"dilution": 10.0},
-                        time_s=1.0)
+    settings = {"dilution": 10.0}
+    docs = RunDocuments(run_id="r", method="nta", instrument="nta", sample="s", settings=settings, time_s=1.0)
+    settings["temperature_start_c"] = 25.0  # what a run adds later is not in its RunStart (published as it started)
+    assert docs.start()[0][1]["exoacq_settings"] == {"dilution": 10.0}
     pairs = docs.start() + docs.add("progress", {"frames": {"acquired": 3}, "size_nm": {"mean": None}}, 2.0)
     pairs += docs.add("progress", {"frames": {"acquired": 5}, "new": 1.0}, 3.0) + docs.stop("success", "", 4.0)
     for name, doc in pairs:
