@@ -80,6 +80,17 @@ def decode_frame(parts: list) -> tuple[dict[str, Any], np.ndarray]:
     return header, frame.reshape(header["shape"])
 
 
+def connect(socket: zmq.Socket, address: str, what: str = "endpoint") -> None:
+    """``socket.connect(address)``; an address ZeroMQ cannot parse is a one-line ExoacqError
+    (the socket is closed), not a ZMQError traceback."""
+    try:
+        socket.connect(address)
+    except zmq.ZMQError:
+        socket.close(linger=0)
+        raise ExoacqError(f"{what} {address!r}: not a ZeroMQ endpoint (e.g. tcp://127.0.0.1:5555, "
+                          "ipc:///run/exoacq/control)", code="usage") from None
+
+
 class ControlClient:
     """Request/reply to the daemon's control ROUTER over a DEALER socket."""
 
@@ -89,7 +100,7 @@ class ControlClient:
         self._ctx = context or zmq.Context.instance()
         self._socket = self._ctx.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(address)
+        connect(self._socket, address, "control endpoint")
 
     def request(self, command: str, timeout_s: float | None = None, **params: Any) -> Any:
         """Send one request and return its ``result``; raise ExoacqError on an error reply."""
@@ -119,7 +130,7 @@ def subscribe(address: str, topics: list[str] | None = None, context: zmq.Contex
     """A SUB socket on the results PUB for the given topics (all when None)."""
     socket = (context or zmq.Context.instance()).socket(zmq.SUB)
     socket.setsockopt(zmq.LINGER, 0)
-    socket.connect(address)
+    connect(socket, address, "results endpoint")
     for topic in topics or [""]:
         socket.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
     return socket

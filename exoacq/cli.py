@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +155,10 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit status of an unexpected exception (sysexits.h EX_SOFTWARE: an internal software error).
+EX_SOFTWARE = 70
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -165,6 +171,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # the last resort: a bug, not a bad input (those are ExoacqErrors)
+        return internal_error(exc)
+
+
+def internal_error(exc: Exception) -> int:
+    """One line for an exception nothing recognised, and EX_SOFTWARE; the traceback too when the
+    environment has ``EXOACQ_DEBUG=1``."""
+    if os.environ.get("EXOACQ_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(exc, file=sys.stderr)
+    message = " ".join(str(exc).split()) or "(no message)"
+    print(f"exoacq: error: internal error: {type(exc).__name__}: {message} "
+          "(a bug; run with EXOACQ_DEBUG=1 for the traceback)", file=sys.stderr)
+    return EX_SOFTWARE
 
 
 # -- commands ------------------------------------------------------------------------
@@ -370,6 +389,7 @@ def cmd_export_bluesky(args: argparse.Namespace) -> int:
     if args.output is not None and not args.output.resolve().parent.is_dir():
         raise ExoacqError(f"cannot write {args.output}: no folder {args.output.resolve().parent}", code="usage")
     with _client(args) as client:
+        client.request("status")  # no daemon: said after the usual 5 s, not after the export's 30 s
         pairs = client.request("bluesky", run_id=args.run_id, timeout_s=30.0)
     text = "".join(json.dumps(pair) + "\n" for pair in pairs)
     if args.output is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,43 @@ def default_control() -> str:
     return os.environ.get("EXOACQ_CONTROL", DEFAULT_CONTROL)
 
 
-def positive_float(text: str) -> float:
+def finite_float(text: str) -> float:
+    """Any finite number (``nan`` and ``inf`` are refused)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (``nan`` and ``inf`` are refused: a rate, a size or a duration is finite)."""
+    value = finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
     return value
+
+
+def _whole(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text} must be {least} or more")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (a count of frames, events, videos, workers)."""
+    return _whole(text, 1)
+
+
+def seed_int(text: str) -> int:
+    """A random seed: a whole number >= 0 (numpy's SeedSequence takes no negative seed)."""
+    return _whole(text, 0)
 
 
 def add_control(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

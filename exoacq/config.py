@@ -134,6 +134,8 @@ def load_toml_model(path: Path | str, model: type[BaseModel], what: str) -> Any:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not a TOML text file (not UTF-8 at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what} {path}: not valid TOML: {exc}") from None
     try:
@@ -306,6 +308,8 @@ def load_config(path: Path | str | None = None, *, simulated: bool = False,
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not a TOML text file (not UTF-8 at byte {exc.start})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

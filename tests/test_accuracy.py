@@ -1,8 +1,8 @@
-"""`exoacq bench accuracy`: the harness reports errors against the simulated truth, consistently.
+"""`exoacq bench accuracy`: both simulated instruments, errors against their truth, the threshold's effect.
 
-The accuracy figures themselves are measured with the full matrix (README,
-"Accuracy"); here one short case and the mixture check the harness and guard
-against regressions with bounds set by their statistics.
+The accuracy figures themselves are measured with the full matrix (README, "Accuracy");
+here one short case on each simulator checks the harness and guards against regressions
+with bounds set by their statistics.
 """
 from __future__ import annotations
 
@@ -14,27 +14,31 @@ from conftest import run_cli
 
 
 @pytest.mark.slow
-def test_bench_accuracy_reports_errors_against_the_truth():
-    proc = run_cli("bench", "accuracy", "--cases", "100nm-drift,mix-100+150nm", "--captures", "1",
-                   "--capture-s", "40", "--json", timeout=600)
+def test_bench_accuracy_runs_both_simulators_at_default_settings():
+    proc = run_cli("bench", "accuracy", "--cases", "100nm-short", "--captures", "1", "--capture-s", "20", "--json",
+                   timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    cal = result["calibration"]
-    assert len(cal["videos"]) == 3 and 0.04 < cal["detection_volume_nl"] < 0.11 and cal["relative_depth"] > 0
-    cases = {row["case"]: row for row in result["cases"]}
-    mono, mix = cases["100nm-drift"], cases["mix-100+150nm"]
-    truth, measured, errors = mono["truth"], mono["measured"], mono["error_percent"]
-    assert errors["mean"] == pytest.approx(100 * (measured["size_nm"]["mean"] / 100.0 - 1), abs=0.01)
-    assert errors["concentration"] == pytest.approx(
-        100 * (measured["concentration_per_ml"] / truth["concentration_per_ml"] - 1), abs=0.01)
-    assert mono["passed"] == {k: abs(errors[k]) <= t for k, t in mono["target_percent"].items()}
-    assert mono["drift_um_s"][0] ** 2 + mono["drift_um_s"][1] ** 2 == pytest.approx(9.0)
-    # 40 s of 100 nm: ~ 500 tracks, the mean's SE ~ 1 %, plus the known +1-2 % (README): 5 % is a regression guard
-    assert abs(errors["mean"]) < 5.0 and abs(errors["mode"]) < 5.0
-    # the mixture's truth is the realised sample (~ 100 particles drawn 2:1, so the realised ratio varies);
-    # its detected population holds more 150 nm particles than the sample
-    assert 100.0 < mix["truth"]["mean_nm"] < 150.0 and mix["truth"]["d50_nm"] in (100.0, 125.0, 150.0)
-    assert mix["error_percent"]["mean_detected"] > mix["error_percent"]["mean"]
-    assert abs(mix["error_percent"]["mean"]) < 8.0
+    assert set(result["simulators"]) == {"exoacq", "emccd"} and result["threshold_scales"] == [1.0, 1 / 1.5, 1.5]
+    for name, table in result["simulators"].items():
+        cal = table["calibration"]
+        assert len(cal["videos"]) == 2 and 0.02 < cal["detection_volume_nl"] < 0.2 and cal["relative_depth"] > 0
+        (row,) = table["cases"]
+        truth, measured, errors = row["truth"], row["measured"], row["error_percent"]
+        assert errors["mean"] == pytest.approx(100 * (measured["size_nm"]["mean"] / 100.0 - 1), abs=0.01)
+        assert errors["concentration"] == pytest.approx(
+            100 * (measured["concentration_per_ml"] / truth["concentration_per_ml"] - 1), abs=0.01)
+        assert row["passed"] == {k: abs(errors[k]) <= t for k, t in row["target_percent"].items()}
+        # default settings: the threshold from the video's noise, the blur from the tracks
+        assert measured["threshold"]["rule"] == "noise" and measured["blur"]["source"] != "exposure"
+        by_scale = measured["mean_nm_by_threshold_scale"]
+        assert set(by_scale) == {"1", "0.667", "1.5"}
+        # 20 s of 100 nm: ~ 150-250 tracks, the mean's SE ~ 2 %: 6 % is a regression guard
+        assert abs(errors["mean"]) < 6.0, (name, errors)
+        # at a short exposure the threshold 1.5 x lower or higher moves the mean < 2 % (README, "Accuracy"; at the
+        # whole-frame exposure the EMCCD simulator's fastest particles are lost at a higher threshold: not yet
+        # solved, reported by the bench)
+        assert errors["threshold"] < 6.0, (name, by_scale)
+        assert table["blur_pairs"] == []  # only the short exposure was run
     bad = run_cli("bench", "accuracy", "--cases", "nonesuch")
     assert bad.returncode == 2 and "unknown case nonesuch" in bad.stderr and "Traceback" not in bad.stderr

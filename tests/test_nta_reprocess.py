@@ -77,7 +77,7 @@ def test_a_higher_minmass_detects_fewer_particles(stored, tmp_path):
     assert other["particles_per_frame"] < 0.95 * live["particles_per_frame"]
     assert other["frames"] == live["frames"]
     assert other["size_nm"]["mean"] == pytest.approx(100.0, rel=0.25)  # still the 100 nm beads (fewer tracks)
-    assert any("minmass 600 differs from the run's 300" in w for w in other["warnings"])
+    assert live["threshold"]["rule"] == "noise" and other["threshold"] == {"minmass": 600.0, "rule": "fixed"}
     assert comparable(other) != comparable(live)
 
 
@@ -91,10 +91,10 @@ def test_a_calibration_with_twice_the_detection_volume_halves_the_concentration(
     assert other["size_nm"] == live["size_nm"] and other["particles_per_frame"] == live["particles_per_frame"]
     assert other["detection_volume"] == {"nl": 0.14998, "source": other["reprocessed"]["calibration"]["source"]}
     assert other["reprocessed"]["calibration"]["file"] == str(doubled)
-    other_optics = tmp_path / "minmass500.toml"
-    other_optics.write_text(text.replace("minmass = 300.0", "minmass = 500.0"))
-    with pytest.raises(ExoacqError, match=r"override calibration: calibration .*minmass500.toml was measured "
-                                          r"with minmass = 500, but the instrument is set to 300"):
+    other_optics = tmp_path / "pixel02.toml"  # other optics are refused (another threshold is not)
+    other_optics.write_text(text.replace("pixel_size_um = 0.166", "pixel_size_um = 0.2"))
+    with pytest.raises(ExoacqError, match=r"override calibration: calibration .*pixel02.toml was measured "
+                                          r"with pixel_size_um = 0.2, but the instrument is set to 0.166"):
         reprocess_run(record, {"calibration": str(other_optics)}, tmp_path / "out2")
 
 

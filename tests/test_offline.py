@@ -83,15 +83,7 @@ def test_bad_input_gets_one_line(video, tmp_path):
         assert len(errors) == 1 and message in errors[0], (args, proc.stderr)
 
 
-def test_bench_analyze_reports_both_pipelines(video):
-    proc = run_cli("bench", "analyze", str(video), *ANALYSIS, "--json")
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    assert result["frames"] == 150
-    assert result["exoacq_s"] > 0 and result["trackpy_s"] > 0
-    assert result["speedup"] == pytest.approx(result["trackpy_s"] / result["exoacq_s"])
-    # the same particles: same linking, feature counts within 3 %
-    assert result["features"]["exoacq"] == pytest.approx(result["features"]["trackpy"], rel=0.03)
+# `bench analyze`: tests/test_offline_pipeline.py
 
 
 @pytest.mark.slow
@@ -150,9 +142,12 @@ def test_calibrate_writes_a_calibration_that_analyze_uses(video, tmp_path):
     proc, doc = analyze(str(video), *ANALYSIS, "--calibration", str(cal), "--dilution", "10", "--json")
     assert proc.returncode == 0, proc.stderr
     assert doc["concentration_per_ml"] == pytest.approx(3e9, rel=1e-3)
-    # other optics are refused
-    proc, _ = analyze(str(video), *ANALYSIS, "--calibration", str(cal), "--minmass", "300")
-    assert proc.returncode == 2 and "measured with minmass = 250" in proc.stderr
+    assert calibration.optics.threshold_rule == "fixed"  # --minmass given: the calibration says so
+    # other optics are refused; another threshold is not (the detection depth follows the threshold)
+    proc, _ = analyze(str(video), *ANALYSIS, "--calibration", str(cal), "--pixel-size-um", "0.2")
+    assert proc.returncode == 2 and "measured with pixel_size_um = 0.166" in proc.stderr
+    proc, doc = analyze(str(video), *ANALYSIS, "--calibration", str(cal), "--minmass", "300", "--json")
+    assert proc.returncode == 0 and doc["threshold"] == {"minmass": 300.0, "rule": "fixed"}
 
 
 def test_real_video_diffusion_is_that_of_one_micron_latex():
@@ -172,7 +167,7 @@ def test_real_video_diffusion_is_that_of_one_micron_latex():
     expected = stokes_einstein_diffusion_um2_s(1000.0, 22.0, water_viscosity_iapws_mpa_s(22.0))
     assert doc["diffusion_um2_s"]["mean"] == pytest.approx(expected, rel=0.15)
     assert doc["tracks"]["used"] > 1000 and doc["link_search_range_px"] < 10
-    assert any("no --exposure-ms" in w for w in doc["warnings"])
+    assert doc["blur"]["source"] != "exposure"  # no --exposure-ms: measured from the tracks
     assert doc["size_nm_detected"] == doc["size_nm"]  # bright field: no light-sheet depth correction
 
 

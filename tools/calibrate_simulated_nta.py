@@ -21,7 +21,8 @@ import numpy as np
 
 from exoacq.nta.settings import NTASettings as NTAAnalysisConfig, SimulatedCameraOptions as CameraConfig
 from exoacq.drivers.simulated_nta import SampleComponent, make_simulated_nta
-from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features
+from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features, with_threshold
+from exoacq.nta.threshold import NOISE_MARGIN, SAMPLE_FRAMES
 
 LASER_POWER_MW = 40.0
 BEAD = SampleComponent(diameter_nm=100.0, refractive_index=1.59)
@@ -29,8 +30,9 @@ CONCENTRATION_PER_ML = 3e8
 TEMPERATURE_C = 25.0
 
 
-def measure_one(seed: int, duration_s: float) -> tuple[float, float]:
-    """Detection volume (nL) and the beads' mean relative detection depth from one simulated video."""
+def measure_one(seed: int, duration_s: float) -> tuple[float, float, float]:
+    """Detection volume (nL), the beads' mean relative detection depth and the threshold chosen (from the
+    video's noise, as the daemon chooses it from a run's first frames) of one simulated video."""
     cam_cfg, nta = CameraConfig(), NTAAnalysisConfig()
     camera, _, sample = make_simulated_nta(
         [BEAD], CONCENTRATION_PER_ML, temperature_c=TEMPERATURE_C, illumination_mw=lambda: LASER_POWER_MW,
@@ -43,16 +45,20 @@ def measure_one(seed: int, duration_s: float) -> tuple[float, float]:
         temperature_c=TEMPERATURE_C, min_diameter_nm=nta.min_diameter_nm, feature_diameter_px=nta.feature_diameter_px,
         minmass=nta.minmass, min_track_length=nta.min_track_length, detector=nta.detector,
         frame_width_px=cam_cfg.width, frame_height_px=cam_cfg.height)
-    tracker = StreamingTracker(params)
-    frame = np.empty((camera.height, camera.width), camera.dtype)
-    for i in range(int(round(duration_s * camera.frame_rate_hz))):
+    frames = []
+    for _ in range(int(round(duration_s * camera.frame_rate_hz))):
+        frame = np.empty((camera.height, camera.width), camera.dtype)
         camera.fill(frame)
+        frames.append(frame)
+    params = with_threshold(params, frames[:SAMPLE_FRAMES])
+    tracker = StreamingTracker(params)
+    for i, frame in enumerate(frames):
         tracker.add_frame(i, locate_features(frame, **params.locate_options()))
     box_ml = float(np.prod(sample.box_um)) * 1e-12
     true_per_ml = len(sample) / box_ml
     summary = tracker.summary()
     particles_per_frame = float(np.mean(tracker.features_per_frame)) * summary["crowding_correction"]
-    return particles_per_frame / true_per_ml * 1e6, summary["detection"]["mean_relative_depth"]
+    return particles_per_frame / true_per_ml * 1e6, summary["detection"]["mean_relative_depth"], params.minmass
 
 
 def main() -> int:
@@ -62,11 +68,12 @@ def main() -> int:
     parser.add_argument("--output", required=True)
     parser.add_argument("--version", type=int, default=1, help="calibration version: raise it on every re-measurement")
     args = parser.parse_args()
-    volumes, depths = [], []
+    volumes, depths, thresholds = [], [], []
     for seed in range(args.seeds):
-        volume, depth = measure_one(seed, args.duration)
+        volume, depth, minmass = measure_one(seed, args.duration)
         volumes.append(volume)
         depths.append(depth)
+        thresholds.append(minmass)
         print(f"seed {seed}: {volume:.4f} nL, relative depth {depth:.4f}", file=sys.stderr, flush=True)
     v = np.array(volumes)
     mean, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size))
@@ -90,7 +97,10 @@ frame_rate_hz = {cam_cfg.frame_rate_hz}
 exposure_ms = {cam_cfg.exposure_ms}
 laser_power_mw = {LASER_POWER_MW}
 feature_diameter_px = {nta.feature_diameter_px}
-minmass = {nta.minmass}
+minmass = {float(np.mean(thresholds)):.4g}   # mean over the videos; samples use their own (threshold_rule)
+threshold_rule = "noise"
+false_detections_per_frame = {nta.false_detections_per_frame}
+noise_margin = {NOISE_MARGIN}
 
 [standard]
 description = "simulated 100 nm polystyrene"

@@ -52,6 +52,7 @@ import numpy as np
 
 from exoacq.dls import inversion
 from exoacq.dls.record import Correlation, DLSRecord
+from exoacq.errors import ExoacqError
 from exoacq.physics import stokes_einstein_diameter_nm, water_viscosity_iapws_mpa_s
 
 SCHEMA = "exoacq.dls.analysis/1"
@@ -595,6 +596,29 @@ def analyze_correlation(corr: Correlation, *, wavelength_nm: float, temperature_
     }
 
 
+def check_record(record: DLSRecord) -> None:
+    """The optics and medium a DLS size needs are physical (a damaged or mistyped file header,
+    or options, would give sizes silently wrong): a one-line ExoacqError naming the value if not.
+    A viscosity of 0 or none means "not recorded" (water at the temperature is used)."""
+    where = record.source or "the measurement"
+
+    def refuse(what: str, value: float, unit: str, allowed: str) -> None:
+        raise ExoacqError(f"{where}: {what} {value:g}{unit} is not {allowed}", code="bad_input")
+
+    if not 150.0 <= record.wavelength_nm <= 2000.0:  # NaN fails every comparison
+        refuse("wavelength", record.wavelength_nm, " nm", "a laser's (150..2000 nm)")
+    if not -20.0 <= record.temperature_c <= 150.0:
+        refuse("temperature", record.temperature_c, " C", "a liquid sample's (-20..150 C)")
+    viscosity = record.viscosity_mpa_s
+    if viscosity is not None and not (math.isfinite(viscosity) and viscosity >= 0.0):
+        refuse("viscosity", viscosity, " mPa s", "a medium's (> 0; 0: not recorded, water's is used)")
+    if not 1.0 <= record.refractive_index <= 3.0:
+        refuse("medium refractive index", record.refractive_index, "", "a liquid's (1..3)")
+    for corr in record.correlations:
+        if not 0.0 < corr.angle_deg < 180.0:
+            refuse("scattering angle", corr.angle_deg, " deg", "between 0 and 180 deg")
+
+
 def analyze_record(record: DLSRecord, *, particle_refractive_index: float = 1.59,
                    fit_fraction: float = DEFAULT_FIT_FRACTION, diameters_nm=None, alpha: float | None = None,
                    polarization: str = "vertical", use_file_sigma: bool = True) -> dict[str, Any]:
@@ -607,6 +631,7 @@ def analyze_record(record: DLSRecord, *, particle_refractive_index: float = 1.59
     temperature (IAPWS 2008). ``use_file_sigma``: weight fits with the correlator's own
     standard deviations when the file has them (ALV "StandardDeviation").
     """
+    check_record(record)
     viscosity = record.viscosity_mpa_s if record.viscosity_mpa_s else water_viscosity_iapws_mpa_s(record.temperature_c)
     measurements = []
     for i, corr in enumerate(record.correlations):

@@ -133,6 +133,12 @@ def _ptu_record(args: argparse.Namespace):
     if args.angle is None or args.wavelength_nm is None:
         raise ExoacqError(f"{args.file}: a PTU file does not record the optics: give --angle and --wavelength-nm",
                           code="usage")
+    if not args.angle < 180.0:
+        raise ExoacqError(f"--angle {args.angle:g}: a scattering angle is between 0 and 180 degrees", code="usage")
+    temperature_c = 25.0 if args.temperature_c is None else args.temperature_c
+    if not -20.0 <= temperature_c <= 150.0:  # NaN too: the viscosity is water's (IAPWS 2008)
+        raise ExoacqError(f"--temperature-c {temperature_c:g}: outside liquid water's -20..150 C (the medium's "
+                          "viscosity is water's)", code="usage")
     photons = read_ptu(args.file)
     ticks_per_bin = max(1, math.ceil(25e-9 / photons.resolution_s - 1e-9))  # ~25 ns, a whole number of ticks
     correlator = MultiTauCorrelator(photons.resolution_s, base_lag_s=ticks_per_bin * photons.resolution_s)
@@ -141,8 +147,7 @@ def _ptu_record(args: argparse.Namespace):
     correlation = Correlation(angle_deg=args.angle, lag_s=correlator.lag_s, g2_minus_1=correlator.g2_minus_1(),
                               count_rate_hz=correlator.count_rate_hz, count_trace_time_s=time_s,
                               count_trace_hz=rate_hz, channel="ptu")
-    return DLSRecord(wavelength_nm=args.wavelength_nm, temperature_c=25.0 if args.temperature_c is None
-                     else args.temperature_c, viscosity_mpa_s=None,
+    return DLSRecord(wavelength_nm=args.wavelength_nm, temperature_c=temperature_c, viscosity_mpa_s=None,
                      refractive_index=args.medium_refractive_index or 1.332, correlations=[correlation],
                      duration_s=correlator.duration_s, source=str(args.file), format="ptu", path=args.file)
 

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from exoacq.cli_common import add_acquire_options, positive_float, run_acquisition
+from exoacq.cli_common import (add_acquire_options, finite_float, positive_float, positive_int, run_acquisition,
+                               seed_int)
 from exoacq.errors import ExoacqError
 
 CONTROLS = ("buffer", "unstained", "isotype", "lysed")
@@ -79,11 +80,11 @@ def add_cli(verbs: dict[str, Any]) -> None:
     p.add_argument("--ev-core-ri", type=positive_float, default=1.38, help="EV model core index (default %(default)s)")
     p.add_argument("--ev-shell-ri", type=positive_float, default=1.48, help="EV model shell index (default %(default)s)")
     p.add_argument("--ev-shell-nm", type=positive_float, default=5.0, help="EV model shell thickness (default %(default)s)")
-    p.add_argument("--min-scatter", type=float, default=None, metavar="AU",
+    p.add_argument("--min-scatter", type=finite_float, default=None, metavar="AU",
                    help="ignore bead events below this (default: twice the file's trigger threshold)")
     p.add_argument("--simulated", action="store_true",
                    help="acquire the beads (silica ladder, FITC and PE MESF ladders) on the simulated cytometer")
-    p.add_argument("--seed", type=int, default=None, help="of the simulation")
+    p.add_argument("--seed", type=seed_int, default=None, help="of the simulation")
     p.add_argument("--valid-days", type=int, default=30,
                    help="the calibration expires after this many days (default %(default)s; 0: never)")
     p.add_argument("-o", "--output", type=Path, required=True, help="the calibration file to write (TOML)")
@@ -96,12 +97,12 @@ def add_cli(verbs: dict[str, Any]) -> None:
     p.add_argument("--control", choices=CONTROLS, help="a control tube made from the sample")
     p.add_argument("--config", type=Path, help="take the sample from this configuration's flow instrument "
                                                "(default: the built-in EV sample)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=seed_int, default=None)
     p.set_defaults(func=cmd_simulate)
 
     b = verbs["bench"].add_parser("flow", help="pulse detection and event analysis throughput, one core (JSON)")
     b.add_argument("--seconds", type=positive_float, default=1.0, help="of simulated trace (default %(default)s)")
-    b.add_argument("--events", type=int, default=2_000_000, help="events analysed (default %(default)s)")
+    b.add_argument("--events", type=positive_int, default=2_000_000, help="events analysed (default %(default)s)")
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
     b.set_defaults(func=cmd_bench)
 

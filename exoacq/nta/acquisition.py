@@ -20,7 +20,8 @@ import zmq
 from exoacq.bus import send_frame
 from exoacq.errors import DeviceError, ProtocolError
 from exoacq.methods import Run as CoreRun
-from exoacq.nta.analysis import TrackingParameters
+from exoacq.nta.analysis import TrackingParameters, with_threshold
+from exoacq.nta.threshold import SAMPLE_FRAMES as THRESHOLD_FRAMES
 from exoacq.nta.video_store import VideoRecorder
 
 #: Acquisition counters are reported this often.
@@ -166,7 +167,7 @@ class NTAAcquisition:
         self.emit({"event": "settings", "run_id": run.run_id, "tracking": params.to_dict(),
                    "instruments": self.instrument.describe()})
         run.params = params
-        run.locate = params.locate_options()
+        run.locate = params.locate_options() if params.minmass is not None else {}
         return params
 
     def exec(self, run: Run) -> dict[str, Any]:
@@ -235,6 +236,8 @@ class NTAAcquisition:
         output = run.output_dir / f"capture-{capture}" if multi else run.output_dir
         output.mkdir(exist_ok=True)
         start_c = self.thermometer.temperature_c()
+        if run.params.minmass is None:  # chosen once, from the light of the first capture, kept for the run
+            self._choose_threshold(run)
         self._to_tracker("run.begin", {"run_id": capture_id(run.run_id, capture),
                                        "params": run.params.to_dict(), "output_dir": str(output)})
         counters = self._capture(run, output, duration_s)
@@ -243,6 +246,24 @@ class NTAAcquisition:
                                      "aborted": run.abort.is_set(), "temperature_c": (start_c + end_c) / 2})
         run.captures_ended = capture
         return counters
+
+    def _choose_threshold(self, run: Run) -> None:
+        """The detection threshold from the noise of THRESHOLD_FRAMES frames taken before the first capture
+        (exoacq.nta.threshold), with the laser on; reported in the run's settings."""
+        camera = self.camera
+        camera.start()
+        try:
+            frames = []
+            for _ in range(THRESHOLD_FRAMES):
+                frame = np.empty((camera.height, camera.width), dtype=camera.dtype)
+                camera.fill(frame)
+                frames.append(frame)
+        finally:
+            camera.stop()
+        run.params = with_threshold(run.params, frames)
+        run.locate = run.params.locate_options()
+        self.emit({"event": "settings", "run_id": run.run_id, "tracking": run.params.to_dict(),
+                   "instruments": self.instrument.describe()})
 
     def _capture(self, run: Run, output: Path, duration_s: float) -> dict[str, Any]:
         """One video; the camera's frame clock starts with it (steps between captures take their time)."""
@@ -355,7 +376,8 @@ class NTAAcquisition:
             frame_rate_hz=cam.frame_rate_hz, exposure_ms=cam.exposure_ms, pixel_size_um=cam.pixel_size_um,
             temperature_c=temperature_c, min_diameter_nm=nta.min_diameter_nm,
             link_search_range_px=nta.search_range_px, feature_diameter_px=nta.feature_diameter_px,
-            minmass=nta.minmass, min_track_length=nta.min_track_length,
+            minmass=nta.minmass, false_detections_per_frame=nta.false_detections_per_frame,
+            min_track_length=nta.min_track_length,
             detection_volume_nl=nta.detection_volume_nl, dilution=dilution, detector=nta.detector,
             calibration_relative_depth=nta.calibration_relative_depth,
             frame_width_px=cam.width, frame_height_px=cam.height)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -31,13 +32,14 @@ import pandas as pd
 import trackpy as tp
 from scipy.stats import gaussian_kde
 from trackpy.linking import Linker
-from trackpy.linking.utils import SubnetOversizeException
+from trackpy.linking.utils import Point, SubnetOversizeException, TrackUnstored
 
 from exoacq.nta import sizing
 from exoacq.nta.detect import locate_fast
 from exoacq.nta.detection_volume import crowding_factor
 from exoacq.nta.track_sums import EnsembleDrift, TrackSums
 from exoacq.nta.distribution import number_histogram, size_distribution
+from exoacq.nta.threshold import FALSE_DETECTIONS_PER_FRAME, noise_threshold
 from exoacq.physics import (
     BOLTZMANN_J_K,
     celsius_to_kelvin,
@@ -47,6 +49,11 @@ from exoacq.physics import (
 
 tp.quiet()
 
+#: trackpy's Linker numbers points and tracks with class-level counters that each new Linker resets: two
+#: trackers linking in one process (threads of a Dask worker, the accuracy bench's trackers at several
+#: thresholds) would give each other's particles the same ids. Each tracker keeps its own counters and
+#: puts them in place under this lock while it links.
+_TRACKPY_COUNTERS = threading.Lock()
 #: Running (progress) statistics use tracks of at least this many points unless min_track_length is set.
 RUNNING_MIN_TRACK_LENGTH = 10
 #: Rayleigh tail: a 2-D step exceeds a * sigma with probability exp(-a^2 / 2); 3.5 -> 0.2 %.
@@ -54,6 +61,9 @@ SEARCH_RANGE_SIGMAS = 3.5
 #: Automatic search range: frames held to choose it, tracks needed, smallest range.
 PILOT_FRAMES = 100
 PILOT_MIN_TRACKS = 20
+#: The pilot judges the range on tracks at least this many times brighter than the threshold (when there are
+#: PILOT_MIN_TRACKS of them): dense dim features link by chance at a wide range and would widen it further.
+PILOT_BRIGHTNESS = 1.5
 MIN_SEARCH_RANGE_PX = 3.0
 
 
@@ -62,12 +72,16 @@ class TrackingParameters:
     """Everything the tracking core needs to turn frames into sizes; units in names."""
 
     frame_rate_hz: float
-    exposure_ms: float
+    #: None: not known; the motion blur is then measured from the tracks (exoacq.nta.sizing.estimate_blur).
+    exposure_ms: float | None
     pixel_size_um: float
     temperature_c: float
     viscosity_mpa_s: float
     feature_diameter_px: int = 11
-    minmass: float = 300.0
+    #: Detection threshold (trackpy's minmass); None: chosen from the frames' noise (exoacq.nta.threshold,
+    #: :func:`with_threshold`) at ``false_detections_per_frame``.
+    minmass: float | None = None
+    false_detections_per_frame: float = FALSE_DETECTIONS_PER_FRAME
     #: Points for a track to be sized; None: chosen from the data (exoacq.nta.distribution.auto_min_track_length).
     min_track_length: int | None = None
     #: Link search range; with auto_search_range, the largest one the pilot may choose.
@@ -90,6 +104,10 @@ class TrackingParameters:
     #: Frame size, for the correction of counts for merged close features; None: not corrected.
     frame_width_px: int | None = None
     frame_height_px: int | None = None
+    #: Raw pixel value at which the camera clips (features holding it are saturated); None: not known.
+    saturation_counts: float | None = None
+    #: How ``minmass`` was chosen (exoacq.nta.threshold.Threshold.to_dict), for the result; None: given.
+    threshold: Mapping[str, Any] | None = None
 
     def crowding(self, counts_per_frame) -> tuple[float, float]:
         """(particles / features per frame, worst occupied fraction): exoacq.nta.detection_volume.crowding_factor
@@ -105,7 +123,7 @@ class TrackingParameters:
         return 1.0 / self.frame_rate_hz
 
     @classmethod
-    def for_sample(cls, *, frame_rate_hz: float, exposure_ms: float, pixel_size_um: float, temperature_c: float,
+    def for_sample(cls, *, frame_rate_hz: float, exposure_ms: float | None, pixel_size_um: float, temperature_c: float,
                    min_diameter_nm: float, viscosity_mpa_s: float | None = None,
                    link_search_range_px: float | None = None, **options: Any) -> "TrackingParameters":
         """Parameters at a measured temperature: water viscosity (IAPWS 2008) and the link search
@@ -120,11 +138,43 @@ class TrackingParameters:
 
     def locate_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`locate_features`."""
+        if self.minmass is None:
+            raise ValueError("minmass not chosen yet: with_threshold(params, frames) first")
         return {"diameter_px": self.feature_diameter_px, "minmass": self.minmass,
                 "invert": self.invert, "detector": self.detector}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def saturation_level(frames: list[np.ndarray]) -> float | None:
+    """The raw value at which these frames' camera clips: the largest value of their integer type, or for
+    16-bit containers the top of the smallest bit depth (8-16 bits) that holds their brightest pixel
+    (a 12-bit camera clips at 4095). None for float frames."""
+    dtype = np.asarray(frames[0]).dtype
+    if not np.issubdtype(dtype, np.integer):
+        return None
+    if dtype.itemsize == 1:
+        return float(np.iinfo(dtype).max)
+    brightest = max(int(np.asarray(f).max()) for f in frames)
+    bits = next((b for b in range(8, 17) if brightest <= 2 ** b - 1), 16)
+    return float(2 ** bits - 1)
+
+
+def with_threshold(params: "TrackingParameters", frames: list[np.ndarray]) -> "TrackingParameters":
+    """``params`` with the detection threshold chosen from these (first) frames' noise unless ``minmass`` is
+    given, and the camera's saturation level from their pixel type unless given."""
+    changes: dict[str, Any] = {}
+    if params.saturation_counts is None:
+        level = saturation_level(frames)
+        if params.invert and level is not None:
+            level = float(np.iinfo(np.asarray(frames[0]).dtype).max)  # dark particles: black (0) clips, inverted
+        changes["saturation_counts"] = level
+    if params.minmass is None:
+        chosen = noise_threshold(frames, diameter_px=params.feature_diameter_px, invert=params.invert,
+                                 false_per_frame=params.false_detections_per_frame)
+        changes |= {"minmass": chosen.minmass, "threshold": chosen.to_dict()}
+    return dataclasses.replace(params, **changes) if changes else params
 
 
 def search_range_px(min_diameter_nm: float, temperature_c: float, viscosity_mpa_s: float,
@@ -152,14 +202,16 @@ def warm_up() -> None:
     frame[30:33, 30:33] += 500
     for detector in ("fast", "trackpy"):
         locate_features(frame, diameter_px=7, minmass=100, detector=detector)
-    tracker = StreamingTracker(TrackingParameters(25.0, 0.0, 0.1, 25.0, 0.89, search_range_px=3.0))
+    tracker = StreamingTracker(TrackingParameters(25.0, 0.0, 0.1, 25.0, 0.89, minmass=0.0, search_range_px=3.0))
     for n in range(3):  # trackpy's numba subnet linker: two candidates for two particles
         tracker.add_frame(n, {"y": np.array([10.0, 11.0 + n]), "x": np.array([10.0, 10.5]), "mass": np.ones(2)})
 
 
 def diffusion_um2_s(n_steps: np.ndarray, sum_sq_um2: np.ndarray, params: TrackingParameters) -> np.ndarray:
-    """Per-track D from the summed squared 2-D one-frame steps (motion-blur corrected)."""
-    effective_s = params.frame_interval_s - params.exposure_ms * 1e-3 / 3.0
+    """Per-track D from the summed squared 2-D one-frame steps (motion-blur corrected; an unknown exposure
+    is taken as half the frame interval, the middle of what it can be)."""
+    exposure_s = 0.5 * params.frame_interval_s if params.exposure_ms is None else params.exposure_ms * 1e-3
+    effective_s = params.frame_interval_s - exposure_s / 3.0
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.asarray(sum_sq_um2, float) / (4.0 * np.asarray(n_steps, float) * effective_s)
 
@@ -195,6 +247,29 @@ def size_statistics(diameters: np.ndarray, fast_mode: bool = False) -> dict[str,
             "d10": float(d10), "d50": float(d50), "d90": float(d90)}
 
 
+#: A track whose positions spread (radius of gyration squared) less than this many mean squared one-frame steps
+#: is not moving: a hot pixel, stuck debris or a fixed pattern (a diffusing particle's spread grows as
+#: (points + 1) / 6 steps: 2.3 at 13 points; a fixed feature's stays at 1/2 of its jitter's steps).
+STATIONARY_SPREAD_STEPS = 0.75
+#: Tracks shorter than this are not judged (their spread is too noisy to tell).
+STATIONARY_MIN_POINTS = 20
+
+
+def rejection(t: TrackSums, pids: np.ndarray, n_steps: np.ndarray, pixel_size_um: float) -> np.ndarray:
+    """Why each track is not a particle ("" if it is one): "stationary" (see STATIONARY_SPREAD_STEPS).
+
+    The test is scale-free (a ratio of lengths that a diffusing particle keeps whatever its D), so it
+    prefers no size. Raw positions and steps: a stuck feature stays put while the sample drifts past it.
+    """
+    n = np.maximum(t.n_points[pids], 1).astype(float)
+    spread_um2 = (t.sum_r2_px2[pids] - (t.sum_x_px[pids] ** 2 + t.sum_y_px[pids] ** 2) / n) / n * pixel_size_um ** 2
+    mean_step_um2 = t.sum_sq_um2[pids] / np.maximum(n_steps, 1)
+    out = np.full(len(pids), "", dtype=object)
+    judged = (t.n_points[pids] >= STATIONARY_MIN_POINTS) & (n_steps > 0)
+    out[judged & (spread_um2 < STATIONARY_SPREAD_STEPS * mean_step_um2)] = "stationary"
+    return out
+
+
 @dataclass
 class StreamingTracker:
     """Links features frame by frame and keeps per-track step sums (O(1) per feature).
@@ -215,12 +290,21 @@ class StreamingTracker:
     linking_resets: int = 0
     _auto_min_track_length: int | None = None
     _pilot: list = field(default_factory=list)
+    #: while the pilot holds frames: the same frames linked at the largest range (provisional progress)
+    _provisional: "StreamingTracker | None" = None
+    #: this tracker's own trackpy id counters (see _TRACKPY_COUNTERS)
+    _counters: tuple | None = None
 
     def add_frame(self, frame_number: int, features: Mapping[str, Any]) -> None:
         """Link one frame's features (a DataFrame or a mapping of arrays with y, x, mass in px)."""
         self.features_per_frame.append(len(features["x"]))
         if self.params.auto_search_range:  # pilot: hold the first frames until the range is chosen
-            self._pilot.append((frame_number, {k: np.asarray(features[k], float) for k in ("y", "x", "mass")}))
+            held = {k: np.asarray(features[k], float) for k in ("y", "x", "mass", "raw_max") if k in features}
+            self._pilot.append((frame_number, held))
+            if self._provisional is None:  # linked at the largest range meanwhile: progress from the first frame
+                self._provisional = StreamingTracker(dataclasses.replace(
+                    self.params, auto_search_range=False, min_track_length=None))
+            self._provisional.add_frame(frame_number, held)
             if len(self._pilot) >= PILOT_FRAMES:
                 self._choose_search_range()
             return
@@ -241,11 +325,13 @@ class StreamingTracker:
         """
         frames, self._pilot = self._pilot, []
         p = self.params
-        pilot = StreamingTracker(dataclasses.replace(p, auto_search_range=False, min_track_length=None))
-        for number, features in frames:
-            pilot.add_frame(number, features)
+        pilot, self._provisional = self._provisional, None  # the held frames, linked at the largest range
         table = pilot.tracks_table()
-        d = table.loc[table["length_frames"] >= RUNNING_MIN_TRACK_LENGTH, "diffusion_um2_s"].to_numpy(float)
+        table = table.loc[table["length_frames"] >= RUNNING_MIN_TRACK_LENGTH]
+        bright = table.loc[table["mean_mass"] >= PILOT_BRIGHTNESS * (p.minmass or 0.0)]
+        if len(bright) >= PILOT_MIN_TRACKS:  # features near the threshold (noise, far from the sheet) link by chance
+            table = bright
+        d = table["diffusion_um2_s"].to_numpy(float)
         d = d[np.isfinite(d)]
         chosen = p.search_range_px
         if d.size >= PILOT_MIN_TRACKS and np.percentile(d, 95) > 0:
@@ -264,23 +350,30 @@ class StreamingTracker:
             if count == 0:
                 return
         coords = np.column_stack([np.asarray(features["y"], float), np.asarray(features["x"], float)])
-        try:
-            if self._linker is None:
-                self._linker = Linker(self.params.search_range_px, memory=0,
-                                      adaptive_stop=0.5, adaptive_step=0.8)
+        with _TRACKPY_COUNTERS:  # trackpy numbers points and tracks with class-level counters
+            if self._counters is not None:
+                Point.counter, TrackUnstored.counter = self._counters
+            try:
+                if self._linker is None:
+                    self._linker = Linker(self.params.search_range_px, memory=0,
+                                          adaptive_stop=0.5, adaptive_step=0.8)
+                    self._linker.init_level(coords, frame_number)
+                else:
+                    self._linker.next_level(coords, frame_number)
+            except SubnetOversizeException:
+                self.linking_resets += 1
+                self._end_linking()
+                self._linker = Linker(self.params.search_range_px, memory=0)
                 self._linker.init_level(coords, frame_number)
-            else:
-                self._linker.next_level(coords, frame_number)
-        except SubnetOversizeException:
-            self.linking_resets += 1
-            self._end_linking()
-            self._linker = Linker(self.params.search_range_px, memory=0)
-            self._linker.init_level(coords, frame_number)
-        ids = np.asarray(self._linker.particle_ids, dtype=np.int64) + self._id_offset
+            self._counters = (Point.counter, TrackUnstored.counter)
+            ids = np.asarray(self._linker.particle_ids, dtype=np.int64) + self._id_offset
         self._ids_used = max(self._ids_used, int(ids.max()) + 1 - self._id_offset) if ids.size else self._ids_used
         xs, ys = coords[:, 1], coords[:, 0]
         mass = np.asarray(features["mass"], float)
-        dx, dy = self._tracks.update(frame_number, ids, xs, ys, mass, self.params.pixel_size_um)
+        saturated = None
+        if self.params.saturation_counts is not None and "raw_max" in features:
+            saturated = np.asarray(features["raw_max"], float) >= self.params.saturation_counts
+        dx, dy = self._tracks.update(frame_number, ids, xs, ys, mass, self.params.pixel_size_um, saturated)
         self._drift.add(frame_number, dx, dy)
         self._rows.append(np.column_stack([np.full(len(ids), frame_number), ids, xs, ys, mass]))
 
@@ -310,7 +403,8 @@ class StreamingTracker:
         else:
             v = np.zeros((len(pids), 2))
         sum_sq, sum_cross = self._drift.corrected_sums(v, t, pids)
-        used = (n_points >= self.min_track_length()) & (n_steps >= 2) & (sum_sq > 0)
+        rejected = rejection(t, pids, n_steps, p.pixel_size_um)
+        used = (n_points >= self.min_track_length()) & (n_steps >= 2) & (sum_sq > 0) & (rejected == "")
         cve = (sizing.cve_diffusion_um2_s(n_steps, np.maximum(sum_sq, 0.0), sum_cross, n_pairs, p.frame_interval_s)
                if len(pids) else np.empty(0))
         mean_mass = t.sum_mass[pids] / np.maximum(n_points, 1)
@@ -325,6 +419,10 @@ class StreamingTracker:
             "sum_cross_um2": sum_cross,
             "mean_mass": mean_mass,
             "max_mass": t.max_mass[pids],
+            # the brightest feature that is not clipped (0: every feature of the track is saturated)
+            "max_mass_unsaturated": t.max_mass_unsaturated[pids],
+            "saturated_fraction": t.n_saturated[pids] / np.maximum(n_points, 1),
+            "rejected": rejected,
             "diffusion_um2_s": cve,
             "diameter_nm": np.where(used, diameters_nm(n_steps, d_msd, p), np.nan),
             "used": used,
@@ -342,10 +440,15 @@ class StreamingTracker:
 
         Final: the deconvolved, detection-corrected distribution (exoacq.nta.distribution).
         ``running``: the cheap form for progress reports: statistics of the per-track
-        diameters of tracks of >= 10 points (or ``min_track_length``), no histogram.
+        diameters of tracks of >= 10 points (or ``min_track_length``), no histogram; while the
+        pilot is still choosing the search range, those of its provisional tracks (linked at the
+        largest range), marked ``provisional``.
         """
         if not running:
             self.finish()
+        elif self._provisional is not None:  # the pilot is choosing the range: its provisional tracks meanwhile
+            provisional = self._provisional.summary(histogram=False, running=True)
+            return provisional | {"link_search_range_px": None, "provisional": True}
         table = self.tracks_table()
         p = self.params
         frames = len(self.features_per_frame)
@@ -357,7 +460,8 @@ class StreamingTracker:
             volume_ratio, min_track_length, localisation_nm, distribution = 1.0, p.min_track_length, None, None
         else:
             distribution = size_distribution(
-                table, frame_interval_s=p.frame_interval_s, exposure_s=p.exposure_ms * 1e-3,
+                table, frame_interval_s=p.frame_interval_s,
+                exposure_s=None if p.exposure_ms is None else p.exposure_ms * 1e-3,
                 temperature_c=p.temperature_c, viscosity_mpa_s=p.viscosity_mpa_s, minmass=p.minmass,
                 min_track_length=p.min_track_length, scattering_exponent=p.scattering_exponent,
                 volume_correction=p.volume_correction, calibration_relative_depth=p.calibration_relative_depth)
@@ -401,6 +505,10 @@ class StreamingTracker:
                 "peak_mass_100nm": distribution["peak_mass_100nm"],
                 "mean_relative_depth": distribution["mean_relative_depth"], "volume_ratio": volume_ratio},
             "frames_analysed": frames,
+            "rejected_tracks": {"stationary": int((table["rejected"] == "stationary").sum())},
+            "saturated_tracks": int((table["saturated_fraction"] > 0).sum()),
+            "blur": None if distribution is None else distribution.get("blur"),
+            "threshold": dict(p.threshold) if p.threshold else {"minmass": p.minmass, "rule": "fixed"},
             "drift_um_s": self._drift.velocity_um_s(p.frame_rate_hz),
             "warnings": warnings,
         }

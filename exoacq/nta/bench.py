@@ -122,30 +122,110 @@ def bench_realtime(*, width: int = 1280, height: int = 1024, fps: float = 30.0, 
 
 
 # -- analyze: exoacq analyze against a plain trackpy pipeline ------------------------------------
-def bench_analyze(video_path: Path, params, *, threads: int | None = None) -> dict[str, Any]:
-    """Wall time of exoacq's offline analysis and of a plain trackpy pipeline on the same video.
+def video_codec(path: Path) -> str:
+    """The FOURCC tag of a video's codec as OpenCV reports it ("FFV1", "AVC1", ...; "RAW" for
+    uncompressed frames without a tag), or "frames" for a TIFF stack, a folder of frames or a frame stack (.npy)."""
+    import cv2
 
-    trackpy: ``batch`` (numba engine, one process: trackpy issue #788), ``link``
-    (memory 0, same search range), ``filter_stubs`` (same minimum length),
-    ``imsd``. Both include decoding the video; compilation is warmed up first.
-    """
+    from exoacq.nta.video import FRAME_SUFFIXES, _tag
+
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() in (*FRAME_SUFFIXES, ".npy"):
+        return "frames"
+    capture = cv2.VideoCapture(str(path))
+    try:  # FFmpeg reports no tag (0) for raw video in AVI (rawvideo)
+        return _tag(capture.get(cv2.CAP_PROP_FOURCC)).strip("\x00 ").upper() or "RAW"
+    finally:
+        capture.release()
+
+
+def write_ffv1_copy(source: Path, target: Path) -> Path:
+    """The frames of ``source`` (as exoacq reads them: one channel, own bit depth) as a lossless FFV1
+    video in Matroska, written as the daemon keeps a capture's video (exoacq.nta.video_store)."""
+    from exoacq.nta.video import open_video
+    from exoacq.nta.video_store import open_ffv1_writer
+
+    video = open_video(source)
+    writer = None
+    try:
+        for frame in video.frames():
+            if writer is None:
+                writer = open_ffv1_writer(target, video.width, video.height, frame.dtype, video.fps or 25.0)
+            writer.write(frame)
+    finally:
+        if writer is not None:
+            writer.release()
+    return Path(target)
+
+
+def analysis_argv(args: Any) -> list[str]:
+    """The analysis options of a parsed command line (``add_analysis_options``) as arguments again."""
+    import argparse
+
+    from exoacq.nta.cli import add_analysis_options
+
+    probe = argparse.ArgumentParser(add_help=False)
+    add_analysis_options(probe)
+    argv: list[str] = []
+    for action in probe._actions:
+        value = getattr(args, action.dest, action.default)
+        if isinstance(action, argparse._StoreConstAction):  # store_true / store_false
+            if value == action.const:
+                argv.append(action.option_strings[0])
+        elif value is not None and value != action.default:
+            argv += [action.option_strings[0], str(value)]
+    return argv
+
+
+def baseline_minmass(summary: dict[str, Any], params) -> float:
+    """The threshold exoacq applied: the one it chose for the video (summary["threshold"]["minmass"])
+    when it chose one, else the configured one."""
+    threshold = summary.get("threshold")
+    if isinstance(threshold, dict) and threshold.get("minmass") is not None:
+        return float(threshold["minmass"])
+    return float(params.minmass)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON documents (NaN equals NaN; floats to the bit)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _time_command(video_path: Path, command_args: list[str]) -> tuple[float, dict[str, Any]]:
+    """Wall time of ``exoacq analyze nta VIDEO ... --json`` in a new interpreter (imports included)."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "exoacq", "analyze", "nta", str(video_path), *command_args, "--json"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or ["(no message)"]
+        raise ExoacqError(f"exoacq analyze nta {video_path} failed in the benchmark: {lines[-1]}")
+    return seconds, json.loads(proc.stdout)
+
+
+def _bench_case(video_path: Path, params, threads: int | None, command_args: list[str] | None) -> dict[str, Any]:
     import trackpy as tp
 
-    from exoacq.nta.analysis import warm_up
     from exoacq.nta.offline import analyze_video
     from exoacq.nta.video import open_video
 
-    warm_up()
-    tp.quiet()
-
     t0 = time.perf_counter()
-    video = open_video(video_path)
-    summary = analyze_video(video, params, threads=threads)
+    summary = analyze_video(open_video(video_path), params, threads=threads)
     exoacq_s = time.perf_counter() - t0
+    case: dict[str, Any] = {"video": str(video_path), "codec": video_codec(video_path), "exoacq_s": exoacq_s}
+    if command_args is not None:
+        command_s, document = _time_command(video_path, command_args)
+        if not _same(document["tracks"], summary["tracks"]):
+            raise ExoacqError(f"{video_path}: `exoacq analyze nta` gave other tracks than the in-process analysis")
+        case["exoacq_command_s"] = command_s
 
     t0 = time.perf_counter()
     frames = list(open_video(video_path).frames())
-    features = tp.batch(frames, params.feature_diameter_px, minmass=params.minmass, invert=params.invert,
+    minmass = baseline_minmass(summary, params)
+    features = tp.batch(frames, params.feature_diameter_px, minmass=minmass, invert=params.invert,
                         engine="numba", processes=1)
     # the baseline links with the range and keeps the track length exoacq chose from the data
     search_range, min_length = summary["link_search_range_px"], summary["tracks"]["min_length_frames"]
@@ -153,18 +233,74 @@ def bench_analyze(video_path: Path, params, *, threads: int | None = None) -> di
     kept = tp.filter_stubs(linked, min_length)
     msd = tp.imsd(kept, params.pixel_size_um, params.frame_rate_hz)
     trackpy_s = time.perf_counter() - t0
+    case.update({
+        "trackpy_s": trackpy_s, "speedup": trackpy_s / exoacq_s,
+        "features": {"exoacq": int(sum(summary["features_per_frame"])), "trackpy": int(len(features))},
+        "tracks_used": {"exoacq": summary["tracks"]["used"], "trackpy": int(msd.shape[1])},
+        "frames": summary["frames_analysed"], "minmass": minmass, "search_range_px": search_range,
+        "min_track_length": min_length,
+    })
+    if "exoacq_command_s" in case:
+        case["speedup_command"] = trackpy_s / case["exoacq_command_s"]
+    case["_summary"] = summary
+    return case
+
+
+def bench_analyze(video_path: Path, params, *, threads: int | None = None, ffv1: bool = True,
+                  command_args: list[str] | None = None) -> dict[str, Any]:
+    """Wall time of exoacq's offline analysis and of a plain trackpy pipeline on the same video, as
+    given ("input") and, with ``ffv1``, as a lossless FFV1 copy of it ("ffv1"; as the daemon keeps
+    videos), unless the video is FFV1 already.
+
+    trackpy: ``batch`` (numba engine, one process: trackpy issue #788; the threshold exoacq
+    applied), ``link`` (memory 0, the search range exoacq chose), ``filter_stubs`` (the minimum
+    length exoacq chose), ``imsd``. Both include decoding the video (trackpy: the frames read
+    first, in one thread, as a plain script would); both are warmed up first (numba
+    compilation, imports). With ``command_args`` (the analysis options as command-line
+    arguments), ``exoacq analyze nta`` is also timed as a command in a new interpreter
+    (imports, numba's cache and decoding included): ``speedup_command`` is then against the
+    warm trackpy baseline, which has none of those costs (a lower bound).
+    """
+    import trackpy as tp
+
+    from exoacq.nta.analysis import warm_up
+
+    warm_up()
+    tp.quiet()
+    video_path = Path(video_path)
+    cases: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="exoacq-bench-") as tmp:
+        cases["input"] = _bench_case(video_path, params, threads, command_args)
+        if ffv1 and cases["input"]["codec"] != "FFV1":
+            copy = write_ffv1_copy(video_path, Path(tmp) / f"{video_path.stem}-ffv1.mkv")
+            cases["ffv1"] = _bench_case(copy, params, threads, command_args)
+            cases["ffv1"]["video"] = f"FFV1 copy of {video_path.name}"
+    reference = cases["input"].pop("_summary")
+    for case in cases.values():
+        summary = case.pop("_summary", reference)
+        case["same_result_as_input"] = _same(summary, reference)
+    first = cases["input"]
     return {
         "benchmark": "analyze",
-        "video": str(video_path), "frames": summary["frames_analysed"],
-        "exoacq_s": exoacq_s, "trackpy_s": trackpy_s, "speedup": trackpy_s / exoacq_s,
-        "features": {"exoacq": round(summary["particles_per_frame"] * summary["frames_analysed"]),
-                     "trackpy": int(len(features))},
-        "tracks_used": {"exoacq": summary["tracks"]["used"], "trackpy": int(msd.shape[1])},
+        "video": str(video_path), "frames": first["frames"],
+        "speedup": {name: case["speedup"] for name, case in cases.items()},
+        "cases": cases,
         "settings": {"exoacq_threads": threads or os.cpu_count(), "trackpy_processes": 1,
-                     "feature_diameter_px": params.feature_diameter_px, "minmass": params.minmass,
-                     "search_range_px": search_range, "min_track_length": min_length},
+                     "feature_diameter_px": params.feature_diameter_px, "minmass": first["minmass"],
+                     "search_range_px": first["search_range_px"], "min_track_length": first["min_track_length"]},
         "machine": machine(),
     }
+
+
+def cmd_bench_analyze(args: Any) -> int:
+    """``exoacq bench analyze VIDEO [analysis options] [--no-ffv1]``: JSON on stdout."""
+    from exoacq.nta.cli import analysis_parameters
+    from exoacq.nta.video import open_video
+
+    params, _ = analysis_parameters(args, open_video(require_video(args.video)))
+    result = bench_analyze(args.video, params, ffv1=getattr(args, "ffv1", True), command_args=analysis_argv(args))
+    print(json.dumps(result))
+    return 0
 
 
 def require_video(path: Path) -> Path:

@@ -12,6 +12,7 @@ import math
 import tomllib
 from datetime import date
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,7 +49,13 @@ class NTAOptics(_Strict):
     exposure_ms: float = Field(ge=0)
     laser_power_mw: float = Field(gt=0)
     feature_diameter_px: int = Field(ge=3)
+    #: The detection threshold on the calibration video. Samples need not use the same: each one's detection
+    #: depth follows from its own brightness over its own threshold (exoacq.nta.distribution).
     minmass: float = Field(ge=0)
+    #: How it was chosen: "noise" (from the video's noise, exoacq.nta.threshold) or "fixed" (given)
+    threshold_rule: Literal["noise", "fixed"] = "fixed"
+    false_detections_per_frame: float | None = Field(None, gt=0)
+    noise_margin: float | None = Field(None, gt=0)
 
 
 class BeadStandard(_Strict):
@@ -94,7 +101,8 @@ def load_nta_calibration(path: Path) -> NTACalibration:
 
 
 def check_optics(calibration: NTACalibration, path: Path, **actual: float) -> None:
-    """Refuse a calibration measured with other optics (relative tolerance 0.1 %)."""
+    """Refuse a calibration measured with other optics (relative tolerance 0.1 %). The detection threshold
+    is not among them: a sample's detection depth at its own threshold is scaled from the beads' at theirs."""
     recorded = calibration.optics.model_dump()
     for key, value in actual.items():
         if abs(recorded[key] - value) > 1e-3 * max(abs(value), 1e-12):
@@ -136,8 +144,9 @@ frame_rate_hz = {optics.frame_rate_hz!r}
 exposure_ms = {optics.exposure_ms!r}
 laser_power_mw = {optics.laser_power_mw!r}
 feature_diameter_px = {optics.feature_diameter_px}
-minmass = {optics.minmass!r}
-
+minmass = {optics.minmass!r}   # on the calibration video; samples use their own (see threshold_rule)
+threshold_rule = "{optics.threshold_rule}"
+{"" if optics.false_detections_per_frame is None else f"false_detections_per_frame = {optics.false_detections_per_frame!r}{chr(10)}"}{"" if optics.noise_margin is None else f"noise_margin = {optics.noise_margin!r}{chr(10)}"}
 [standard]
 description = {_toml_str(standard.description)}
 diameter_nm = {standard.diameter_nm!r}

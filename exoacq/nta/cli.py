@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from exoacq.batch import BatchMethod, add_batch_options, run_batch_cli, single_input, split_dask_argument
-from exoacq.cli_common import add_acquire_options, positive_float as _positive_float, run_acquisition
+from exoacq.cli_common import add_acquire_options, positive_float as _positive_float, positive_int, run_acquisition
 from exoacq.errors import ExoacqError
 
 
@@ -80,18 +80,25 @@ def add_cli(verbs: dict[str, Any]) -> None:
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
     b.set_defaults(func=cmd_bench, benchmark="locate")
     b = bench.add_parser("realtime", help="the daemon with a simulated NTA camera: drops and latency")
-    b.add_argument("--width", type=int, default=1280)
-    b.add_argument("--height", type=int, default=1024)
+    b.add_argument("--width", type=positive_int, default=1280)
+    b.add_argument("--height", type=positive_int, default=1024)
     b.add_argument("--fps", type=_positive_float, default=30.0)
     b.add_argument("--duration", type=_positive_float, default=30.0)
-    b.add_argument("--workers", type=int, default=1)
+    b.add_argument("--workers", type=positive_int, default=1)
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
     b.set_defaults(func=cmd_bench, benchmark="realtime")
-    b = bench.add_parser("analyze", help="`exoacq analyze nta` against a plain trackpy pipeline")
+    b = bench.add_parser("analyze", help="`exoacq analyze nta` against a plain trackpy pipeline, on the video and "
+                                         "on a lossless FFV1 copy of it")
     b.add_argument("video", type=Path)
     add_analysis_options(b)
+    b.add_argument("--no-ffv1", dest="ffv1", action="store_false",
+                   help="only the video as given (no FFV1 copy, as the daemon keeps videos)")
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
-    b.set_defaults(func=cmd_bench, benchmark="analyze")
+
+    def bench_analyze(args: argparse.Namespace) -> int:  # exoacq.nta.bench, imported when it runs
+        from exoacq.nta.bench import cmd_bench_analyze
+        return cmd_bench_analyze(args)
+    b.set_defaults(func=bench_analyze, benchmark="analyze")
     b = bench.add_parser("batch", help="`analyze nta --dask`: the same simulated videos on 1 and 2 Dask workers")
     b.add_argument("--videos", type=int, default=None, help="videos to analyse (default 8)")
     b.add_argument("--frames", type=int, default=None, help="frames per video (default 300)")
@@ -102,7 +109,9 @@ def add_cli(verbs: dict[str, Any]) -> None:
     b = bench.add_parser("accuracy", help="NTA sizes and concentrations of simulated samples against their truth")
     b.add_argument("--cases", default="all",
                    help="comma-separated case names, or 'all' (default); `--cases list` prints them")
-    b.add_argument("--captures", type=int, default=5, help="captures per sample (default %(default)s)")
+    b.add_argument("--simulator", choices=["exoacq", "emccd", "both"], default="both",
+                   help="exoacq's own simulated camera, the independent EMCCD one, or both (default)")
+    b.add_argument("--captures", type=int, default=2, help="captures per sample (default %(default)s)")
     b.add_argument("--capture-s", type=_positive_float, default=60.0, help="seconds per capture (default %(default)s)")
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
     b.set_defaults(func=cmd_bench, benchmark="accuracy")
@@ -127,7 +136,7 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature-c", type=float, help="sample temperature (default 25 C, with a warning)")
     p.add_argument("--viscosity-mpa-s", type=_positive_float, help="medium viscosity (default: water, IAPWS 2008)")
     p.add_argument("--exposure-ms", type=float,
-                   help="exposure, for the motion-blur model (default: the whole frame interval, with a warning)")
+                   help="exposure, for the motion-blur model (default: the blur is measured from the tracks)")
     p.add_argument("--dilution", type=_positive_float, default=1.0)
     p.add_argument("--calibration", type=Path, help="detection-volume calibration (TOML) for concentrations")
     p.add_argument("--invert", action="store_true",
@@ -135,7 +144,12 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-volume-correction", dest="volume_correction", action="store_false",
                    help="report the detected size distribution without the light-sheet detection-depth correction")
     p.add_argument("--feature-diameter-px", type=int, default=11, help="odd (default %(default)s)")
-    p.add_argument("--minmass", type=float, default=300.0, help="detection threshold (default %(default)s)")
+    p.add_argument("--minmass", type=float, default=None,
+                   help="detection threshold, overriding the automatic one (default: from each video's own noise, "
+                        "see --false-detections-per-frame)")
+    p.add_argument("--false-detections-per-frame", type=_positive_float, default=None,
+                   help="automatic threshold: NOISE_MARGIN x the mass that this video's noise exceeds this often "
+                        "per frame (default 0.5)")
     p.add_argument("--min-track-length", type=int, default=None,
                    help="frames (default: chosen from the data's localisation error, 13 or more)")
     p.add_argument("--search-range-px", type=_positive_float,
@@ -163,14 +177,17 @@ def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]
         raise ExoacqError(f"--feature-diameter-px {args.feature_diameter_px}: must be odd and >= 3", code="usage")
     if args.min_track_length is not None and args.min_track_length < 3:
         raise ExoacqError(f"--min-track-length {args.min_track_length}: must be >= 3 frames", code="usage")
-    exposure_ms = args.exposure_ms
-    if exposure_ms is None:
-        exposure_ms = 1000.0 / fps
-        warnings.append(f"no --exposure-ms given: the whole frame interval ({exposure_ms:.3g} ms) assumed "
-                        "(motion-blur model)")
-    if exposure_ms < 0 or exposure_ms > 1000.0 / fps * (1 + 1e-9):
+    frames = getattr(video, "frame_count", None)
+    needed = args.min_track_length or 3
+    if frames is not None and frames < needed:
+        raise ExoacqError(f"{video.path}: no frames to analyse" if frames == 0 else
+                          f"{video.path}: {frames} frame(s): too few frames to track (a track needs {needed} or more)")
+    exposure_ms = args.exposure_ms if args.exposure_ms is not None else getattr(video, "exposure_ms", None)
+    if exposure_ms is not None and not 0 <= exposure_ms <= 1000.0 / fps * (1 + 1e-9):
         raise ExoacqError(f"--exposure-ms {exposure_ms:g}: must be from 0 to the frame interval "
                           f"{1000.0 / fps:.3g} ms", code="usage")
+    if args.minmass is not None and not args.minmass >= 0:
+        raise ExoacqError(f"--minmass {args.minmass:g}: must be >= 0", code="usage")
     temperature = args.temperature_c
     if temperature is None:
         temperature = 25.0
@@ -181,14 +198,17 @@ def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]
     volume = depth = None
     if calibration is not None:
         check_optics(calibration, args.calibration, pixel_size_um=pixel, frame_rate_hz=fps,
-                     feature_diameter_px=args.feature_diameter_px, minmass=args.minmass)
+                     feature_diameter_px=args.feature_diameter_px)
         volume = calibration.result.detection_volume_nl
         depth = calibration.result.relative_detection_depth
     params = TrackingParameters.for_sample(
-        frame_rate_hz=fps, exposure_ms=min(exposure_ms, 1000.0 / fps), pixel_size_um=pixel, temperature_c=temperature,
+        frame_rate_hz=fps, exposure_ms=None if exposure_ms is None else min(exposure_ms, 1000.0 / fps),
+        pixel_size_um=pixel, temperature_c=temperature,
         min_diameter_nm=args.min_diameter_nm, viscosity_mpa_s=args.viscosity_mpa_s,
         link_search_range_px=args.search_range_px, feature_diameter_px=args.feature_diameter_px,
         minmass=args.minmass, min_track_length=args.min_track_length, detection_volume_nl=volume,
+        **({} if args.false_detections_per_frame is None else
+           {"false_detections_per_frame": args.false_detections_per_frame}),
         dilution=args.dilution, invert=args.invert, detector=args.detector, calibration_relative_depth=depth,
         volume_correction=args.volume_correction and not args.invert,
         frame_width_px=video.width, frame_height_px=video.height)
@@ -343,6 +363,15 @@ def write_exports(args: argparse.Namespace, document: dict[str, Any], params: An
         raise ExoacqError(f"cannot write {exc.filename}: {exc.strerror}") from None
 
 
+def threshold_record(threshold: dict[str, Any]) -> dict[str, Any]:
+    """The [optics] threshold fields of a calibration: the rule and its value on the calibration video."""
+    record = {"minmass": threshold["minmass"], "threshold_rule": threshold["rule"]}
+    if threshold["rule"] == "noise":
+        record |= {"false_detections_per_frame": threshold["false_detections_per_frame"],
+                   "noise_margin": threshold["margin"]}
+    return record
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from exoacq.nta.calibration import BeadStandard, NTAOptics, block_standard_error, nta_calibration_text
     if args.calibration:
@@ -360,8 +389,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         volume_nl=volume_nl, uncertainty_nl=uncertainty_nl, frames=len(per_frame),
         relative_detection_depth=(summary.get("detection") or {}).get("mean_relative_depth"),
         optics=NTAOptics(pixel_size_um=params.pixel_size_um, frame_rate_hz=params.frame_rate_hz,
-                         exposure_ms=params.exposure_ms, laser_power_mw=args.laser_power_mw,
-                         feature_diameter_px=params.feature_diameter_px, minmass=params.minmass),
+                         exposure_ms=params.exposure_ms or 0.0, laser_power_mw=args.laser_power_mw,
+                         feature_diameter_px=params.feature_diameter_px, **threshold_record(summary["threshold"])),
         standard=BeadStandard(description=f"{args.bead_diameter_nm:g} nm beads, "
                                           f"{args.bead_concentration_per_ml:.4g} /mL stock, dilution {args.dilution:g}",
                               diameter_nm=args.bead_diameter_nm, refractive_index=args.bead_refractive_index,
@@ -395,6 +424,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from exoacq.nta.locate_bench import bench_locate
         result = bench_locate(frames=args.frames)
     elif args.benchmark == "realtime":
+        if not (8 <= args.width <= 16384 and 8 <= args.height <= 16384):
+            raise ExoacqError(f"--width {args.width} --height {args.height}: the simulated camera is 8..16384 "
+                              "pixels each way", code="usage")
         result = bench.bench_realtime(width=args.width, height=args.height, fps=args.fps,
                                       duration_s=args.duration, workers=args.workers)
     elif args.benchmark == "accuracy":
@@ -413,8 +445,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ExoacqError(f"--captures {args.captures}: must be >= 1", code="usage")
         status = StatusLine()
         try:
-            result = bench_accuracy([matrix[n] for n in names], capture_s=args.capture_s, captures=args.captures,
-                                    progress=lambda message: status.message(message))
+            simulators = ("exoacq", "emccd") if args.simulator == "both" else (args.simulator,)
+            result = bench_accuracy([matrix[n] for n in names], simulators=simulators, capture_s=args.capture_s,
+                                    captures=args.captures, progress=lambda message: status.message(message))
         finally:
             status.close()
     else:

@@ -38,7 +38,9 @@ import numba
 import numpy as np
 import pandas as pd
 
-COLUMNS = ["y", "x", "mass", "size", "ecc", "signal", "raw_mass", "ep"]
+#: trackpy.locate's columns, and ``raw_max``: the brightest raw pixel in the disc (inverted with ``invert``), to
+#: recognise saturated (clipped) features.
+COLUMNS = ["y", "x", "mass", "size", "ecc", "signal", "raw_mass", "ep", "raw_max"]
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "reassoc"})
 
 
@@ -237,16 +239,17 @@ def _far(res, sep):
 
 @_jit
 def _characterize(raw, bp, corner, mass, mask_y, mask_x, r2, cmask, smask):
-    """size (radius of gyration), ecc, signal and raw_mass in each final disc, as trackpy."""
-    out = np.empty((len(corner), 4))
+    """size (radius of gyration), ecc, signal and raw_mass in each final disc, as trackpy; and raw_max."""
+    out = np.empty((len(corner), 5))
     for f in range(len(corner)):
-        rg = e1 = e2 = sig = rm = 0.0
+        rg = e1 = e2 = sig = rm = rmax = 0.0
         for i in range(len(mask_y)):
             px = np.float64(bp[corner[f, 0] + mask_y[i], corner[f, 1] + mask_x[i]])
             rg, e1, e2, sig = rg + r2[i] * px, e1 + cmask[i] * px, e2 + smask[i] * px, max(sig, px)
-            rm += np.float64(raw[corner[f, 0] + mask_y[i], corner[f, 1] + mask_x[i]])
+            value = np.float64(raw[corner[f, 0] + mask_y[i], corner[f, 1] + mask_x[i]])
+            rm, rmax = rm + value, max(rmax, value)
         centre = bp[corner[f, 0] + mask_y[len(mask_y) // 2], corner[f, 1] + mask_x[len(mask_y) // 2]]
-        out[f] = math.sqrt(rg / mass[f]), math.sqrt(e1 ** 2 + e2 ** 2) / (mass[f] - centre + 1e-6), sig, rm
+        out[f] = math.sqrt(rg / mass[f]), math.sqrt(e1 ** 2 + e2 ** 2) / (mass[f] - centre + 1e-6), sig, rm, rmax
     return out
 
 
@@ -255,7 +258,7 @@ def locate_fast(frame: np.ndarray, diameter: int, minmass: float = 0.0, *, inver
                 threshold: float | None = None) -> pd.DataFrame:
     """Features of one 2-D frame (uint8/16, other integers, float), as ``trackpy.locate(frame,
     diameter, minmass, ...)`` finds them: columns y, x (pixel centres at integers), mass, size,
-    ecc, signal, raw_mass, ep (NaN), float64. ``invert``: dark particles on a light background."""
+    ecc, signal, raw_mass, ep (NaN), raw_max, float64. ``invert``: dark particles on a light background."""
     raw = np.ascontiguousarray(frame)
     is_int, box = np.issubdtype(raw.dtype, np.integer), int(diameter if smoothing_size is None else smoothing_size)
     if raw.ndim != 2 or int(diameter) % 2 == 0 or box % 2 == 0 or diameter < 1 or not 0 <= noise_size < box:
@@ -290,7 +293,7 @@ def locate_fast(frame: np.ndarray, diameter: int, minmass: float = 0.0, *, inver
     keep = keep[_far(res[keep], sep)]
     res, corner = res[keep], corner[keep]
     extra = _characterize(raw, bp, corner, res[:, 2], *mask["disc"])
-    return pd.DataFrame(np.column_stack([res, extra, np.full(len(res), np.nan)]), columns=COLUMNS)
+    return pd.DataFrame(np.column_stack([res, extra[:, :4], np.full(len(res), np.nan), extra[:, 4]]), columns=COLUMNS)
 
 
 _SCRATCH = threading.local()

@@ -39,6 +39,8 @@ AUTO_TRACK_BOUNDS = (5, 50)
 MIN_RELATIVE_DEPTH = 0.2
 GRID_LIMITS_NM = (5.0, 50_000.0)
 GRID_STEP_LN = 0.027
+#: Tracks of at least this many points measure the blur when the minimum track length is still to be chosen.
+BLUR_MIN_POINTS = 10
 
 
 def auto_min_track_length(reduced_localisation_error: float) -> int:
@@ -106,8 +108,8 @@ def number_histogram(diameter_nm: np.ndarray | None, probability: np.ndarray | N
     return result
 
 
-def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_s: float, temperature_c: float,
-                      viscosity_mpa_s: float, minmass: float, min_track_length: int | None,
+def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_s: float | None, temperature_c: float,
+                      viscosity_mpa_s: float, minmass: float | None, min_track_length: int | None,
                       scattering_exponent: float = 6.0, volume_correction: bool = True,
                       calibration_relative_depth: float | None = None) -> dict[str, Any]:
     """Sizes of the tracks in ``table`` (:meth:`StreamingTracker.tracks_table`).
@@ -128,7 +130,6 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
     (concentration = features per frame / V_cal x ratio); else 1.
     """
     warnings: list[str] = []
-    blur = sizing.blur_coefficient(exposure_s, frame_interval_s)
     stepped = table.loc[(table["n_pairs"] > 0) & (table["sum_sq_um2"] > 0)]
     # In an order of their own content, not of the linker's particle ids (which depend on the order in
     # which workers returned frames): the same tracks then give the same sums to the last bit.
@@ -140,23 +141,38 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
     if stepped.empty:
         warnings.append("no track of >= 3 points: no size distribution")
         return out
-    sigma2 = sizing.robust_localisation_variance_um2(*_step_sums(stepped), blur)
+    def blur_and_sigma2(tracks: pd.DataFrame) -> tuple[float, float]:
+        """R and sigma^2: the exposure's R and the tracks' robust sigma^2 (>= 0) when the exposure is known;
+        else both from the tracks' step covariance against their D (exoacq.nta.sizing.estimate_blur)."""
+        if exposure_s is not None:
+            blur = sizing.blur_coefficient(exposure_s, frame_interval_s)
+            out["blur"] = {"coefficient": blur, "standard_error": 0.0, "source": "exposure",
+                           "exposure_fraction": 6.0 * blur}
+            return blur, sizing.robust_localisation_variance_um2(*_step_sums(tracks), blur)
+        estimate = sizing.estimate_blur(*_step_sums(tracks))
+        out["blur"] = {"coefficient": estimate.blur, "standard_error": estimate.standard_error,
+                       "source": estimate.source, "tracks": estimate.tracks,
+                       "exposure_fraction": estimate.exposure_fraction}
+        return estimate.blur, estimate.localisation_variance_um2
+
+    judged = stepped.loc[stepped["length_frames"] >= (min_track_length or BLUR_MIN_POINTS)]
+    blur, sigma2 = blur_and_sigma2(judged if len(judged) >= sizing.MIN_TRACKS_FOR_STATISTICS else stepped)
     if min_track_length is None:
         d_mean = float(np.mean(sizing.cve_diffusion_um2_s(*_step_sums(stepped), frame_interval_s)))
-        eps = sigma2 / (d_mean * frame_interval_s) - 2.0 * blur if d_mean > 0 else math.nan
+        eps = max(sigma2, 0.0) / (d_mean * frame_interval_s) - 2.0 * blur if d_mean > 0 else math.nan
         min_track_length = auto_min_track_length(eps)
     used = stepped.loc[stepped["length_frames"] >= min_track_length]
-    if len(used) >= sizing.MIN_TRACKS_FOR_STATISTICS:  # sigma^2 of the tracks that are sized
-        sigma2 = sizing.robust_localisation_variance_um2(*_step_sums(used), blur)
+    if len(used) >= sizing.MIN_TRACKS_FOR_STATISTICS:  # R and sigma^2 of the tracks that are sized
+        blur, sigma2 = blur_and_sigma2(used)
     out |= {"min_track_length": int(min_track_length), "used": used, "tracks_used": int(len(used)),
-            "localisation_nm": math.sqrt(sigma2) * 1e3}
+            "localisation_nm": math.sqrt(max(sigma2, 0.0)) * 1e3}
     if len(used) < MIN_TRACKS_FOR_DISTRIBUTION:
         warnings.append(f"only {len(used)} tracks of >= {min_track_length} frames were sized; "
                         f"a size distribution needs >= {MIN_TRACKS_FOR_DISTRIBUTION}")
         if len(used) < sizing.MIN_TRACKS_FOR_STATISTICS:
             return out
     detected = sizing.deconvolve_size_distribution(
-        used["n_steps"], used["sum_sq_um2"], frame_interval_s=frame_interval_s, exposure_s=exposure_s,
+        used["n_steps"], used["sum_sq_um2"], frame_interval_s=frame_interval_s, exposure_s=exposure_s, blur=blur,
         temperature_c=temperature_c, viscosity_mpa_s=viscosity_mpa_s, localisation_variance_um2=sigma2,
         track_weights=used["length_frames"].to_numpy(float),
         diameter_grid_nm=diameter_grid_nm(used["diffusion_um2_s"].to_numpy(float), temperature_c, viscosity_mpa_s))
@@ -164,10 +180,14 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
         warnings.append(f"size deconvolution stopped {detected.kkt_gap:.2g} nats from its maximum")
     grid, p_detected = detected.diameter_nm, detected.probability
     p, p_mode = p_detected, detected.mode_probability
-    if volume_correction and not minmass > 0:
-        warnings.append("minmass = 0: no detection threshold, so no detection-depth correction")
+    if volume_correction and not (minmass or 0.0) > 0:
+        warnings.append(f"minmass = {minmass}: no detection threshold, so no detection-depth correction")
     elif volume_correction:
-        peak = detection_volume.reference_peak_mass(used["max_mass"], detected.track_ln_diameter,
+        # a clipped feature's mass is a lower bound: tracks with any saturated feature do not tell the brightness
+        brightness = used["max_mass"].to_numpy(float)
+        if "saturated_fraction" in used.columns:
+            brightness = np.where(used["saturated_fraction"].to_numpy(float) > 0, 0.0, brightness)
+        peak = detection_volume.reference_peak_mass(brightness, detected.track_ln_diameter,
                                                     scattering_exponent=scattering_exponent)
         depth = detection_volume.gaussian_sheet_detection_depth_um(
             grid, sheet_half_width_um=1.0, reference_diameter_nm=100.0,

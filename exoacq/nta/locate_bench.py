@@ -37,6 +37,7 @@ import trackpy as tp
 from scipy.spatial import cKDTree
 
 from exoacq.drivers.simulated_nta import SampleComponent, make_simulated_nta
+from exoacq.errors import ExoacqError
 from exoacq.nta.detect import locate_fast
 
 DIAMETER, MINMASS = 11, 300.0  # the project's defaults for this camera (pixel 0.166 um)
@@ -101,6 +102,8 @@ def bench_locate(cases=((640, 480, 30), (640, 480, 150), (1280, 1024, 30), (1280
 
     ``cases``: (width, height, detectable particles); ``frames`` per case, the same frames
     for every detector (so the RMS errors compare); same diameter and minmass for all."""
+    if frames < 1:
+        raise ExoacqError(f"--frames {frames}: a benchmark needs 1 or more frames per case", code="usage")
     try:
         import cv2
         cv2.setNumThreads(1)

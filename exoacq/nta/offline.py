@@ -2,41 +2,117 @@
 
 The frames go through the same detector (:func:`locate_features`) and the
 same :class:`StreamingTracker` as in the daemon, so a video and a live run of
-the same frames give the same numbers. Detection runs on all cores (the
-compiled detector releases the GIL); linking follows in frame order.
+the same frames give the same numbers. Three kinds of work overlap (a
+pipeline; the stages release the GIL in their compiled parts):
+
+* decoding, in a thread of its own, a bounded number of frames ahead
+  (:func:`exoacq.nta.video.read_ahead`);
+* detection, on all cores (the compiled detector releases the GIL), a bounded
+  number of frames in flight;
+* linking, in frame order, in the calling thread.
+
+trackpy (the linker) is imported in a background thread once the first frame
+is detected, so that its import (about 1 s) overlaps decoding and detection
+of the first frames (the linker first links after the search-range pilot's
+frames) rather than preceding them.
 """
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from exoacq.client import StatusLine
 from exoacq.errors import ExoacqError
 from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features
-from exoacq.nta.video import Video
+from exoacq.nta.video import Video, read_ahead, read_ahead_frames
 
+#: Progress is reported every this many frames.
 CHUNK_FRAMES = 32
+#: Frames in detection at once, per detection thread (enough that no thread waits for the linker).
+IN_FLIGHT_PER_THREAD = 4
+#: Imported in the background while the first frames are decoded and detected: the linker (trackpy, with
+#: the scipy parts it loads) and what the final summary needs.
+BACKGROUND_MODULES = ("trackpy.linking", "scipy.stats", "scipy.optimize")
+#: Frames whose noise sets the detection threshold when it is not given (exoacq.nta.threshold).
+THRESHOLD_FRAMES = 8
+
+
+def import_in_background(modules: tuple[str, ...] = BACKGROUND_MODULES) -> threading.Thread:
+    """Start importing ``modules`` in a thread; a use before it has finished waits for it (Python's
+    per-module import lock). A failed import is left for that use to report (it raises the same error)."""
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - reported by the import that needs it
+                return
+
+    thread = threading.Thread(target=run, name="background-import", daemon=True)
+    thread.start()
+    return thread
 
 
 def analyze_video(video: Video, params: TrackingParameters, *, threads: int | None = None,
-                  progress: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
-    """Track every frame of ``video``; return the result summary (as ``nta.result``'s core fields)."""
-    tracker = StreamingTracker(params)
-    options = params.locate_options()
+                  progress: Callable[[int, int | None], None] | None = None,
+                  overlap_decoding: bool = True) -> dict[str, Any]:
+    """Track every frame of ``video``; return the result summary (as ``nta.result``'s core fields).
+
+    A threshold not given (``params.minmass`` None) is chosen from the first THRESHOLD_FRAMES
+    frames' noise (exoacq.nta.analysis.with_threshold). ``overlap_decoding=False`` decodes in the
+    calling thread, alternating with the rest (the same results, to the bit).
+    """
+    workers = threads or os.cpu_count() or 1
     frames = video.frames()
+    if overlap_decoding:
+        frames = read_ahead(frames, read_ahead_frames(video.width, video.height))
+    importing: threading.Thread | None = None
+    in_flight: deque[Future] = deque()
     done = 0
-    with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
-        while chunk := list(itertools.islice(frames, CHUNK_FRAMES)):
-            for features in pool.map(lambda frame: locate_features(frame, **options), chunk):
-                tracker.add_frame(done, features)
-                done += 1
-            if progress:
+    try:
+        first = list(itertools.islice(frames, THRESHOLD_FRAMES if params.minmass is None else 1))
+        if not first:
+            raise ExoacqError(f"{video.path}: no frames to analyse")
+        if params.minmass is None:
+            from exoacq.nta.analysis import with_threshold
+            params = with_threshold(params, first)
+        tracker = StreamingTracker(params)
+        options = params.locate_options()
+        # the first frame in this thread, before the others start: numba loads its cache (and imports) here, once
+        detected: Future = Future()
+        detected.set_result(locate_features(first[0], **options))
+        in_flight.append(detected)
+        importing = import_in_background()
+
+        def link_oldest() -> None:
+            nonlocal done
+            tracker.add_frame(done, in_flight.popleft().result())
+            done += 1
+            if progress and done % CHUNK_FRAMES == 0:
                 progress(done, video.frame_count)
-    if done == 0:
-        raise ExoacqError(f"{video.path}: no frames to analyse")
+
+        with ThreadPoolExecutor(workers) as pool:
+            try:
+                for frame in itertools.chain(first[1:], frames):
+                    in_flight.append(pool.submit(locate_features, frame, **options))
+                    if len(in_flight) >= IN_FLIGHT_PER_THREAD * workers:
+                        link_oldest()
+                while in_flight:
+                    link_oldest()
+            finally:
+                for future in in_flight:
+                    future.cancel()
+    finally:
+        frames.close()
+        if importing is not None:
+            importing.join()
+    if progress and done % CHUNK_FRAMES:
+        progress(done, video.frame_count)
     if sum(tracker.features_per_frame) == 0:
         raise ExoacqError(f"{video.path}: no particles found in {done} frames (minmass = {params.minmass:g}; "
                           f"try a lower --minmass{'' if params.invert else ', or --invert for dark particles'})")

@@ -122,7 +122,7 @@ class NTAMethod(Method):
             check_optics(load_nta_calibration(nta.calibration), nta.calibration,
                          pixel_size_um=camera.pixel_size_um, frame_rate_hz=camera.frame_rate_hz,
                          exposure_ms=camera.exposure_ms, laser_power_mw=nta.laser_power_mw,
-                         feature_diameter_px=nta.feature_diameter_px, minmass=nta.minmass)
+                         feature_diameter_px=nta.feature_diameter_px)
 
     def add_cli(self, verbs: dict[str, Any]) -> None:
         from exoacq.nta.cli import add_cli

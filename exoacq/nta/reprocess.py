@@ -104,6 +104,8 @@ def tracking_parameters(original: dict[str, Any], overrides: dict[str, Any]) -> 
     simple = {k: overrides[k] for k in ("minmass", "min_track_length", "feature_diameter_px", "detector")
               if k in overrides}
     params = dataclasses.replace(params, **simple)
+    if "minmass" in overrides:  # a threshold given, no longer the one chosen from the run's noise
+        params = dataclasses.replace(params, threshold=None)
     if overrides.get("search_range_px") is not None:
         params = dataclasses.replace(params, search_range_px=overrides["search_range_px"], auto_search_range=False)
     elif "min_diameter_nm" in overrides or "search_range_px" in overrides:
@@ -126,8 +128,7 @@ def _detection_volume(params: TrackingParameters, overrides: dict[str, Any], ori
             path = resolve(overrides["calibration"], None)
             calibration = load_nta_calibration(path)
             check_optics(calibration, path, pixel_size_um=params.pixel_size_um, frame_rate_hz=params.frame_rate_hz,
-                         exposure_ms=params.exposure_ms, feature_diameter_px=params.feature_diameter_px,
-                         minmass=params.minmass)
+                         exposure_ms=params.exposure_ms, feature_diameter_px=params.feature_diameter_px)
         except ConfigError as exc:
             raise ExoacqError(f"override calibration: {exc}", code="bad_override") from None
         volume = calibration.result.detection_volume_nl
@@ -206,11 +207,6 @@ def reprocess_run(record: dict[str, Any], overrides: dict[str, Any], output_dir:
         complete=result["complete"], run_settings=run_settings, captures=captures, acquisition=acquisition,
         tracking=params.to_dict(), instruments=settings["instruments"],
         detection_volume_source=calibration["source"])
-    original_minmass = settings["tracking"]["minmass"]
-    if params.minmass != original_minmass and "calibration" not in overrides and params.detection_volume_nl:
-        warnings.append(f"minmass {params.minmass:g} differs from the run's {original_minmass:g}: the detection "
-                        "volume was calibrated at the original threshold; concentrations may be biased "
-                        "(give a calibration measured at this one)")
     document["warnings"] += warnings
     document["reprocessed"] = {"from_run": result["run_id"], "from_version": record.get("version", record.get("current_version")),
                                "overrides": overrides, "calibration": calibration}

@@ -18,6 +18,16 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(known) / len(known) if known else None
 
 
+def _combined_blur(blurs: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The captures' blur coefficients averaged (each capture's own is in its entry of ``captures``)."""
+    known = [b for b in blurs if b]
+    if not known:
+        return None
+    sources = sorted({b["source"] for b in known})
+    return {"coefficient": _mean([b["coefficient"] for b in known]), "source": ", ".join(sources),
+            "exposure_fraction": _mean([b["exposure_fraction"] for b in known])}
+
+
 def combine_captures(captures: list[dict[str, Any]]) -> dict[str, Any]:
     """The result fields of a run from its captures' tracker results (in capture order).
 
@@ -59,6 +69,12 @@ def combine_captures(captures: list[dict[str, Any]]) -> dict[str, Any]:
         "diffusion_um2_s": {k: _mean([c["diffusion_um2_s"][k] for c in per_capture]) for k in ("mean", "median")},
         "drift_um_s": [sum(d[i] for d in drifts) / len(drifts) for i in (0, 1)] if drifts else None,
         "frames_analysed": sum(c["frames_analysed"] for c in per_capture),
+        # chosen once for the run (from the noise of its first frames), or given
+        "threshold": per_capture[0].get("threshold"),
+        "blur": _combined_blur([c.get("blur") for c in per_capture]),
+        "rejected_tracks": {"stationary": sum((c.get("rejected_tracks") or {}).get("stationary", 0)
+                                              for c in per_capture)},
+        "saturated_tracks": sum(c.get("saturated_tracks", 0) for c in per_capture),
         "histogram": histogram,
         "temperature_c": stats["temperature_c"]["average"],
         "viscosity_mpa_s": stats["viscosity_mpa_s"]["average"],

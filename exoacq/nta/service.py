@@ -98,7 +98,8 @@ class NTAService(MethodService):
 
     def preview(self, stop: threading.Event) -> None:
         """Laser on, frames to the live socket, each frame's features located and reported; nothing kept."""
-        from exoacq.nta.analysis import locate_features
+        from exoacq.nta.analysis import locate_features, with_threshold
+        from exoacq.nta.threshold import SAMPLE_FRAMES as THRESHOLD_FRAMES
 
         engine, camera = self.engine, self.engine.camera
         temperature_c = engine.thermometer.temperature_c()
@@ -109,10 +110,16 @@ class NTAService(MethodService):
         frame_number = 0
         last_report = 0.0
         counts: list[int] = []
+        first: list[np.ndarray] = []  # an automatic threshold: from the noise of the first frames
         try:
             while not stop.is_set():
                 frame = np.empty((camera.height, camera.width), dtype=camera.dtype)
                 timestamp = camera.fill(frame)
+                if params.minmass is None:
+                    first.append(frame)
+                    if len(first) >= THRESHOLD_FRAMES:
+                        params = with_threshold(params, first)
+                    continue
                 features = locate_features(frame, **params.locate_options())
                 counts.append(len(features["x"]))
                 header = {"run_id": None, "instrument": self.instrument.name, "preview": True,

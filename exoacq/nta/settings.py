@@ -88,8 +88,11 @@ class NTASettings(MethodSettings):
     detector: Literal["fast", "trackpy"] = "fast"
     #: trackpy feature diameter, odd, in pixels.
     feature_diameter_px: int = Field(11, ge=3, le=51)
-    #: Minimum integrated brightness of a feature (trackpy ``minmass``).
-    minmass: float = Field(300.0, ge=0.0)
+    #: Minimum integrated brightness of a feature (trackpy ``minmass``); None (the default): chosen for each run
+    #: from the noise of its first frames (exoacq.nta.threshold) and kept for the run.
+    minmass: float | None = Field(None, ge=0.0)
+    #: The automatic threshold's noise floor: the mass noise exceeds this many times per frame.
+    false_detections_per_frame: float = Field(0.5, gt=0.0, le=100.0)
     #: Points for a track to be sized; None (the default): chosen from the data (localisation error).
     min_track_length: int | None = Field(None, ge=3, le=10000)
     #: Smallest particle expected; sets the link search range from its diffusion.

@@ -17,6 +17,8 @@ from exoacq.errors import ExoacqError
 SUGGESTED_MINMASS_8BIT = 250.0
 GAIN_8BIT_ADU_PER_E = 0.5
 OFFSET_8BIT_ADU = 16.0
+#: The densest sample simulated (the bound of a configuration's [simulation] concentration_per_ml).
+MAX_CONCENTRATION_PER_ML = 1e11
 
 
 def write_simulated_video(path: Path, *, frames: int = 450, width: int = 640, height: int = 480,
@@ -28,11 +30,21 @@ def write_simulated_video(path: Path, *, frames: int = 450, width: int = 640, he
     path = Path(path)
     if path.suffix.lower() != ".avi":
         raise ExoacqError(f"{path}: simulated videos are written as uncompressed 8-bit .avi")
-    camera, _, sample = make_simulated_nta(
-        [SampleComponent(diameter_nm)], concentration_per_ml, temperature_c=temperature_c,
-        illumination_mw=lambda: 40.0, seed=seed, realtime=False, width=width, height=height,
-        frame_rate_hz=frame_rate_hz, exposure_ms=exposure_ms, bit_depth=8,
-        gain_adu_per_e=GAIN_8BIT_ADU_PER_E, offset_adu=OFFSET_8BIT_ADU)
+    if frames < 1:
+        raise ExoacqError(f"--frames {frames}: a video has 1 or more frames", code="usage")
+    if seed < 0:
+        raise ExoacqError(f"--seed {seed}: a seed is 0 or more", code="usage")
+    if not concentration_per_ml <= MAX_CONCENTRATION_PER_ML:
+        raise ExoacqError(f"--concentration-per-ml {concentration_per_ml:g}: at most {MAX_CONCENTRATION_PER_ML:g} "
+                          "particles/mL (as a configuration's [simulation])", code="usage")
+    try:
+        camera, _, sample = make_simulated_nta(
+            [SampleComponent(diameter_nm)], concentration_per_ml, temperature_c=temperature_c,
+            illumination_mw=lambda: 40.0, seed=seed, realtime=False, width=width, height=height,
+            frame_rate_hz=frame_rate_hz, exposure_ms=exposure_ms, bit_depth=8,
+            gain_adu_per_e=GAIN_8BIT_ADU_PER_E, offset_adu=OFFSET_8BIT_ADU)
+    except ValueError as exc:  # the simulator's own range checks: "width = 0 is out of range; allowed: ..."
+        raise ExoacqError(f"cannot simulate this video: {exc}", code="usage") from None
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"Y800"), frame_rate_hz, (width, height),
                              isColor=False)
     if not writer.isOpened():

@@ -49,6 +49,113 @@ def blur_coefficient(exposure_s: float, frame_interval_s: float) -> float:
     return min(exposure_s, frame_interval_s) / (6.0 * frame_interval_s)
 
 
+@dataclass(frozen=True)
+class BlurEstimate:
+    """The step covariance as a function of D, measured from the tracks (:func:`estimate_blur`).
+
+    b(D) = R 2 D dt - sigma^2 per coordinate: ``blur`` is the slope R, ``localisation_variance_um2`` the
+    intercept's -sigma^2 (an effective value: it can be negative when the detector shortens fast particles'
+    blur more than slow ones').
+    """
+
+    blur: float
+    localisation_variance_um2: float
+    standard_error: float | None
+    #: "tracks" (the regression resolved the slope), "spread too small" (the tracks' D do not differ enough to
+    #: separate it: R then matters little, see :func:`estimate_blur`), "slope too uncertain", "too few tracks"
+    source: str
+    tracks: int
+
+    @property
+    def exposure_fraction(self) -> float:
+        """The equivalent exposure as a fraction of the frame interval (uniform illumination: 6 R)."""
+        return 6.0 * self.blur
+
+
+#: Below this ratio of the tracks' true D spread to its standard error the regression is not used.
+BLUR_MIN_SPREAD_SIGMAS = 3.0
+#: A regression slope with a larger standard error is not used (the whole range 0..1/6 spans 8 of them).
+BLUR_MAX_STANDARD_ERROR = 0.02
+#: The blur assumed when the tracks cannot resolve it: half the frame exposed (R = 1/12), the middle of 0..1/6.
+BLUR_UNRESOLVED = 1.0 / 12.0
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """sum(a b) by numpy's pairwise summation: the same bits on any machine and thread count (a BLAS dot
+    product sums in an order that depends on its threads, so a Dask worker and a shell would differ)."""
+    return float(np.sum(a * b))
+
+
+def estimate_blur(n_steps, sum_sq_um2, sum_cross_um2, n_pairs) -> BlurEstimate:
+    """The motion blur (and the localisation variance) from the tracks themselves, when the exposure is not
+    known, or not to be trusted.
+
+    Per track and coordinate (module docstring) the step variance a and lag-1
+    covariance b satisfy b = R x - sigma^2 with x = a + 2b = 2 D dt: the
+    covariance is linear in D with slope R. A regression of the tracks' b on
+    their x over tracks of different D separates the two (the "blur
+    regression" of VBF sec. V). What the size analysis needs is exactly this
+    line, b(D), whatever its causes: a(D) = 2 D dt - 2 b(D) is the mean
+    squared step that :func:`sum_sq_log_likelihood` maps to D. Its causes are
+    more than the shutter: a detector's centroid window shortens the blur
+    streaks of fast particles more than those of slow ones, and dim (small,
+    fast) particles are localised worse; both flatten the line, and a
+    regression finds the flattened line (a known exposure gives the textbook
+    one). b and x are estimated from the same steps, so the regression is
+    corrected for their sampling noise (errors in variables, method of
+    moments): for MA(1) steps, per coordinate, var(a-hat) = 2(a^2 + 2b^2)/N,
+    var(b-hat) = (a^2 + 3b^2)/M, cov(a-hat, b-hat) = 4ab/N (Bartlett's
+    formula), halved for the mean of two coordinates, with unbiased plug-ins
+    of a^2, b^2 and ab, subtracted from the weighted cross-products. Tracks
+    are weighted by their number of step pairs (weights from a track's own
+    noisy variance would bias the fit).
+
+    Needs a spread of true D among the tracks (polydisperse samples). In a
+    monodisperse sample the slope is not identified, but neither is it
+    needed: any line through the sample's (x, b) makes a and b right at its D,
+    so the sizes hardly depend on the slope; R = 1/12 (the middle of 0..1/6)
+    is then used. The line's sigma^2 is that of the typical track (the weighted
+    median of VBF eq. 15 at the slope), so that a few tracks linked at random
+    do not lend their large steps to all the others.
+    """
+    n, s, c, m = _sums(n_steps, sum_sq_um2, sum_cross_um2, n_pairs)
+    ok = (m > 0) & (n > 0)
+    n, s, c, m = n[ok], s[ok], c[ok], m[ok]
+    if n.size == 0:
+        raise ValueError("the blur needs at least one track with two consecutive steps (3 points)")
+    a, b = s / (2.0 * n), c / (2.0 * m)
+    x = a + 2.0 * b
+    w = m / m.sum()
+    xm, bm = _dot(w, x), _dot(w, b)
+
+    def through_mean(slope: float, source: str, se: float | None = None) -> BlurEstimate:
+        # sigma^2 = R a + (2R - 1) b of the typical track (weighted median, VBF eq. 15): the line through the
+        # sample's (x, b), robust to the few tracks linked at random, and not clamped at 0
+        sigma2 = robust_localisation_variance_um2(n, s, c, m, slope, clamp=False)
+        return BlurEstimate(slope, sigma2, se, source, int(n.size))
+
+    # unresolved: the middle of 0..1/6, or more when the covariance itself says so (sigma^2 >= 0: R >= b / x)
+    unresolved = min(max(BLUR_UNRESOLVED, bm / xm if xm > 0 else 0.0), 1.0 / 6.0)
+    if n.size < MIN_TRACKS_FOR_STATISTICS:
+        return through_mean(unresolved, "too few tracks")
+    a2 = (a**2 - 2.0 * b**2 / n) / (1.0 + 1.0 / n)
+    b2 = (b**2 - a2 / (2.0 * m)) / (1.0 + 3.0 / (2.0 * m))
+    ab = a * b / (1.0 + 2.0 / n)
+    var_a, var_b, cov_ab = (a2 + 2 * b2) / n, (a2 + 3 * b2) / (2.0 * m), 2.0 * ab / n
+    var_x, cov_xb = var_a + 4.0 * cov_ab + 4.0 * var_b, cov_ab + 2.0 * var_b
+    sxx = _dot(w, (x - xm) ** 2) - _dot(w, var_x)
+    sxb = _dot(w, (x - xm) * (b - bm)) - _dot(w, cov_xb)
+    noise = math.sqrt(_dot(w**2, 2 * var_x**2 + 4 * var_x * (x - xm) ** 2))
+    if not sxx > BLUR_MIN_SPREAD_SIGMAS * noise:
+        return through_mean(unresolved, "spread too small")
+    slope = sxb / sxx
+    residual = b - bm - slope * (x - xm)
+    se = math.sqrt(_dot(w**2, residual**2 * (x - xm) ** 2)) / sxx
+    if not se <= BLUR_MAX_STANDARD_ERROR:  # a slope known no better than this is no better than the middle
+        return through_mean(unresolved, "slope too uncertain", se)
+    return through_mean(float(np.clip(slope, 0.0, 0.25)), "tracks", se)
+
+
 def track_step_sums(x_um, y_um) -> tuple[int, float, float, int]:
     """(n_steps, sum_sq_um2, sum_cross_um2, n_pairs) of one gap-free track's positions."""
     x, y = np.asarray(x_um, float), np.asarray(y_um, float)
@@ -114,7 +221,8 @@ def pooled_localisation_variance_um2(n_steps, sum_sq_um2, sum_cross_um2, n_pairs
     return float(np.sum(np.where(m > 0, v, 0.0) * m) / m.sum())
 
 
-def robust_localisation_variance_um2(n_steps, sum_sq_um2, sum_cross_um2, n_pairs, blur: float) -> float:
+def robust_localisation_variance_um2(n_steps, sum_sq_um2, sum_cross_um2, n_pairs, blur: float,
+                                     clamp: bool = True) -> float:
     """sigma^2 of the typical track: the median of the per-track VBF eq. 15 estimates, weighted by
     n_pairs, and at least 0.
 
@@ -124,7 +232,7 @@ def robust_localisation_variance_um2(n_steps, sum_sq_um2, sum_cross_um2, n_pairs
     particles at the sheet's edge) does not lend it to all the others; in the
     likelihood of :func:`deconvolve_size_distribution`, too large a sigma^2
     makes every particle look larger. A negative median (sigma^2 below what the
-    tracks can resolve) gives 0.
+    tracks can resolve) gives 0, unless ``clamp`` is False (an effective sigma^2, :func:`estimate_blur`).
     """
     v = cve_localisation_variance_um2(n_steps, sum_sq_um2, sum_cross_um2, n_pairs, blur)
     m = np.atleast_1d(np.asarray(n_pairs, float))
@@ -133,7 +241,8 @@ def robust_localisation_variance_um2(n_steps, sum_sq_um2, sum_cross_um2, n_pairs
         raise ValueError("sigma^2 needs at least one track with two consecutive steps (3 points)")
     order = np.argsort(v[ok])
     cumulative = np.cumsum(m[ok][order])
-    return max(float(v[ok][order][np.searchsorted(cumulative, cumulative[-1] / 2.0)]), 0.0)
+    median = float(v[ok][order][np.searchsorted(cumulative, cumulative[-1] / 2.0)])
+    return max(median, 0.0) if clamp else median
 
 
 def cve_variance_um4_s2(diffusion_um2_s, localisation_variance_um2, n_steps, frame_interval_s: float,
@@ -185,8 +294,11 @@ def sum_sq_log_likelihood(n_steps, sum_sq_um2, diffusion_um2_s, frame_interval_s
     s = np.asarray(sum_sq_um2, float)[:, None]
     a, b = step_moments_um2(np.asarray(diffusion_um2_s, float)[None, :], frame_interval_s, blur,
                             localisation_variance_um2)
-    if np.any(a <= 0):
-        raise ValueError("step variance 2 D dt (1-2R) + 2 sigma^2 <= 0: localisation variance too negative")
+    if not np.all(np.isfinite(a)):
+        raise ValueError("step variance 2 D dt (1-2R) + 2 sigma^2 is not finite")
+    # an effective sigma^2 < 0 (estimate_blur) leaves no step variance to the slowest D of a grid: no track
+    # comes from there
+    a = np.maximum(a, 1e-6 * np.max(a))
     var_over_4 = n * a**2 + 2.0 * (n - 1.0) * b**2
     shape = n**2 * a**2 / var_over_4
     scale = 2.0 * var_over_4 / (n * a)
@@ -355,18 +467,18 @@ def _smoothest(f, w, grid, log_likelihood_ml, nats, *fit_options):
 
 
 def deconvolve_size_distribution(
-    n_steps, sum_sq_um2, *, frame_interval_s: float, exposure_s: float, temperature_c: float,
+    n_steps, sum_sq_um2, *, frame_interval_s: float, exposure_s: float | None, temperature_c: float,
     localisation_variance_um2: float, viscosity_mpa_s: float | None = None, diameter_grid_nm=None,
     method: str = "newton", smoothing_ln_sd: float | str = 0.0, smoothing_nats: float = 1.92,
     tolerance_nats: float = 0.01, max_iterations: int = 500, min_tracks: int = MIN_TRACKS_FOR_STATISTICS,
-    track_weights=None,
+    track_weights=None, blur: float | None = None,
 ) -> SizeDistribution:
     """Maximum-likelihood number size distribution from short tracks (Walker 2012; Kim 2019, Sci. Rep. 9:2639).
 
     The unknown is p on a diameter grid (Stokes-Einstein; IAPWS viscosity at
     ``temperature_c`` unless given). Track i contributes log sum_j p_j
     f(S_i | D_j, n_i), f from :func:`sum_sq_log_likelihood` with the blur of
-    ``exposure_s`` and ``localisation_variance_um2`` (per coordinate; known, or
+    ``exposure_s`` (or ``blur``, R itself, e.g. from :func:`estimate_blur`) and ``localisation_variance_um2`` (per coordinate; known, or
     :func:`robust_localisation_variance_um2` or :func:`pooled_localisation_variance_um2`, used as it is if slightly
     negative). Tracks of one step count; tracks of none are dropped.
 
@@ -416,8 +528,9 @@ def deconvolve_size_distribution(
     grid = default_diameter_grid_nm() if diameter_grid_nm is None else np.asarray(diameter_grid_nm, float)
     eta = water_viscosity_iapws_mpa_s(temperature_c) if viscosity_mpa_s is None else viscosity_mpa_s
     d_grid = stokes_einstein_diffusion_um2_s(grid, temperature_c, eta)
-    log_f = sum_sq_log_likelihood(n, s, d_grid, frame_interval_s, blur_coefficient(exposure_s, frame_interval_s),
-                                  localisation_variance_um2)
+    if blur is None:
+        blur = blur_coefficient(exposure_s, frame_interval_s)
+    log_f = sum_sq_log_likelihood(n, s, d_grid, frame_interval_s, blur, localisation_variance_um2)
     row_max = log_f.max(axis=1)
     f = np.exp(log_f - row_max[:, None])
     options = (method, tolerance_nats, max_iterations)

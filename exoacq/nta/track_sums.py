@@ -21,7 +21,10 @@ class TrackSums:
               # consecutive step pairs (CVE): sum of dx_n dx_n+1 + dy_n dy_n+1, their number, end steps
               "n_pairs": np.int64, "sum_cross_um2": float, "first_dx_um": float, "first_dy_um": float,
               "last_dx_um": float, "last_dy_um": float,
-              "sum_mass": float, "max_mass": float}
+              "sum_mass": float, "max_mass": float,
+              # where the track sits (radius of gyration: is it moving at all?), clipped features, mass jumps
+              "sum_x_px": float, "sum_y_px": float, "sum_r2_px2": float, "n_saturated": np.int64,
+              "max_mass_unsaturated": float, "last_mass": float, "sum_mass_jump_sq": float}
 
     def __init__(self, capacity: int = 1024):
         self.size = 0
@@ -39,8 +42,9 @@ class TrackSums:
         self.size = max(self.size, size)
 
     def update(self, frame_number: int, ids: np.ndarray, xs: np.ndarray, ys: np.ndarray, mass: np.ndarray,
-               pixel_size_um: float) -> tuple[np.ndarray, np.ndarray]:
+               pixel_size_um: float, saturated: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Add one frame's positions; a step counts only between consecutive frames.
+        ``saturated``: which features hold a clipped pixel (their mass is a lower bound).
         Returns this frame's steps (x, y in um) of the continuing tracks."""
         self.ensure(int(ids.max()) + 1)
         new = self.n_points[ids] == 0
@@ -59,8 +63,17 @@ class TrackSums:
         self.last_dx_um[moved], self.last_dy_um[moved] = dx, dy
         self.n_steps[moved] += 1
         self.first_frame[ids[new]] = frame_number
+        jump = mass[step] - self.last_mass[moved]
+        self.sum_mass_jump_sq[moved] += jump * jump
+        self.last_mass[ids] = mass
         self.sum_mass[ids] += mass
         self.max_mass[ids] = np.maximum(self.max_mass[ids], mass)
+        clipped = np.zeros(len(ids), bool) if saturated is None else np.asarray(saturated, bool)
+        self.n_saturated[ids[clipped]] += 1
+        self.max_mass_unsaturated[ids[~clipped]] = np.maximum(self.max_mass_unsaturated[ids[~clipped]], mass[~clipped])
+        self.sum_x_px[ids] += xs
+        self.sum_y_px[ids] += ys
+        self.sum_r2_px2[ids] += xs * xs + ys * ys
         self.n_points[ids] += 1
         self.last_frame[ids] = frame_number
         self.x_px[ids], self.y_px[ids] = xs, ys

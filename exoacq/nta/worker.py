@@ -19,7 +19,8 @@ import sys
 import numpy as np
 import zmq
 
-from exoacq.bus import FRAME_TOPIC, decode_frame, dumps
+from exoacq.bus import FRAME_TOPIC, connect, decode_frame, dumps
+from exoacq.errors import ExoacqError
 from exoacq.nta.analysis import locate_features, warm_up
 
 #: Feature columns sent to the linker (trackpy names; positions in pixels).
@@ -31,10 +32,16 @@ def serve(frames_address: str, features_address: str, parent_pid: int | None = N
     frames = ctx.socket(zmq.PULL)
     frames.setsockopt(zmq.RCVHWM, 2)  # a worker holds few frames: the others get the rest
     frames.setsockopt(zmq.LINGER, 0)
-    frames.connect(frames_address)
     features = ctx.socket(zmq.PUSH)
     features.setsockopt(zmq.LINGER, 1000)
-    features.connect(features_address)
+    try:
+        connect(frames, frames_address, "--frames")
+        connect(features, features_address, "--features")
+    except ExoacqError:
+        frames.close(linger=0)
+        features.close(linger=0)
+        ctx.term()
+        raise
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     warm_up()

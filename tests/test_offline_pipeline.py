@@ -1,0 +1,212 @@
+"""The overlapped offline pipeline (exoacq.nta.offline, exoacq.nta.video.read_ahead) and `bench analyze`.
+
+Decoding runs in a thread of its own, ahead of detection and linking: the
+results must be those of decoding in line, to the bit, and the decoder's
+errors must reach the operator as the same one-line messages.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from conftest import run_cli
+from exoacq.errors import ExoacqError
+
+ANALYSIS = ["--pixel-size-um", "0.166", "--minmass", "250", "--temperature-c", "25", "--exposure-ms", "15"]
+FRAMES = 120
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pipeline") / "beads.avi"
+    proc = run_cli("simulate", "video", str(path), "--frames", str(FRAMES), "--seed", "5")
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
+def params_for(video_path):
+    from exoacq.nta.analysis import TrackingParameters
+    from exoacq.nta.video import open_video
+
+    video = open_video(video_path)
+    return TrackingParameters.for_sample(frame_rate_hz=video.fps, exposure_ms=15.0, pixel_size_um=0.166,
+                                         temperature_c=25.0, min_diameter_nm=30.0, minmass=250.0,
+                                         frame_width_px=video.width, frame_height_px=video.height)
+
+
+def analyse(path, **options):
+    from exoacq.nta.offline import analyze_video
+    from exoacq.nta.video import open_video
+
+    return analyze_video(open_video(path), params_for(path), **options)
+
+
+def as_json(summary):
+    return json.dumps(summary, sort_keys=True)
+
+
+def decoder_threads():
+    return [t for t in threading.enumerate() if t.name == "video-decoder"]
+
+
+def test_read_ahead_keeps_order_and_bounds_the_queue():
+    import numpy as np
+
+    from exoacq.nta.video import read_ahead
+
+    produced = []
+
+    def frames():
+        for i in range(50):
+            produced.append(i)
+            yield np.full((2, 2), i, np.uint16)
+
+    out = []
+    for frame in read_ahead(frames(), max_frames=3):
+        out.append(int(frame[0, 0]))
+        if len(out) == 5:
+            time.sleep(0.2)  # a slow consumer: the decoder waits, 3 frames ahead at most (+1 in its hands)
+            assert len(produced) <= 5 + 3 + 1
+    assert out == list(range(50))
+    assert not decoder_threads()
+
+
+def test_read_ahead_raises_the_decoders_error_after_its_frames_and_stops_when_closed():
+    import numpy as np
+
+    from exoacq.nta.video import read_ahead
+
+    def broken():
+        for i in range(4):
+            yield np.zeros((2, 2), np.uint8) + i
+        raise ExoacqError("beads.avi: the video ends after 4 of the 9 frames its header announces")
+
+    got = []
+    with pytest.raises(ExoacqError, match=r"^beads.avi: the video ends after 4 of the 9 frames"):
+        for frame in read_ahead(broken(), max_frames=2):
+            got.append(int(frame[0, 0]))
+    assert got == [0, 1, 2, 3]
+
+    released = threading.Event()
+
+    def endless():
+        try:
+            while True:
+                yield np.zeros((2, 2), np.uint8)
+        finally:
+            released.set()  # as Video.frames releases its capture
+
+    frames = read_ahead(endless(), max_frames=2)
+    next(frames)
+    frames.close()
+    assert released.is_set() and not decoder_threads()
+
+
+def test_overlapped_decoding_gives_the_sequential_result_to_the_bit(video, tmp_path):
+    from exoacq.nta.bench import write_ffv1_copy
+
+    sequential = analyse(video, overlap_decoding=False)
+    overlapped = analyse(video)
+    assert overlapped["frames_analysed"] == FRAMES
+    assert sum(overlapped["features_per_frame"]) > 1000 and overlapped["tracks"]["used"] > 20
+    assert as_json(overlapped) == as_json(sequential)
+    # the same frames through a lossless FFV1 copy (as the daemon keeps videos): the same result again
+    ffv1 = write_ffv1_copy(video, tmp_path / "beads.mkv")
+    assert as_json(analyse(ffv1)) == as_json(sequential)
+    assert not decoder_threads()
+
+
+def test_truncated_video_message_is_unchanged(video, tmp_path):
+    truncated = tmp_path / "truncated.avi"
+    truncated.write_bytes(video.read_bytes()[: video.stat().st_size // 3])
+    messages = []
+    for overlap in (False, True):
+        with pytest.raises(ExoacqError) as error:
+            analyse(truncated, overlap_decoding=overlap)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+    read = int(messages[0].split("ends after ")[1].split()[0])
+    assert 30 <= read <= 45  # a third of 120 frames
+    assert messages[0] == (f"{truncated}: the video ends after {read} of the {FRAMES} frames its header announces "
+                           "(truncated or damaged file)")
+    assert not decoder_threads()
+
+
+def test_an_error_in_detection_stops_the_decoder(video):
+    import dataclasses
+
+    from exoacq.nta.offline import analyze_video
+    from exoacq.nta.video import open_video
+
+    params = dataclasses.replace(params_for(video), detector="bogus")
+    with pytest.raises(ValueError, match="detector = 'bogus'"):
+        analyze_video(open_video(video), params)
+    assert not decoder_threads()
+
+
+def test_a_bad_frame_read_by_the_decoder_thread_is_one_line(video, tmp_path):
+    import cv2
+
+    from exoacq.nta.video import open_video
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(open_video(video).frames()):
+        if i == 40:
+            break
+        cv2.imwrite(str(folder / f"f{i:03d}.png"), frame)
+    (folder / "f030.png").write_bytes(b"not a png")
+    proc = run_cli("analyze", "nta", str(folder), *ANALYSIS, "--fps", "25")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("exoacq: error:")]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors == [f"exoacq: error: {folder / 'f030.png'}: not a readable image"]
+
+
+@pytest.mark.slow
+def test_bench_analyze_reports_the_video_and_its_ffv1_copy(tmp_path):
+    small = tmp_path / "small.avi"
+    made = run_cli("simulate", "video", str(small), "--frames", "80", "--width", "320", "--height", "240",
+                   "--concentration-per-ml", "1e9", "--seed", "5")
+    assert made.returncode == 0, made.stderr
+    proc = run_cli("bench", "analyze", str(small), *ANALYSIS, "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["frames"] == 80 and set(result["cases"]) == {"input", "ffv1"}
+    assert (result["cases"]["input"]["codec"], result["cases"]["ffv1"]["codec"]) == ("RAW", "FFV1")
+    for name, case in result["cases"].items():
+        assert case["frames"] == 80 and case["minmass"] == 250.0  # a given threshold: the baseline's too
+        assert case["exoacq_s"] > 0 and case["trackpy_s"] > 0 and case["exoacq_command_s"] > case["exoacq_s"]
+        assert result["speedup"][name] == case["speedup"] == pytest.approx(case["trackpy_s"] / case["exoacq_s"])
+        assert case["same_result_as_input"] is True  # FFV1 is lossless: exoacq's result to the bit
+        # the same particles: feature counts within 3 %, the same number of tracks within 10 %
+        assert case["features"]["exoacq"] == pytest.approx(case["features"]["trackpy"], rel=0.03)
+        assert case["tracks_used"]["exoacq"] == pytest.approx(case["tracks_used"]["trackpy"], rel=0.1)
+        assert case["tracks_used"]["exoacq"] >= 15
+    assert result["cases"]["ffv1"]["features"] == result["cases"]["input"]["features"]
+
+
+def test_the_baseline_uses_the_threshold_exoacq_chose():
+    from types import SimpleNamespace
+
+    from exoacq.nta.bench import baseline_minmass
+
+    params = SimpleNamespace(minmass=300.0)
+    assert baseline_minmass({"threshold": {"minmass": 187.5, "rule": "noise"}}, params) == 187.5
+    assert baseline_minmass({"threshold": {"minmass": None}}, params) == 300.0
+    assert baseline_minmass({}, params) == 300.0
+
+
+def test_bench_arguments_give_back_the_analysis_options():
+    import argparse
+
+    from exoacq.nta.bench import analysis_argv
+    from exoacq.nta.cli import add_analysis_options
+
+    parser = argparse.ArgumentParser()
+    add_analysis_options(parser)
+    argv = [*ANALYSIS, "--invert", "--no-volume-correction", "--fps", "30"]
+    args = parser.parse_args(argv)
+    assert vars(parser.parse_args(analysis_argv(args))) == vars(args)
