@@ -58,7 +58,7 @@ def test_an_nta_run_is_published_and_exported_as_valid_event_model_documents(dae
     start = mine[0][1]
     assert (start["sample"], start["method"], start["instrument"], start["dilution"]) == ("bluesky", "nta", "nta", 1.0)
     assert start["calibration"].endswith("simulated-camera.toml")  # the instrument's calibration file
-    assert start["method_settings"]["detection_volume_source"].startswith("simulated-camera.toml v4")
+    assert start["method_settings"]["detection_volume_source"].startswith("simulated-camera.toml v5")
     descriptors = {d["name"]: d for n, d in mine if n == "descriptor"}
     assert set(descriptors) == {"progress", "result", "captures"}
     result_keys = descriptors["result"]["data_keys"]

@@ -111,7 +111,7 @@ def test_acquire_nta_publishes_documents_matching_the_protocol(daemon):
     assert cli_result["size_nm"]["mean"] == pytest.approx(100.0, rel=0.15)
     # Concentration from the shipped calibration: a 5 s video samples the light sheet's
     # population only about once (SD ~ 25 %), so this checks units and plumbing, not accuracy.
-    assert cli_result["detection_volume"]["source"].startswith("simulated-camera.toml v4")
+    assert cli_result["detection_volume"]["source"].startswith("simulated-camera.toml v5")
     assert 0.5 < cli_result["concentration_per_ml"] / 3e8 < 2.0
     hist = cli_result["histogram"]
     assert sum(hist["counts"]) == cli_result["tracks"]["used"]

@@ -217,8 +217,8 @@ def inputs(tmp_path_factory) -> Path:
     shutil.copy(ROOT / "calibrations" / "nta" / "beads-100nm.toml", d / "wrong-kind.toml")
     shutil.copy(ROOT / "calibrations" / "flow" / "beads-silica.toml", d / "flow-beads.toml")
     nta_cal = (ROOT / "calibrations" / "nta" / "simulated-camera.toml").read_text()
-    (d / "nta-cal-no-volume.toml").write_text(nta_cal.replace("detection_volume_nl = 0.07499", ""))
-    (d / "nta-cal-negative.toml").write_text(nta_cal.replace("detection_volume_nl = 0.07499",
+    (d / "nta-cal-no-volume.toml").write_text(nta_cal.replace("detection_volume_nl = 0.08128", ""))
+    (d / "nta-cal-negative.toml").write_text(nta_cal.replace("detection_volume_nl = 0.08128",
                                                              "detection_volume_nl = -1.0"))
     (d / "nta-cal-nan.toml").write_text(nta_cal.replace("pixel_size_um = 0.166", "pixel_size_um = nan"))
     # DLS

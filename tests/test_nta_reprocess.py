@@ -85,11 +85,11 @@ def test_a_calibration_with_twice_the_detection_volume_halves_the_concentration(
     live, record = stored
     text = (ROOT / "calibrations" / "nta" / "simulated-camera.toml").read_text()
     doubled = tmp_path / "doubled.toml"
-    doubled.write_text(text.replace("detection_volume_nl = 0.07499", "detection_volume_nl = 0.14998"))
+    doubled.write_text(text.replace("detection_volume_nl = 0.08128", "detection_volume_nl = 0.16256"))
     other = reprocess_run(record, {"calibration": str(doubled)}, tmp_path / "out")
     assert other["concentration_per_ml"] == pytest.approx(live["concentration_per_ml"] / 2, rel=1e-12)
     assert other["size_nm"] == live["size_nm"] and other["particles_per_frame"] == live["particles_per_frame"]
-    assert other["detection_volume"] == {"nl": 0.14998, "source": other["reprocessed"]["calibration"]["source"]}
+    assert other["detection_volume"] == {"nl": 0.16256, "source": other["reprocessed"]["calibration"]["source"]}
     assert other["reprocessed"]["calibration"]["file"] == str(doubled)
     other_optics = tmp_path / "pixel02.toml"  # other optics are refused (another threshold is not)
     other_optics.write_text(text.replace("pixel_size_um = 0.166", "pixel_size_um = 0.2"))

@@ -183,7 +183,7 @@ def test_passed_bead_check_qualifies_the_next_sample(runs, standards, tmp_path):
     assert suitability["suitable"] and suitability["flags"] == []
     assert suitability["bead_check"]["run_id"] == beads["run_id"] and suitability["bead_check"]["passed"]
     assert suitability["bead_check"]["age_h"] == pytest.approx(expected_age_h) and 0 < expected_age_h < 0.1
-    assert suitability["calibration"] == {"file": str(CALIBRATION), "version": 4, "date": "2026-11-22",
+    assert suitability["calibration"] == {"file": str(CALIBRATION), "version": 5, "date": "2026-12-02",
                                           "expires": None, "expired": False}
     document = {**sample, "suitability": suitability}
     jsonschema.validate(document, load_schema("nta.result"))
@@ -258,7 +258,7 @@ def test_expired_calibration_is_flagged(runs, standards, tmp_path):
     expired = assess(sample, calibration=expired_file, bead_checks=[checked], period_h=24.0)
     assert expired["calibration"]["expired"] is True and expired["calibration"]["expires"] == str(day - timedelta(days=1))
     [flag] = expired["flags"]
-    assert flag.startswith(f"calibration {expired_file.name} v4 expired on {day - timedelta(days=1)}")
+    assert flag.startswith(f"calibration {expired_file.name} v5 expired on {day - timedelta(days=1)}")
     # valid through its expiry day
     last_day = assess(sample, calibration=calibration_expiring(day), bead_checks=[checked], period_h=24.0)
     assert last_day["suitable"] and last_day["calibration"]["expired"] is False
