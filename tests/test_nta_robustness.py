@@ -53,8 +53,10 @@ def test_with_threshold_keeps_a_given_minmass_and_finds_the_saturation_level():
     base = TrackingParameters(25.0, None, 0.166, 25.0, ETA_25, minmass=300.0)
     assert with_threshold(base, eight).minmass == 300.0 and with_threshold(base, eight).threshold is None
     assert with_threshold(base, eight).saturation_counts == 255.0
-    twelve_bit = [np.full((16, 16), 3000, np.uint16)]
-    assert saturation_level(twelve_bit) == 4095.0 and saturation_level([np.zeros((4, 4), np.float32)]) is None
+    twelve_bit = np.full((16, 16), 3000, np.uint16)
+    assert saturation_level([twelve_bit]) == 65535.0  # no clipped pixel seen: only the container's top
+    twelve_bit[2:4, 5] = 4095  # two pixels piled up at 2^12 - 1: a 12-bit camera's clip level
+    assert saturation_level([twelve_bit]) == 4095.0 and saturation_level([np.zeros((4, 4), np.float32)]) is None
 
 
 def _tracks(sizes_nm, blur, n_tracks, rng, sigma_um=0.03, dt=0.04):

@@ -27,21 +27,21 @@ def video(tmp_path_factory):
     return path
 
 
-def params_for(video_path):
+def params_for(video_path, minmass=250.0):
     from exoacq.nta.analysis import TrackingParameters
     from exoacq.nta.video import open_video
 
     video = open_video(video_path)
     return TrackingParameters.for_sample(frame_rate_hz=video.fps, exposure_ms=15.0, pixel_size_um=0.166,
-                                         temperature_c=25.0, min_diameter_nm=30.0, minmass=250.0,
+                                         temperature_c=25.0, min_diameter_nm=30.0, minmass=minmass,
                                          frame_width_px=video.width, frame_height_px=video.height)
 
 
-def analyse(path, **options):
+def analyse(path, minmass=250.0, **options):
     from exoacq.nta.offline import analyze_video
     from exoacq.nta.video import open_video
 
-    return analyze_video(open_video(path), params_for(path), **options)
+    return analyze_video(open_video(path), params_for(path, minmass), **options)
 
 
 def as_json(summary):
@@ -116,6 +116,11 @@ def test_overlapped_decoding_gives_the_sequential_result_to_the_bit(video, tmp_p
     # the same frames through a lossless FFV1 copy (as the daemon keeps videos): the same result again
     ffv1 = write_ffv1_copy(video, tmp_path / "beads.mkv")
     assert as_json(analyse(ffv1)) == as_json(sequential)
+    # a threshold chosen from the first frames' noise (taken from the decoder's queue before the rest)
+    automatic = analyse(video, minmass=None)
+    assert automatic["threshold"]["rule"] == "noise" and automatic["threshold"]["minmass"] > 0
+    assert automatic["frames_analysed"] == FRAMES and len(automatic["features_per_frame"]) == FRAMES
+    assert as_json(automatic) == as_json(analyse(video, minmass=None, overlap_decoding=False))
     assert not decoder_threads()
 
 
@@ -179,6 +184,9 @@ def test_bench_analyze_reports_the_video_and_its_ffv1_copy(tmp_path):
     for name, case in result["cases"].items():
         assert case["frames"] == 80 and case["minmass"] == 250.0  # a given threshold: the baseline's too
         assert case["exoacq_s"] > 0 and case["trackpy_s"] > 0 and case["exoacq_command_s"] > case["exoacq_s"]
+        assert case["cpu_s"]["exoacq"] > 0 and case["cpu_s"]["trackpy"] > 0
+        assert case["runs"] == {k: [pytest.approx(case[k], abs=1e-3)] for k in ("exoacq_s", "exoacq_command_s",
+                                                                                "trackpy_s")}
         assert result["speedup"][name] == case["speedup"] == pytest.approx(case["trackpy_s"] / case["exoacq_s"])
         assert case["same_result_as_input"] is True  # FFV1 is lossless: exoacq's result to the bit
         # the same particles: feature counts within 3 %, the same number of tracks within 10 %

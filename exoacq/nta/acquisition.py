@@ -380,4 +380,6 @@ class NTAAcquisition:
             min_track_length=nta.min_track_length,
             detection_volume_nl=nta.detection_volume_nl, dilution=dilution, detector=nta.detector,
             calibration_relative_depth=nta.calibration_relative_depth,
-            frame_width_px=cam.width, frame_height_px=cam.height)
+            frame_width_px=cam.width, frame_height_px=cam.height,
+            # the camera's own clip level (its bit depth), not one guessed from the first frames
+            saturation_counts=float(2 ** cam.bit_depth - 1) if getattr(cam, "bit_depth", None) else None)

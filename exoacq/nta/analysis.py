@@ -148,17 +148,22 @@ class TrackingParameters:
 
 
 def saturation_level(frames: list[np.ndarray]) -> float | None:
-    """The raw value at which these frames' camera clips: the largest value of their integer type, or for
-    16-bit containers the top of the smallest bit depth (8-16 bits) that holds their brightest pixel
-    (a 12-bit camera clips at 4095). None for float frames."""
+    """The raw value at which these frames' camera clips: the largest value of an 8-bit type; in a 16-bit
+    container, the top of a 8-16 bit depth when the brightest pixel sits exactly there, more than once
+    (clipped pixels pile up at 2^k - 1: a 12-bit camera clips at 4095), else the container's largest
+    value. None for float frames."""
     dtype = np.asarray(frames[0]).dtype
     if not np.issubdtype(dtype, np.integer):
         return None
+    top = float(np.iinfo(dtype).max)
     if dtype.itemsize == 1:
-        return float(np.iinfo(dtype).max)
+        return top
     brightest = max(int(np.asarray(f).max()) for f in frames)
-    bits = next((b for b in range(8, 17) if brightest <= 2 ** b - 1), 16)
-    return float(2 ** bits - 1)
+    if brightest + 1 in {2 ** b for b in range(8, 17)}:
+        at_top = sum(int(np.count_nonzero(np.asarray(f) == brightest)) for f in frames)
+        if at_top > 1:
+            return float(brightest)
+    return top
 
 
 def with_threshold(params: "TrackingParameters", frames: list[np.ndarray]) -> "TrackingParameters":

@@ -206,48 +206,66 @@ def _time_command(video_path: Path, command_args: list[str]) -> tuple[float, dic
     return seconds, json.loads(proc.stdout)
 
 
-def _bench_case(video_path: Path, params, threads: int | None, command_args: list[str] | None) -> dict[str, Any]:
+def _trackpy_pipeline(video_path: Path, params, minmass: float, search_range_px: float,
+                      min_length: int) -> tuple[Any, Any]:
+    """The plain trackpy pipeline, decoding included: (features, imsd)."""
     import trackpy as tp
 
+    from exoacq.nta.video import open_video
+
+    frames = list(open_video(video_path).frames())
+    features = tp.batch(frames, params.feature_diameter_px, minmass=minmass, invert=params.invert,
+                        engine="numba", processes=1)
+    linked = tp.link(features, search_range_px, memory=0)
+    kept = tp.filter_stubs(linked, min_length)
+    return features, tp.imsd(kept, params.pixel_size_um, params.frame_rate_hz)
+
+
+def _bench_case(video_path: Path, params, threads: int | None, command_args: list[str] | None,
+                repeat: int) -> dict[str, Any]:
+    """One video, ``repeat`` times each pipeline (interleaved); times are the medians of the runs."""
     from exoacq.nta.offline import analyze_video
     from exoacq.nta.video import open_video
 
-    t0 = time.perf_counter()
-    summary = analyze_video(open_video(video_path), params, threads=threads)
-    exoacq_s = time.perf_counter() - t0
-    case: dict[str, Any] = {"video": str(video_path), "codec": video_codec(video_path), "exoacq_s": exoacq_s}
-    if command_args is not None:
-        command_s, document = _time_command(video_path, command_args)
-        if not _same(document["tracks"], summary["tracks"]):
-            raise ExoacqError(f"{video_path}: `exoacq analyze nta` gave other tracks than the in-process analysis")
-        case["exoacq_command_s"] = command_s
-
-    t0 = time.perf_counter()
-    frames = list(open_video(video_path).frames())
-    minmass = baseline_minmass(summary, params)
-    features = tp.batch(frames, params.feature_diameter_px, minmass=minmass, invert=params.invert,
-                        engine="numba", processes=1)
-    # the baseline links with the range and keeps the track length exoacq chose from the data
-    search_range, min_length = summary["link_search_range_px"], summary["tracks"]["min_length_frames"]
-    linked = tp.link(features, search_range, memory=0)
-    kept = tp.filter_stubs(linked, min_length)
-    msd = tp.imsd(kept, params.pixel_size_um, params.frame_rate_hz)
-    trackpy_s = time.perf_counter() - t0
+    runs: dict[str, list[float]] = {"exoacq_s": [], "exoacq_command_s": [], "trackpy_s": []}
+    cpu: dict[str, list[float]] = {"exoacq": [], "trackpy": []}
+    summary: dict[str, Any] = {}
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        summary = analyze_video(open_video(video_path), params, threads=threads)
+        runs["exoacq_s"].append(time.perf_counter() - t0)
+        cpu["exoacq"].append(time.process_time() - c0)
+        if command_args is not None:
+            command_s, document = _time_command(video_path, command_args)
+            if not _same(document["tracks"], summary["tracks"]):
+                raise ExoacqError(f"{video_path}: `exoacq analyze nta` gave other tracks than the in-process analysis")
+            runs["exoacq_command_s"].append(command_s)
+        # the baseline applies the threshold, link range and track length exoacq chose from the data
+        minmass = baseline_minmass(summary, params)
+        search_range, min_length = summary["link_search_range_px"], summary["tracks"]["min_length_frames"]
+        t0, c0 = time.perf_counter(), time.process_time()
+        features, msd = _trackpy_pipeline(video_path, params, minmass, search_range, min_length)
+        runs["trackpy_s"].append(time.perf_counter() - t0)
+        cpu["trackpy"].append(time.process_time() - c0)
+    case: dict[str, Any] = {"video": str(video_path), "codec": video_codec(video_path)}
+    case.update({name: float(np.median(times)) for name, times in runs.items() if times})
+    case["speedup"] = case["trackpy_s"] / case["exoacq_s"]
+    if "exoacq_command_s" in case:
+        case["speedup_command"] = case["trackpy_s"] / case["exoacq_command_s"]
     case.update({
-        "trackpy_s": trackpy_s, "speedup": trackpy_s / exoacq_s,
+        "runs": {name: [round(t, 3) for t in times] for name, times in runs.items() if times},
+        # CPU time of the process (all threads), medians: what a busy shared machine changes least
+        "cpu_s": {name: round(float(np.median(times)), 3) for name, times in cpu.items()},
         "features": {"exoacq": int(sum(summary["features_per_frame"])), "trackpy": int(len(features))},
         "tracks_used": {"exoacq": summary["tracks"]["used"], "trackpy": int(msd.shape[1])},
         "frames": summary["frames_analysed"], "minmass": minmass, "search_range_px": search_range,
-        "min_track_length": min_length,
+        "min_track_length": min_length, "_summary": summary,
     })
-    if "exoacq_command_s" in case:
-        case["speedup_command"] = trackpy_s / case["exoacq_command_s"]
-    case["_summary"] = summary
     return case
 
 
 def bench_analyze(video_path: Path, params, *, threads: int | None = None, ffv1: bool = True,
-                  command_args: list[str] | None = None) -> dict[str, Any]:
+                  command_args: list[str] | None = None, repeat: int = 1) -> dict[str, Any]:
     """Wall time of exoacq's offline analysis and of a plain trackpy pipeline on the same video, as
     given ("input") and, with ``ffv1``, as a lossless FFV1 copy of it ("ffv1"; as the daemon keeps
     videos), unless the video is FFV1 already.
@@ -259,21 +277,25 @@ def bench_analyze(video_path: Path, params, *, threads: int | None = None, ffv1:
     compilation, imports). With ``command_args`` (the analysis options as command-line
     arguments), ``exoacq analyze nta`` is also timed as a command in a new interpreter
     (imports, numba's cache and decoding included): ``speedup_command`` is then against the
-    warm trackpy baseline, which has none of those costs (a lower bound).
+    warm trackpy baseline, which has none of those costs (a lower bound). With ``repeat``,
+    each is run that many times, interleaved; the medians are reported (and every run), with
+    the CPU time each took (``cpu_s``).
     """
     import trackpy as tp
 
     from exoacq.nta.analysis import warm_up
 
+    if repeat < 1:
+        raise ExoacqError(f"--repeat {repeat}: must be >= 1", code="usage")
     warm_up()
     tp.quiet()
     video_path = Path(video_path)
     cases: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="exoacq-bench-") as tmp:
-        cases["input"] = _bench_case(video_path, params, threads, command_args)
+        cases["input"] = _bench_case(video_path, params, threads, command_args, repeat)
         if ffv1 and cases["input"]["codec"] != "FFV1":
             copy = write_ffv1_copy(video_path, Path(tmp) / f"{video_path.stem}-ffv1.mkv")
-            cases["ffv1"] = _bench_case(copy, params, threads, command_args)
+            cases["ffv1"] = _bench_case(copy, params, threads, command_args, repeat)
             cases["ffv1"]["video"] = f"FFV1 copy of {video_path.name}"
     reference = cases["input"].pop("_summary")
     for case in cases.values():
@@ -282,7 +304,7 @@ def bench_analyze(video_path: Path, params, *, threads: int | None = None, ffv1:
     first = cases["input"]
     return {
         "benchmark": "analyze",
-        "video": str(video_path), "frames": first["frames"],
+        "video": str(video_path), "frames": first["frames"], "repeat": repeat,
         "speedup": {name: case["speedup"] for name, case in cases.items()},
         "cases": cases,
         "settings": {"exoacq_threads": threads or os.cpu_count(), "trackpy_processes": 1,
@@ -293,12 +315,13 @@ def bench_analyze(video_path: Path, params, *, threads: int | None = None, ffv1:
 
 
 def cmd_bench_analyze(args: Any) -> int:
-    """``exoacq bench analyze VIDEO [analysis options] [--no-ffv1]``: JSON on stdout."""
+    """``exoacq bench analyze VIDEO [analysis options] [--no-ffv1] [--repeat N]``: JSON on stdout."""
     from exoacq.nta.cli import analysis_parameters
     from exoacq.nta.video import open_video
 
     params, _ = analysis_parameters(args, open_video(require_video(args.video)))
-    result = bench_analyze(args.video, params, ffv1=getattr(args, "ffv1", True), command_args=analysis_argv(args))
+    result = bench_analyze(args.video, params, ffv1=getattr(args, "ffv1", True), command_args=analysis_argv(args),
+                           repeat=getattr(args, "repeat", 1))
     print(json.dumps(result))
     return 0
 

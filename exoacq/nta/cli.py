@@ -93,6 +93,8 @@ def add_cli(verbs: dict[str, Any]) -> None:
     add_analysis_options(b)
     b.add_argument("--no-ffv1", dest="ffv1", action="store_false",
                    help="only the video as given (no FFV1 copy, as the daemon keeps videos)")
+    b.add_argument("--repeat", type=int, default=1,
+                   help="runs of each pipeline (interleaved); the medians are reported (default %(default)s)")
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
 
     def bench_analyze(args: argparse.Namespace) -> int:  # exoacq.nta.bench, imported when it runs

@@ -15,6 +15,13 @@ trackpy (the linker) is imported in a background thread once the first frame
 is detected, so that its import (about 1 s) overlaps decoding and detection
 of the first frames (the linker first links after the search-range pilot's
 frames) rather than preceding them.
+
+Measured (2-core VM, 450 frames of 640 x 480, 8 bits; ``exoacq bench analyze``):
+lossless FFV1 decoding takes ~2.3 s of CPU of the analysis's ~3.3 s, and
+FFmpeg already decodes on both cores (frame threads), so on two cores the
+analysis is CPU-bound (~1.8 s at best) and overlapping gains little there;
+it gains where cores are idle while decoding. Results are the same to the
+bit with ``overlap_decoding=False`` (tests/test_offline_pipeline.py).
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ from typing import Any, Callable
 from exoacq.client import StatusLine
 from exoacq.errors import ExoacqError
 from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features
+from exoacq.nta.threshold import SAMPLE_FRAMES as THRESHOLD_FRAMES  # as the daemon's runs
 from exoacq.nta.video import Video, read_ahead, read_ahead_frames
 
 #: Progress is reported every this many frames.
@@ -39,8 +47,6 @@ IN_FLIGHT_PER_THREAD = 4
 #: Imported in the background while the first frames are decoded and detected: the linker (trackpy, with
 #: the scipy parts it loads) and what the final summary needs.
 BACKGROUND_MODULES = ("trackpy.linking", "scipy.stats", "scipy.optimize")
-#: Frames whose noise sets the detection threshold when it is not given (exoacq.nta.threshold).
-THRESHOLD_FRAMES = 8
 
 
 def import_in_background(modules: tuple[str, ...] = BACKGROUND_MODULES) -> threading.Thread:

@@ -79,8 +79,8 @@ class Video:
 def read_ahead(frames: Iterator[np.ndarray], max_frames: int = READ_AHEAD_FRAMES) -> Iterator[np.ndarray]:
     """``frames``, decoded in a thread of their own up to ``max_frames`` ahead of the caller.
 
-    Decoding (OpenCV/FFmpeg, which release the GIL; FFV1 takes ~4.5 ms of CPU per 640 x 480
-    frame) then overlaps the work on earlier frames instead of alternating with it (a
+    Decoding (OpenCV/FFmpeg, which release the GIL; FFV1 takes ~5 ms of CPU per 640 x 480
+    8-bit frame) then overlaps the work on earlier frames instead of alternating with it (a
     producer-consumer pipeline through a bounded queue). The same frames come out in the
     same order; an error of the decoder (an ExoacqError: truncated file, unreadable image)
     is raised here, in the caller's thread, after the frames before it. Closing the iterator
