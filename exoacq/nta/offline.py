@@ -70,7 +70,8 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
     """Track every frame of ``video``; return the result summary (as ``nta.result``'s core fields).
 
     A threshold not given (``params.minmass`` None) is chosen from the first THRESHOLD_FRAMES
-    frames' noise (exoacq.nta.analysis.with_threshold). ``overlap_decoding=False`` decodes in the
+    frames' noise, and the camera's clip level from their pixel type (exoacq.nta.analysis.with_threshold),
+    as the daemon does. ``overlap_decoding=False`` decodes in the
     calling thread, alternating with the rest (the same results, to the bit).
     """
     workers = threads or os.cpu_count() or 1
@@ -81,12 +82,11 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
     in_flight: deque[Future] = deque()
     done = 0
     try:
-        first = list(itertools.islice(frames, THRESHOLD_FRAMES if params.minmass is None else 1))
+        first = list(itertools.islice(frames, THRESHOLD_FRAMES))
         if not first:
             raise ExoacqError(f"{video.path}: no frames to analyse")
-        if params.minmass is None:
-            from exoacq.nta.analysis import with_threshold
-            params = with_threshold(params, first)
+        from exoacq.nta.analysis import with_threshold  # the threshold (unless given) and the clip level
+        params = with_threshold(params, first)
         tracker = StreamingTracker(params)
         options = params.locate_options()
         # the first frame in this thread, before the others start: numba loads its cache (and imports) here, once
