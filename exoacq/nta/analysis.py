@@ -171,10 +171,11 @@ def with_threshold(params: "TrackingParameters", frames: list[np.ndarray]) -> "T
     given, and the camera's saturation level from their pixel type unless given."""
     changes: dict[str, Any] = {}
     if params.saturation_counts is None:
-        level = saturation_level(frames)
-        if params.invert and level is not None:
-            level = float(np.iinfo(np.asarray(frames[0]).dtype).max)  # dark particles: black (0) clips, inverted
-        changes["saturation_counts"] = level
+        dtype = np.asarray(frames[0]).dtype
+        if params.invert and np.issubdtype(dtype, np.integer):  # dark particles: black (0) clips, inverted
+            changes["saturation_counts"] = float(np.iinfo(dtype).max)
+        else:
+            changes["saturation_counts"] = saturation_level(frames)
     if params.minmass is None:
         chosen = noise_threshold(frames, diameter_px=params.feature_diameter_px, invert=params.invert,
                                  false_per_frame=params.false_detections_per_frame)

@@ -116,7 +116,8 @@ def mass_exceeded(masses: np.ndarray, frames: int, per_frame: float) -> float:
 def noise_threshold(frames: list[np.ndarray], *, diameter_px: int, invert: bool = False,
                     false_per_frame: float = FALSE_DETECTIONS_PER_FRAME, margin: float = NOISE_MARGIN,
                     seed: int = 0) -> Threshold:
-    """The ``minmass`` at which noise of these frames' level gives ``false_per_frame`` detections per frame."""
+    """``margin`` x the noise floor: the mass that noise of these frames' level exceeds ``false_per_frame``
+    times per frame."""
     from exoacq.nta.detect import locate_fast
 
     if not frames:

@@ -22,9 +22,9 @@ class TrackSums:
               "n_pairs": np.int64, "sum_cross_um2": float, "first_dx_um": float, "first_dy_um": float,
               "last_dx_um": float, "last_dy_um": float,
               "sum_mass": float, "max_mass": float,
-              # where the track sits (radius of gyration: is it moving at all?), clipped features, mass jumps
+              # where the track sits (radius of gyration: is it moving at all?), clipped features
               "sum_x_px": float, "sum_y_px": float, "sum_r2_px2": float, "n_saturated": np.int64,
-              "max_mass_unsaturated": float, "last_mass": float, "sum_mass_jump_sq": float}
+              "max_mass_unsaturated": float}
 
     def __init__(self, capacity: int = 1024):
         self.size = 0
@@ -63,9 +63,6 @@ class TrackSums:
         self.last_dx_um[moved], self.last_dy_um[moved] = dx, dy
         self.n_steps[moved] += 1
         self.first_frame[ids[new]] = frame_number
-        jump = mass[step] - self.last_mass[moved]
-        self.sum_mass_jump_sq[moved] += jump * jump
-        self.last_mass[ids] = mass
         self.sum_mass[ids] += mass
         self.max_mass[ids] = np.maximum(self.max_mass[ids], mass)
         clipped = np.zeros(len(ids), bool) if saturated is None else np.asarray(saturated, bool)
