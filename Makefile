@@ -21,8 +21,14 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/exoacq demo
 
+# Two worker processes: most tests wait on daemons, sockets and simulated hardware, so two
+# share a 2-core machine well; a test file's tests stay on one worker (module fixtures).
+# Tests that assert live acquisition keeps up (marker realtime) then run alone: a second test
+# process competing for the cores would make a simulated camera miss frames.
 test: install
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra -n 2 --dist loadfile -m "not realtime"; parallel=$$?; \
+	$(BIN)/python -m pytest -ra -m realtime; alone=$$?; \
+	test $$parallel -eq 0 -a $$alone -eq 0
 
 clean:
 	rm -rf $(VENV) build *.egg-info

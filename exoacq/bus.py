@@ -7,7 +7,9 @@ pickled. Documents are plain dicts with a ``schema`` ("name/version"), the
 from __future__ import annotations
 
 import json
+import logging
 import math
+import secrets
 from datetime import datetime, timezone
 from typing import Any
 
@@ -15,6 +17,8 @@ import numpy as np
 import zmq
 
 from exoacq.errors import ExoacqError
+
+log = logging.getLogger("exoacq.bus")
 
 #: Versions of the core's document schemas (docs/schemas/*.json); methods declare their own topics.
 #: /2: run.state names the instrument and the SOP step (docs/protocol.md, Versions).
@@ -66,6 +70,64 @@ def publish(socket: zmq.Socket, topic: str, document: dict[str, Any]) -> None:
     socket.send_multipart([topic.encode("ascii"), dumps(document)])
 
 
+#: Event-model documents whose schema forbids extra keys: sent as composed (an event has its own
+#: ``seq_num`` per stream); counted all the same. start, descriptor and stop allow ``seq``/``daemon``.
+UNSTAMPED_TOPICS = frozenset({"bluesky.event", "bluesky.event_page", "bluesky.resource", "bluesky.datum",
+                              "bluesky.datum_page"})
+
+
+#: What :class:`Publisher` adds to a document for its subscribers: not part of the result itself (a
+#: stored result has neither; see :func:`without_transport`).
+TRANSPORT_FIELDS = ("seq", "daemon")
+
+
+def without_transport(document: dict[str, Any]) -> dict[str, Any]:
+    """A received document as the daemon stores it: without ``seq`` and ``daemon``."""
+    return {k: v for k, v in document.items() if k not in TRANSPORT_FIELDS}
+
+
+class Publisher:
+    """The daemon's results publisher: every document gets ``seq`` and ``daemon`` (docs/protocol.md).
+
+    ``seq`` counts the documents of each topic since the daemon started (1, 2, ...), so a subscriber
+    that sees a gap knows how many it missed (a PUB socket drops for a slow subscriber without
+    telling anyone); ``daemon`` is a random id of this daemon start, so a client notices a restart.
+    After sending, each ``observer(topic, document)`` is called (the durable run file, the metrics);
+    an observer that raises is logged and does not stop publishing. Not thread-safe: one thread
+    (the daemon's main thread) publishes."""
+
+    def __init__(self, socket: zmq.Socket, observers: list | None = None, boot_id: str | None = None):
+        self.socket = socket
+        self.observers = list(observers or [])
+        self.boot_id = boot_id or secrets.token_hex(8)
+        #: Documents published per topic (the last ``seq`` of each topic).
+        self.sequence: dict[str, int] = {}
+        #: Documents that could not be sent (the socket refused them: e.g. closed); a PUB socket's own
+        #: drops for slow subscribers are invisible here and show up as ``seq`` gaps at the subscriber.
+        self.dropped: dict[str, int] = {}
+
+    def publish(self, topic: str, document: dict[str, Any]) -> dict[str, Any]:
+        """Send ``document`` (with ``seq`` and ``daemon`` added) on ``topic``; returns what was sent."""
+        seq = self.sequence.get(topic, 0) + 1
+        self.sequence[topic] = seq
+        if topic not in UNSTAMPED_TOPICS:
+            document = {**document, "seq": seq, "daemon": self.boot_id}
+        try:
+            self.socket.send_multipart([topic.encode("ascii"), dumps(document)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # EAGAIN cannot happen on PUB; anything else: counted, logged, not raised
+            self.dropped[topic] = self.dropped.get(topic, 0) + 1
+            log.warning("document %s #%d not published: %s", topic, seq, zmq.strerror(exc.errno))
+        for observer in self.observers:
+            try:
+                observer(topic, document)
+            except Exception:
+                log.exception("a publish observer failed on %s #%d", topic, seq)
+        return document
+
+    def __call__(self, topic: str, document: dict[str, Any]) -> dict[str, Any]:
+        return self.publish(topic, document)
+
+
 def send_frame(socket: zmq.Socket, header: dict[str, Any], frame: np.ndarray, flags: int = 0) -> None:
     """Topic, JSON header, then the pixel buffer without a copy (zmq keeps a
     reference to ``frame`` until it is sent, so the caller must not reuse it)."""
@@ -94,29 +156,60 @@ def connect(socket: zmq.Socket, address: str, what: str = "endpoint") -> None:
 class ControlClient:
     """Request/reply to the daemon's control ROUTER over a DEALER socket."""
 
-    def __init__(self, address: str, timeout_s: float = 5.0, context: zmq.Context | None = None):
+    def __init__(self, address: str, timeout_s: float = 5.0, context: zmq.Context | None = None,
+                 keys: Any = None):
+        """``keys``: an :class:`exoacq.security.ClientKeys` for a daemon that uses CurveZMQ (or None)."""
         self.address = address
         self.timeout_s = timeout_s
+        #: Also for the subscriptions made on this daemon's behalf (``subscribe(..., keys=client.keys)``).
+        self.keys = keys
+        from exoacq.audit import stated_operator
+        #: The name this client states in its requests ($EXOACQ_OPERATOR, else the login name), for the
+        #: audit trail as ``claimed_operator``; the daemon trusts only the identity of a client key.
+        self.operator = stated_operator()
         self._ctx = context or zmq.Context.instance()
         self._socket = self._ctx.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
-        connect(self._socket, address, "control endpoint")
+        if keys is not None:
+            keys.apply(self._socket)
+        # failed security handshakes (a refused key, keys on one side only): said when no reply comes
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                                        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                                        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        try:
+            connect(self._socket, address, "control endpoint")
+        except ExoacqError:
+            self._monitor.close(linger=0)
+            raise
 
     def request(self, command: str, timeout_s: float | None = None, **params: Any) -> Any:
         """Send one request and return its ``result``; raise ExoacqError on an error reply."""
-        self._socket.send_multipart([b"", dumps({"command": command, **params})])
+        operator = {"operator": self.operator} if self.operator else {}
+        self._socket.send_multipart([b"", dumps({"command": command, **operator, **params})])
         timeout = self.timeout_s if timeout_s is None else timeout_s
         if not self._socket.poll(int(timeout * 1000)):
+            from exoacq.security import handshake_problem
+            problem = handshake_problem(self._monitor)
             raise ExoacqError(
-                f"no daemon answered at {self.address} within {timeout:g} s (is `exoacq daemon` running?)",
-                code="no_daemon")
+                f"no daemon answered at {self.address} within {timeout:g} s: "
+                + (problem or "is `exoacq daemon` running? (a daemon reachable off its host also needs --key "
+                              "and --server-key)"), code="no_daemon")
         reply = loads(self._socket.recv_multipart()[-1])
         if not reply.get("ok"):
             error = reply.get("error") or {}
             raise ExoacqError(error.get("message", "the daemon refused the request"), code=error.get("code", "error"))
         return reply.get("result")
 
+    def reachable(self, endpoint: str) -> str:
+        """An endpoint from the daemon's ``status`` as this client connects to it (a daemon on another
+        host reports its wildcard binds as 127.0.0.1: that becomes the control address's host)."""
+        from exoacq.security import as_seen_from
+        return as_seen_from(endpoint, self.address)
+
     def close(self) -> None:
+        if not self._socket.closed:
+            self._socket.disable_monitor()
+        self._monitor.close(linger=0)
         self._socket.close(linger=0)
 
     def __enter__(self) -> "ControlClient":
@@ -126,10 +219,14 @@ class ControlClient:
         self.close()
 
 
-def subscribe(address: str, topics: list[str] | None = None, context: zmq.Context | None = None) -> zmq.Socket:
-    """A SUB socket on the results PUB for the given topics (all when None)."""
+def subscribe(address: str, topics: list[str] | None = None, context: zmq.Context | None = None,
+              keys: Any = None) -> zmq.Socket:
+    """A SUB socket on the results PUB for the given topics (all when None); ``keys``: an
+    :class:`exoacq.security.ClientKeys` for a daemon that uses CurveZMQ (e.g. ``client.keys``)."""
     socket = (context or zmq.Context.instance()).socket(zmq.SUB)
     socket.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        keys.apply(socket)
     connect(socket, address, "results endpoint")
     for topic in topics or [""]:
         socket.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))

@@ -53,6 +53,12 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--control", help="control endpoint (overrides the file)")
     p.add_argument("--results", help="results endpoint (overrides the file)")
     p.add_argument("--frames", help="live frames endpoint (overrides the file)")
+    p.add_argument("--keys-dir", type=Path, help="CurveZMQ keys, needed when an endpoint is reachable off this host "
+                                                 "(overrides the file; default ~/.config/exoacq/keys)")
+    p.add_argument("--metrics", metavar="HOST:PORT|off",
+                   help="Prometheus endpoint (overrides the file; default 127.0.0.1:9464; port 0: any free port)")
+    p.add_argument("--metrics-allow-remote", action="store_true", default=None,
+                   help="allow a metrics address off loopback (it has no authentication)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_daemon)
 
@@ -66,7 +72,8 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = add_control(sub.add_parser("watch", help="print published documents as JSON lines"))
+    p = add_control(sub.add_parser("watch", help="print published documents as JSON lines (missed documents, "
+                                             "a restarted or vanished daemon: on stderr)"))
     p.add_argument("topics", nargs="*", metavar="TOPIC", help="topics (prefixes) to show; default all")
     p.add_argument("--count", type=int, default=None, help="exit after this many documents")
     p.set_defaults(func=cmd_watch)
@@ -77,9 +84,12 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stop)
 
     p = add_control(sub.add_parser("runs", help="list past runs; `runs show ID` (its result versions too); "
-                                                "`runs pick ID N` (which version is the run's result)"))
-    p.add_argument("action", nargs="?", choices=["show", "pick"], help="show one run, or pick its result version")
-    p.add_argument("run_id", nargs="?", help="run id for `show` and `pick`")
+                                                "`runs pick ID N` (which version is the run's result); "
+                                                "`runs approve ID` (approve a finished run)"))
+    p.add_argument("action", nargs="?", choices=["show", "pick", "approve"],
+                   help="show one run, pick its result version, or approve it (recorded with your identity)")
+    p.add_argument("run_id", nargs="?", help="run id for `show`, `pick` and `approve`")
+    p.add_argument("--comment", help="`approve`: a comment kept with the approval")
     p.add_argument("pick", nargs="?", metavar="N", help="`pick`: the version number, or `newest`")
     p.add_argument("--version", dest="show_version", type=int, metavar="N",
                    help="`show`: this result version instead of the run's result")
@@ -126,6 +136,10 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--output", type=Path, help="write here (default: stdout)")
     p.set_defaults(func=cmd_export_bluesky)
+    verbs["export"] = export  # methods add their own formats (NTA: `export report`)
+
+    from exoacq.audit_cli import add_audit_verbs
+    add_audit_verbs(sub, _Parser)  # exoacq audit verify|show
 
     p = sub.add_parser("config", help="configuration helpers")
     p.add_argument("action", choices=["example", "check"], help="print a commented example, or check a file")
@@ -139,6 +153,9 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="serve the simulated twins of this configuration's devices "
                                                "(default: one of each driver that has a simulator)")
     p.set_defaults(func=cmd_sim_serve)
+
+    from exoacq.keys_cli import add_keys_parser
+    add_keys_parser(sub)  # exoacq keys init|add|list: CurveZMQ keys for a daemon reachable off its host
 
     p = sub.add_parser("laser", help="laser safety: switch every configured laser off (systemd ExecStopPost)")
     p.add_argument("state", choices=["off"])
@@ -196,7 +213,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     if args.config is None and not args.simulated:
         raise ConfigError("no configuration: give --config FILE, or --simulated for simulated instruments")
     config = load_config(args.config, simulated=args.simulated)
-    for name in ("control", "results", "frames", "data_dir"):
+    for name in ("control", "results", "frames", "data_dir", "keys_dir", "metrics", "metrics_allow_remote"):
         value = getattr(args, name)
         if value is not None:
             setattr(config.daemon, name, value)
@@ -205,7 +222,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace):
     from exoacq.bus import ControlClient
-    return ControlClient(args.control)
+    from exoacq.cli_common import client_keys
+    return ControlClient(args.control, keys=client_keys(args))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -219,6 +237,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, address in status["endpoints"].items():
         print(f"  {name:<8} {address}")
     print(f"  data     {status['data_dir']}")
+    security = status.get("security") or {}
+    if security.get("curve"):
+        print(f"  security CurveZMQ (reachable off this host); clients {', '.join(security['authorized_clients'])}; "
+              f"refused: {security['refused_keys']} key(s), {security['refused_commands']} command(s); "
+              f"oversize requests {security['oversize_requests']}")
+    if "metrics" in status:  # a daemon older than the metrics endpoint has no such key
+        print(f"  metrics  {status['metrics'] or 'off'}")
     methods = [f"{m} ({len(v['instruments'])} instrument(s))" for m, v in status["methods"].items()]
     print(f"  methods  {', '.join(methods)}")
     for name, inst in status["instruments"].items():
@@ -243,21 +268,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from exoacq.bus import subscribe
+    from exoacq.liveness import watch_documents  # also reports seq gaps, restarts, a daemon gone
 
     with _client(args) as client:
         endpoints = client.request("status")["endpoints"]
-    socket = subscribe(endpoints["results"], args.topics or None)
-    seen = 0
-    try:
-        while args.count is None or seen < args.count:
-            topic, payload = socket.recv_multipart()
-            sys.stdout.write(payload.decode("utf-8") + "\n")
-            sys.stdout.flush()
-            seen += 1
-    finally:
-        socket.close(linger=0)
-    return 0
+    return watch_documents(client.address, client.reachable(endpoints["results"]), args.topics or None, args.count,
+                           keys=client.keys)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -272,10 +288,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
         for dest, view in args.views:  # a method's own listing (NTA: --bead-checks)
             if getattr(args, dest, False):
                 return view(client, args)
-        if args.action in ("show", "pick") and not args.run_id:
+        if args.action in ("show", "pick", "approve") and not args.run_id:
             raise ExoacqError(f"`exoacq runs {args.action}` needs a run id (see `exoacq runs`)", code="usage")
         if args.action == "pick":
             return _pick_version(client, args)
+        if args.action == "approve":
+            from exoacq.audit_cli import approve
+            return approve(client, args)
         if args.action == "show":
             if args.pick is not None:
                 raise ExoacqError(f"unexpected {args.pick!r}: `exoacq runs show RUN_ID [--version N]`", code="usage")
@@ -304,6 +323,11 @@ def _print_run(record: dict[str, Any]) -> None:
           f"{record.get('instrument') or '-'}  started {record['started']}  finished {record['finished']}")
     if record.get("error"):
         print(f"  error: {record['error']}")
+    from exoacq.durable import describe_kept  # its run.h5: what it holds (what was kept after a crash)
+    for line in describe_kept(record.get("data_file")):
+        print(line)
+    from exoacq.audit_cli import print_signatures
+    print_signatures(record)  # run by ..., approved by ... (or not yet)
     print(format_versions(record))
     if record.get("result"):
         print(f"result version {record.get('version') or record.get('current_version')}:")

@@ -60,7 +60,23 @@ def seed_int(text: str) -> int:
 def add_control(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--control", default=default_control(),
                    help="daemon control endpoint (default: $EXOACQ_CONTROL or %(default)s)")
+    return add_client_keys(p)
+
+
+def add_client_keys(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--key`` and ``--server-key``: a client's CurveZMQ keys for a daemon reachable off its host."""
+    p.add_argument("--key", type=Path, default=os.environ.get("EXOACQ_KEY") or None,
+                   help="your CurveZMQ secret key file (NAME.key_secret from `exoacq keys add`), for a daemon "
+                        "reachable off its host (default: $EXOACQ_KEY)")
+    p.add_argument("--server-key", type=Path, default=os.environ.get("EXOACQ_SERVER_KEY") or None,
+                   help="the daemon's public key file (server.key) (default: $EXOACQ_SERVER_KEY)")
     return p
+
+
+def client_keys(args: argparse.Namespace) -> Any:
+    """The :class:`exoacq.security.ClientKeys` of ``--key`` and ``--server-key``, or None."""
+    from exoacq.security import load_client_keys
+    return load_client_keys(getattr(args, "key", None), getattr(args, "server_key", None))
 
 
 def add_acquire_options(p: argparse.ArgumentParser) -> None:
@@ -70,6 +86,10 @@ def add_acquire_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instrument", help="instrument to run on (default: the only one serving the method)")
     p.add_argument("--sop", type=Path, help="a SOP file (TOML, or a NanoSight script) the run follows")
     p.add_argument("--json", action="store_true", help="print the final result document alone on stdout")
+    p.add_argument("--daemon-timeout", type=positive_float, default=None, metavar="S",
+                   help="seconds without a document from the daemon before it is asked whether it is still "
+                        "there (default 2: a dead daemon is reported within ~5 s; raise it on a slow link, or "
+                        "to wait for a daemon that restarts)")
     add_control(p)
 
 
@@ -88,9 +108,9 @@ def run_acquisition(args: argparse.Namespace, method: str, params: dict[str, Any
             raise ExoacqError(f"cannot read SOP {args.sop}: {getattr(exc, 'strerror', None) or exc}",
                               code="usage") from None
     bar = ProgressBar()
-    with ControlClient(args.control) as client:
+    with ControlClient(args.control, keys=client_keys(args)) as client:
         try:
-            result = follow_run(client, request, on_document=bar)
+            result = follow_run(client, request, on_document=bar, silent_after_s=args.daemon_timeout)
         finally:
             bar.close()
     print(json.dumps(result) if args.json else format_result(result))

@@ -10,9 +10,8 @@ import time
 from typing import Any, Callable
 
 
-from exoacq.bus import ControlClient, loads, subscribe
+from exoacq.bus import ControlClient, loads, subscribe, without_transport
 from exoacq.errors import ExoacqError
-from exoacq.storage import FINAL_STATES
 
 #: Time for a new SUB socket's subscription to reach the publisher (ZeroMQ's slow joiner).
 SUBSCRIBE_SETTLE_S = 0.3
@@ -22,46 +21,58 @@ POLL_AFTER_S = 2.0
 
 def follow_run(client: ControlClient, request: dict[str, Any],
                on_document: Callable[[str, dict[str, Any]], None] | None = None,
-               timeout_s: float | None = None) -> dict[str, Any]:
+               timeout_s: float | None = None, silent_after_s: float | None = None) -> dict[str, Any]:
     """Start a run and block until it ends; return its result document (``<method>.result``).
 
-    Raises ExoacqError if the run fails or is aborted. ``on_document`` sees
+    Raises ExoacqError if the run fails or is aborted, and within ~5 s if the
+    daemon dies or restarts under it (exoacq.liveness: its heartbeats stop, or
+    its boot id changes), with the run's stored state. ``on_document`` sees
     every document of this run (topic, document), for progress display.
+    ``silent_after_s``: silence before the daemon is asked (default
+    exoacq.liveness.SILENT_AFTER_S).
     """
+    from exoacq.liveness import HEARTBEAT_TOPIC, DaemonWatch
+
     endpoints = client.request("status")["endpoints"]
     method = request.get("method", "nta")
     result_topic = f"{method}.result"
-    sub = subscribe(endpoints["results"], ["run.state", f"{method}.progress", result_topic])
+    sub = subscribe(client.reachable(endpoints["results"]),
+                    ["run.state", f"{method}.progress", result_topic, HEARTBEAT_TOPIC],
+                    keys=getattr(client, "keys", None))
+    watch = DaemonWatch(client.address, keys=getattr(client, "keys", None), silent_after_s=silent_after_s)
     try:
         time.sleep(SUBSCRIBE_SETTLE_S)
         run_id = client.request("acquire", **request)["run_id"]
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         last_seen = time.monotonic()
+        last_state = "queued"
         while True:
             if deadline is not None and time.monotonic() > deadline:
                 raise ExoacqError(f"run {run_id} did not finish within {timeout_s:g} s", code="timeout")
             if sub.poll(200):
                 topic, payload = sub.recv_multipart()
                 document = loads(payload)
+                topic = topic.decode()
+                if watch.seen(topic, document) is not None:  # a new boot id: the daemon restarted
+                    return _ended(client.address, run_id, watch.check_run(run_id, last_state, restarted=True))
                 if document.get("run_id") != run_id:
                     continue
                 last_seen = time.monotonic()
-                topic = topic.decode()
                 if on_document:
                     on_document(topic, document)
                 if topic == result_topic:
-                    return document
-                if topic == "run.state" and document["state"] in ("failed", "aborted"):
-                    raise ExoacqError(f"run {run_id} {document['state']}: {document.get('error') or 'no reason given'}",
-                                      code=f"run_{document['state']}")
-            elif time.monotonic() - last_seen > POLL_AFTER_S:
+                    return without_transport(document)  # the result as stored (`runs show`)
+                if topic == "run.state":
+                    last_state = document["state"]
+                    if last_state in ("failed", "aborted"):
+                        raise ExoacqError(f"run {run_id} {last_state}: {document.get('error') or 'no reason given'}",
+                                          code=f"run_{last_state}")
+            elif watch.silent or time.monotonic() - last_seen > POLL_AFTER_S:
+                # the daemon is silent (dead? restarted?), or a document of this run may have been missed
                 last_seen = time.monotonic()
-                record = client.request("run", run_id=run_id)
-                if record["state"] in FINAL_STATES:
-                    if record["state"] == "done" and record.get("result"):
-                        return record["result"]
-                    raise ExoacqError(f"run {run_id} {record['state']}: {record.get('error') or 'no reason given'}",
-                                      code=f"run_{record['state']}")
+                record = watch.check_run(run_id, last_state)  # raises when nothing answers
+                if record is not None:
+                    return _ended(client.address, run_id, record)
     except KeyboardInterrupt:
         try:
             client.request("stop", run_id=run_id, timeout_s=2.0)
@@ -71,6 +82,18 @@ def follow_run(client: ControlClient, request: dict[str, Any],
         raise
     finally:
         sub.close(linger=0)
+
+
+def _ended(control: str, run_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A run found ended by asking the daemon: its result, or the one-line error (a restart named)."""
+    from exoacq.liveness import restart_message
+
+    if record.get("_restarted"):
+        raise ExoacqError(restart_message(control, run_id, record), code="daemon_restarted")
+    if record["state"] == "done" and record.get("result"):
+        return record["result"]
+    raise ExoacqError(f"run {run_id} {record['state']}: {record.get('error') or 'no reason given'}",
+                      code=f"run_{record['state']}")
 
 
 def follow_reprocess(client: ControlClient, run_id: str, overrides: dict[str, Any], reason: str | None = None,
@@ -85,7 +108,8 @@ def follow_reprocess(client: ControlClient, run_id: str, overrides: dict[str, An
     endpoints = client.request("status")["endpoints"]
     method = client.request("run", run_id=run_id)["method"]
     result_topic = f"{method}.result"
-    sub = subscribe(endpoints["results"], ["run.version", result_topic])
+    sub = subscribe(client.reachable(endpoints["results"]), ["run.version", result_topic],
+                    keys=getattr(client, "keys", None))
     try:
         time.sleep(SUBSCRIBE_SETTLE_S)
         request: dict[str, Any] = {"run_id": run_id, "overrides": overrides}
@@ -108,7 +132,7 @@ def follow_reprocess(client: ControlClient, run_id: str, overrides: dict[str, An
                     continue
                 last_seen = time.monotonic()
                 if topic.decode() == result_topic:
-                    return document
+                    return without_transport(document)
                 if on_version:
                     on_version(document)
                 if document["state"] == "failed":

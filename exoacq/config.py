@@ -44,6 +44,13 @@ class DaemonConfig(_Section):
     frames: Endpoint = "tcp://127.0.0.1:5557"
     #: None: the user's state directory (``~/.local/state/exoacq``).
     data_dir: Path | None = None
+    #: CurveZMQ keys (exoacq.security; `exoacq keys init`), needed when a socket binds off loopback.
+    #: None: the user's config directory (``~/.config/exoacq/keys``).
+    keys_dir: Path | None = None
+    #: Prometheus endpoint (exoacq.metrics): HOST:PORT or "off"; no authentication, so loopback only
+    #: unless metrics_allow_remote.
+    metrics: str = "127.0.0.1:9464"
+    metrics_allow_remote: bool = False
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir else Path(platformdirs.user_state_dir("exoacq"))

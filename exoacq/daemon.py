@@ -19,7 +19,6 @@ Threads:
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import queue
@@ -35,20 +34,30 @@ from typing import Any
 import zmq
 
 from exoacq import __version__
+from exoacq.audit_recorder import AuditRecorder
 from exoacq.bluesky import RunDocuments, epoch, read_jsonl, write_jsonl
-from exoacq.bus import STATUS_SCHEMA, dumps, loads, make_document, publish, utc_now_iso
+from exoacq.bus import STATUS_SCHEMA, Publisher, dumps, loads, make_document, utc_now_iso
 from exoacq.config import Config
+from exoacq.durable import CatalogRetry, recover_unfinished, run_files_for
 from exoacq.errors import ConfigError, ExoacqError, ProtocolError
 from exoacq.instruments import Instrument
+from exoacq.liveness import HEARTBEAT_INTERVAL_S, HEARTBEAT_TOPIC, heartbeat_document
 from exoacq.methods import Method, MethodService, RunStatus, ServiceContext
+from exoacq.metrics import DaemonMetrics
 from exoacq.runner import InstrumentRunner, Preview
-from exoacq.sdnotify import notify
+from exoacq.sdnotify import Watchdog, notify, status_line
+from exoacq.security import DaemonSecurity
 from exoacq.storage import FINAL_STATES, RunStore
 
 log = logging.getLogger("exoacq.daemon")
 
 #: Progress documents are published at least this often while a run acquires or processes.
 PROGRESS_INTERVAL_S = 0.5
+#: Results a subscriber that does not read may have queued before the PUB drops its documents
+#: (it sees a ``seq`` gap); acquisition is never slowed by a subscriber.
+RESULTS_HWM = 1000
+#: Events from the acquisition threads and services queued for the main thread (each small).
+EVENTS_HWM = 10000
 #: Finished runs whose status the daemon keeps in memory (late results of aborted runs).
 RUNS_IN_MEMORY = 100
 SERVICE_START_TIMEOUT_S = 60.0
@@ -67,13 +76,25 @@ class Daemon:
             raise ConfigError("no instruments configured: add an [instruments.NAME] section "
                               "(see `exoacq config example`), or use --simulated")
         self.config = config
+        #: Refuses (ConfigError naming the socket) an off-host endpoint without CurveZMQ keys.
+        self.security = DaemonSecurity.from_config(config)
+        #: Who sent the control request being handled (exoacq.security; set by _on_control).
+        self.current_client: dict[str, Any] | None = None
         self.ctx = zmq.Context()
         self.store = RunStore(config.daemon.resolved_data_dir())
-        for run_id in self.store.fail_unfinished("the daemon stopped during this run"):
-            log.warning("run %s was left unfinished by a previous daemon: marked failed", run_id)
+        #: The audit trail (exoacq.audit): control requests, run states, results, approvals.
+        self.audit = AuditRecorder(self.store, config.daemon.resolved_data_dir())
+        for run_id, kept in recover_unfinished(self.store, "the daemon stopped during this run"):
+            log.warning("run %s was left unfinished by a previous daemon: marked interrupted; its data file %s: "
+                        "%s (rows kept: %s)", run_id, kept["path"], kept["state"], kept["rows"])
+            self.audit.state(run_id, "interrupted", None, "the daemon stopped during this run")
+        #: Catalog writes a full disk refused, retried from the main loop (exoacq.durable).
+        self.catalog = CatalogRetry(self.store.data_dir)
         for run_id, version in self.store.fail_unfinished_versions("the daemon stopped during this re-processing"):
             log.warning("run %s version %d was left unfinished by a previous daemon: marked failed", run_id, version)
-        #: Re-processing: jobs for the worker thread, and its outcomes for the main thread.
+            self.audit.result(run_id, version, None, error="the daemon stopped during this re-processing")
+        #: Re-processing: jobs for the worker thread, and its outcomes for the main thread. Unbounded on
+        #: purpose: one entry per stored version reserved (a catalog row), never per frame or document.
         self._reprocess_jobs: queue.Queue = queue.Queue()
         self._reprocessed: queue.Queue = queue.Queue()
         self._reprocess_thread: threading.Thread | None = None
@@ -81,8 +102,12 @@ class Daemon:
         self._runs: dict[str, RunStatus] = {}
         self._started = time.time()
         self._last_progress = 0.0
+        self._last_heartbeat = 0.0
         self.runners: dict[str, InstrumentRunner] = {}
         self._watched: dict[zmq.Socket, Any] = {}
+        #: Prometheus endpoint (refuses an off-loopback address unless allowed) and systemd's watchdog.
+        self.metrics = DaemonMetrics(self, config.daemon.metrics, config.daemon.metrics_allow_remote)
+        self.watchdog = Watchdog()
         self._bind_sockets()
 
     # -- set-up ----------------------------------------------------------------
@@ -91,12 +116,14 @@ class Daemon:
         socket.setsockopt(zmq.LINGER, 0)
         if hwm is not None:  # before bind: a high-water mark applies to connections made after it is set
             socket.setsockopt(zmq.SNDHWM, hwm)
+        self.security.prepare(socket, what)  # CURVE server with keys; the control socket's size limit
         try:
             socket.bind(address)
         except zmq.ZMQError as exc:
             socket.close()
             for other in getattr(self, "_bound", []):
                 other.close()
+            self.security.stop()
             self.ctx.term()
             hint = (f"another daemon on this port? use --{what} to choose another"
                     if exc.errno == zmq.EADDRINUSE
@@ -108,12 +135,22 @@ class Daemon:
 
     def _bind_sockets(self) -> None:
         d = self.config.daemon
+        self.security.start(self.ctx)  # the ZAP handler, before the first CURVE socket binds
         self.control = self._bind(zmq.ROUTER, d.control, "control")
-        self.results = self._bind(zmq.PUB, d.results, "results")
+        self.results = self._bind(zmq.PUB, d.results, "results", hwm=RESULTS_HWM)
+        #: Every document goes out through it: ``seq`` per topic and this start's boot id (exoacq.bus).
+        self.publisher = Publisher(self.results)
+        #: Each run's run.h5, fed every published document of the run (exoacq.durable).
+        self.run_files = run_files_for(self)
+        self.publisher.observers.append(self.run_files)
         self.live_frames = self._bind(zmq.XPUB, d.frames, "frames", hwm=4)
         self.live_in = self.ctx.socket(zmq.XSUB)
+        self.live_in.setsockopt(zmq.RCVHWM, 4)  # frames of several MB: the proxy holds few, viewers drop the rest
         self.live_in.bind(LIVE_FRAMES)
         self.events = self.ctx.socket(zmq.PULL)
+        # Events (states, counters, run messages for the tracking core) are never dropped: the emitting
+        # thread would wait at this mark, which the main loop's draining keeps far away.
+        self.events.setsockopt(zmq.RCVHWM, EVENTS_HWM)
         self.events.bind("inproc://events")
         self._proxy_control = self.ctx.socket(zmq.PAIR)
         self._proxy_control.bind("inproc://live-frames-control")
@@ -138,6 +175,7 @@ class Daemon:
     def start(self) -> None:
         """Connect every instrument, start the methods' services and the acquisition threads."""
         emit_socket = self.ctx.socket(zmq.PUSH)
+        emit_socket.setsockopt(zmq.SNDHWM, EVENTS_HWM)
         emit_socket.connect("inproc://events")
         self._emit_lock = threading.Lock()
         self._emit_socket = emit_socket
@@ -153,9 +191,9 @@ class Daemon:
                                  live_frames=self._live_frames_socket, watch=self._watch,
                                  run_status=lambda run_id: self._runs.get(run_id),
                                  progress_now=self.publish_progress_now, fail=self._fail,
-                                 publish=lambda topic, document: publish(self.results, topic, document),
+                                 publish=self.publisher.publish,
                                  data_dir=self.config.daemon.resolved_data_dir(),
-                                 stored_run=self._stored_run,
+                                 stored_run=self._stored_run, record=self.run_files.record, security=self.security,
                                  stored_runs=lambda method, instrument, limit: self.store.find(method, instrument,
                                                                                              limit))
         for name, instrument_config in self.config.instruments.items():
@@ -197,8 +235,10 @@ class Daemon:
             poller.register(socket, zmq.POLLIN)
         while not self._stopping.is_set():
             ready = dict(poller.poll(100))
+            self.watchdog.tick(lambda: status_line(self.runners))  # from this loop: a hung loop stops pinging
+            self.metrics.refresh()
             if self.control in ready:
-                self._on_control(self.control.recv_multipart())
+                self._on_control(self.control.recv_multipart(copy=False))  # frames: the User-Id
             while self.events.poll(0):
                 self._guarded(self._on_event, loads(self.events.recv()))
             for socket, callback in self._watched.items():
@@ -210,14 +250,23 @@ class Daemon:
                     self._on_reprocessed(*outcome)
                 except Exception:  # a bug or a broken catalog: logged; the daemon keeps serving
                     log.exception("run %s: storing result version %d failed", outcome[0]["run_id"], outcome[1])
+            self.run_files.tick()  # checkpoints, the free-space guard
+            self.audit.flush_due()  # fsync read-only audit entries within 1 s (exoacq.audit_recorder)
+            self.catalog.retry()
             if time.monotonic() - self._last_progress >= PROGRESS_INTERVAL_S:
                 self._last_progress = time.monotonic()
                 for runner in self.runners.values():
                     self._guarded(self._publish_progress, runner.current)
                     self._guarded(self._supervise, runner)
+            if time.monotonic() - self._last_heartbeat >= HEARTBEAT_INTERVAL_S:  # clients notice (exoacq.liveness)
+                self._last_heartbeat = time.monotonic()
+                self.publisher.publish(HEARTBEAT_TOPIC, heartbeat_document(self._started, [
+                    {"run_id": r.run.run_id, "state": r.state} for r in self._runs.values()
+                    if r.state not in FINAL_STATES]))
 
     def shutdown(self) -> None:
         """Abort runs in progress and queued ones, switch the lasers off, stop the services. Fast (< 5 s)."""
+        self.metrics.stop()
         for runner in self.runners.values():
             runner.stopping.set()
             while True:  # drain the queue: queued runs are aborted too
@@ -252,6 +301,10 @@ class Daemon:
         for run_id, version in self.store.fail_unfinished_versions("the daemon was stopped before this "
                                                                    "re-processing finished"):
             log.warning("run %s version %d: re-processing not finished at shutdown: marked failed", run_id, version)
+            self.audit.result(run_id, version, None, error="the daemon was stopped before this re-processing finished")
+        self.run_files.close_all()
+        self.catalog.retry()
+        self.audit.close()
         self.store.close()
         try:
             self._proxy_control.send(b"TERMINATE")
@@ -263,35 +316,39 @@ class Daemon:
         for socket in (self.control, self.results, self.live_frames, self.live_in, self.events,
                        self._proxy_control):
             socket.close(linger=0)
+        self.security.stop()  # its ZAP socket too, or ctx.term() waits for it
         self.ctx.term()
 
     # -- control requests ----------------------------------------------------------
-    def _on_control(self, parts: list[bytes]) -> None:
-        envelope, payload = parts[:-1], parts[-1]
+    def _on_control(self, parts: list[Any]) -> None:
+        """One control message (bytes, or zmq.Frames that carry the client's ZAP User-Id): who sent it
+        (``self.current_client`` while it is handled), size, JSON, parameters, permission
+        (exoacq.security), then the handler. Every message gets a reply, an error one if it is malformed."""
+        client = self.security.client_of(parts)
+        parts = [p.bytes if isinstance(p, zmq.Frame) else bytes(p) for p in parts] or [b""]
+        envelope = parts[:-1]
+        self.current_client = client
         try:
-            try:
-                request = loads(payload)
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise ProtocolError(f"the request is not valid JSON ({exc})", code="bad_json") from None
-            if not isinstance(request, dict) or not isinstance(request.get("command"), str):
-                raise ProtocolError('a request is a JSON object with a "command" string', code="bad_request")
+            request = self.security.parse(parts)
             command = request.pop("command")
+            self.audit.begin(command, request, client)  # takes out the operator name the client states
             handler = getattr(self, f"_cmd_{command}", None)
             if handler is None:
                 known = sorted(n.removeprefix("_cmd_") for n in dir(self) if n.startswith("_cmd_"))
-                raise ProtocolError(f"unknown command {command!r}; known: {', '.join(known)}",
+                raise ProtocolError(f"unknown command {command[:64]!r}; known: {', '.join(known)}",
                                     code="unknown_command")
-            try:
-                inspect.signature(handler).bind(**request)
-            except TypeError as exc:
-                raise ProtocolError(f"bad parameters for {command!r}: {exc}") from None
+            self.security.check_params(command, handler, request)
+            self.security.authorize(command, client)
             reply = {"ok": True, "result": handler(**request)}
         except ExoacqError as exc:
             reply = {"ok": False, "error": {"code": exc.code, "message": str(exc)}}
         except Exception as exc:  # a bug: answer, log, keep serving
             log.exception("control request failed")
             reply = {"ok": False, "error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}
+        self.audit.control(reply, self.current_client, parts)  # recorded before the client hears of it
         self.control.send_multipart([*envelope, dumps(reply)])
+        self.metrics.count_request(reply)
+        self.current_client = None
 
     def _cmd_ping(self) -> dict[str, Any]:
         return {"version": __version__, "pid": os.getpid()}
@@ -311,11 +368,13 @@ class Daemon:
             "uptime_s": time.time() - self._started,
             "data_dir": str(self.store.data_dir),
             "endpoints": {name: _connectable(getattr(d, name)) for name in ("control", "results", "frames")},
+            "metrics": self.metrics.url,
             "ready": all(r.service.ready for r in self.runners.values()),
             "simulated": all(r.instrument.simulated for r in self.runners.values()),
             "methods": methods,
             "instruments": {name: self._describe_runner(runner) for name, runner in self.runners.items()},
             "runs": [self._describe_run(r) for r in self._runs.values() if r.state not in FINAL_STATES],
+            "security": self.security.describe(),
         }
 
     def _describe_runner(self, runner: InstrumentRunner) -> dict[str, Any]:
@@ -466,8 +525,10 @@ class Daemon:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ProtocolError(f"value = {value!r}: {device}.{setting} takes a number in {spec.unit}")
         minimum, maximum = spec.low(target), spec.limit(target)
-        if not minimum <= value <= maximum:
-            raise ProtocolError(f"{device}.{setting} = {value:g} {spec.unit} is out of range "
+        if not minimum <= value <= maximum:  # (an integer beyond a float's range cannot be shown with :g)
+            shown = (f"{value:g}" if isinstance(value, float) or abs(value) < 10 ** 15
+                     else f"a {len(str(abs(value)))}-digit number")
+            raise ProtocolError(f"{device}.{setting} = {shown} {spec.unit} is out of range "
                                 f"{minimum:g}..{maximum:g} {spec.unit}", code="out_of_range")
         getattr(target, spec.set)(value)
         now = getattr(target, spec.get)()
@@ -540,6 +601,10 @@ class Daemon:
         return {"run_id": run_id, "current_version": record["current_version"],
                 "picked_version": record["picked_version"]}
 
+    def _cmd_approve(self, run_id: str, comment: str | None = None) -> dict[str, Any]:
+        """The sender approves a finished run (exoacq.audit_recorder: catalog and audit log)."""
+        return self.audit.approve(run_id, comment)
+
     def _method_named(self, name: str, instrument: str | None) -> Method:
         """The plugin of a stored run's method, from its instrument (or any instrument of the method)."""
         runner = self.runners.get(instrument or "")
@@ -577,13 +642,14 @@ class Daemon:
             log.error("run %s: re-processing version %d failed: %s", run_id, version, error)
         else:
             method = self._method_named(record["method"], record.get("instrument"))
-            publish(self.results, method.result_topic, document)
+            self.publisher.publish(method.result_topic, document)
             log.info("run %s: result version %d stored", run_id, version)
+        self.audit.result(run_id, version, document, reason="reprocessed", error=error)
         self._publish_version(record, version, "failed" if error is not None else "done", error)
 
     def _publish_version(self, record: dict[str, Any], version: int, state: str, error: str | None = None) -> None:
         entry = next(v for v in self.store.versions(record["run_id"]) if v["version"] == version)
-        publish(self.results, "run.version", make_document(
+        self.publisher.publish("run.version", make_document(
             "run.version", record["run_id"], schema=RUN_VERSION_SCHEMA, version=version, state=state,
             method=record["method"], instrument=record.get("instrument"), reason=entry["reason"],
             overrides=entry["overrides"], current=entry["current"], error=error))
@@ -644,7 +710,7 @@ class Daemon:
                 method_settings=options.model_dump(mode="json") if options is not None else {})
         pairs = compose(docs)
         for name, doc in pairs:
-            publish(self.results, f"bluesky.{name}", doc)
+            self.publisher.publish(f"bluesky.{name}", doc)
         try:
             write_jsonl(self.store.run_dir(status.run.run_id) / BLUESKY_FILE, pairs)
         except OSError as exc:
@@ -679,17 +745,21 @@ class Daemon:
             return
         status.result_stored = True
         self.store.save_result(status.run.run_id, document)
+        self.audit.result(status.run.run_id, 1, document)
         self._bluesky(status, lambda docs: docs.result(document))
         if status.state == "processing":
             topic = self.runners[status.run.instrument].instrument.method.result_topic
-            publish(self.results, topic, document)
+            self.publisher.publish(topic, document)
             self._set_state(status.run.run_id, "done")
         status.run.finished.set()
+        if status.state in FINAL_STATES:  # the result is stored: the method's bookkeeping is not needed again
+            status.data.clear()  # (the last RUNS_IN_MEMORY runs stay in memory: ~0.2 MiB each otherwise)
 
     def _set_state(self, run_id: str, state: str, error: str | None = None) -> None:
         status = self._runs.get(run_id)
         previous = status.state if status else None
-        self.store.set_state(run_id, state, error=error)
+        self.catalog.call(f"run {run_id} state {state}", self.store.set_state, run_id, state, error)
+        self.audit.state(run_id, state, previous, error, step=status.step if status is not None else None)
         if status is not None:
             status.state = state
             runner = self.runners.get(status.run.instrument)
@@ -703,10 +773,10 @@ class Daemon:
             if state == "preparing":
                 self._bluesky(status, lambda docs: docs.start())
             elif state in FINAL_STATES:
-                exit_status = {"done": "success", "failed": "fail", "aborted": "abort"}[state]
+                exit_status = {"done": "success", "failed": "fail", "aborted": "abort", "interrupted": "fail"}[state]
                 self._bluesky(status, lambda docs: docs.stop(exit_status, error or ""))
         record = self.store.get(run_id)
-        publish(self.results, "run.state", make_document(
+        self.publisher.publish("run.state", make_document(
             "run.state", run_id, state=state, previous=previous, method=record["method"],
             instrument=record.get("instrument"), sample=record["sample"], error=error,
             step=status.step if status is not None else None))
@@ -719,7 +789,7 @@ class Daemon:
             method = self.runners[status.run.instrument].instrument.method
             document = {"schema": method.topics[method.progress_topic], "run_id": status.run.run_id,
                         "time": utc_now_iso(), "instrument": status.run.instrument, **payload}
-            publish(self.results, method.progress_topic, document)
+            self.publisher.publish(method.progress_topic, document)
             self._bluesky(status, lambda docs: docs.add("progress", document, epoch(document["time"])))
 
     def _supervise(self, runner: InstrumentRunner) -> None:
@@ -762,9 +832,11 @@ def run_daemon(config: Config) -> int:
     signal.signal(signal.SIGINT, daemon.request_stop)
     try:
         daemon.start()
+        daemon.metrics.start()
         d = config.daemon
-        log.info("exoacq daemon %s ready: instruments %s; control %s, results %s, frames %s, data %s",
-                 __version__, ", ".join(daemon.runners), d.control, d.results, d.frames, daemon.store.data_dir)
+        log.info("exoacq daemon %s ready: instruments %s; control %s, results %s, frames %s, data %s, metrics %s",
+                 __version__, ", ".join(daemon.runners), d.control, d.results, d.frames, daemon.store.data_dir,
+                 daemon.metrics.url or "off")
         notify(f"READY=1\nSTATUS=serving {len(daemon.runners)} instrument(s) on {d.control}")
         daemon.serve()
     finally:

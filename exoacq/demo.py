@@ -34,7 +34,8 @@ def start_daemon(data_dir: Path, log_path: Path, extra: list[str] | None = None,
     control = free_tcp_endpoint()
     command = [sys.executable, "-m", "exoacq", "daemon", *(["--simulated"] if simulated else []), "--data-dir", str(data_dir),
                "--control", control, "--results", free_tcp_endpoint(), "--frames", free_tcp_endpoint(),
-               *(extra or [])]
+               # metrics on any free loopback port (its URL is in `status`), unless the caller picks one
+               *([] if "--metrics" in (extra or []) else ["--metrics", "127.0.0.1:0"]), *(extra or [])]
     log = open(log_path, "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()

@@ -120,6 +120,13 @@ class ServiceContext:
     stored_run: Callable[[str], dict[str, Any] | None] = lambda run_id: None
     #: Stored runs, newest first, with their results: ``stored_runs(method, instrument, limit)`` (main thread).
     stored_runs: Callable[[str | None, str | None, int], list[dict[str, Any]]] = lambda m, i, n: []
+    #: Append rows to a table of the run's ``run.h5`` (one of ``Method.run_tables_for``; exoacq.durable):
+    #: ``record(run_id, dataset, rows)``, rows as lists in column order or a structured array (main thread).
+    record: Callable[[str, str, Any], bool] = lambda run_id, dataset, rows: False
+    #: The daemon's :class:`exoacq.security.DaemonSecurity` (None: no keys): a service's sockets for
+    #: clients are ``security.prepare(socket, what)``-ed before they bind; its processes get
+    #: ``security.process_args()`` and connect with ``security.internal_keys()``.
+    security: Any = None
 
 
 class MethodService:
@@ -199,6 +206,15 @@ class Method:
     schema_dir: Path | None = None
     #: (role, setting) pairs an operator may change while a run records.
     settable_during_run: frozenset[tuple[str, str]] = frozenset()
+    #: The method's tables in each run's ``run.h5`` (name -> exoacq.runfile.Table), written with
+    #: ``ServiceContext.record`` as the run goes (docs/protocol.md, Run files).
+    run_tables: dict[str, Any] = {}
+
+    def run_tables_for(self, instrument: "Instrument") -> dict[str, Any]:
+        """The tables of a run on ``instrument`` (``run_tables`` unless its columns depend on the
+        instrument, e.g. flow's events: one column per digitizer channel). Asked as each run goes
+        ``preparing`` (main thread), before its run.h5 exists: a table cannot change during a run."""
+        return dict(self.run_tables)
 
     @property
     def result_topic(self) -> str:

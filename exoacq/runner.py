@@ -9,6 +9,7 @@ results socket.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import threading
@@ -40,6 +41,7 @@ class InstrumentRunner:
         self.instrument = instrument
         self.service = service
         self.emit = emit
+        #: Queued runs and previews: unbounded on purpose, one entry per accepted request (each a catalog row).
         self.queue: queue.Queue[Any] = queue.Queue()
         self.current: RunStatus | None = None
         self.preview: Preview | None = None
@@ -106,6 +108,13 @@ class InstrumentRunner:
             counters = self.service.exec(run)
         except ExoacqError as exc:
             failure, device_fault = str(exc), isinstance(exc, DeviceError)
+        except OSError as exc:  # a file of the run: a full disk is no bug (exoacq.durable)
+            if exc.errno == errno.ENOSPC:
+                log.error("run %s: no space left on device writing %s", run.run_id, exc.filename or run.output_dir)
+                failure = f"data directory full: cannot write {exc.filename or run.output_dir}: no space left on device"
+            else:
+                log.exception("run %s failed", run.run_id)
+                failure = f"internal error: {type(exc).__name__}: {exc}"
         except Exception as exc:  # a bug: record it on the run, keep the daemon alive
             log.exception("run %s failed", run.run_id)
             failure = f"internal error: {type(exc).__name__}: {exc}"

@@ -24,9 +24,10 @@ from typing import Any
 from exoacq.bus import dumps, utc_now_iso
 from exoacq.errors import ExoacqError
 
-#: States a run can be in; the last three are final.
-RUN_STATES = ("queued", "preparing", "acquiring", "processing", "done", "failed", "aborted")
-FINAL_STATES = frozenset({"done", "failed", "aborted"})
+#: States a run can be in; the last four are final (``interrupted``: the daemon died during the run;
+#: its data up to the last checkpoint is kept, exoacq.durable).
+RUN_STATES = ("queued", "preparing", "acquiring", "processing", "done", "failed", "aborted", "interrupted")
+FINAL_STATES = frozenset({"done", "failed", "aborted", "interrupted"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -53,6 +54,18 @@ CREATE TABLE IF NOT EXISTS results (
     error     TEXT,
     PRIMARY KEY (run_id, version)
 );
+CREATE TABLE IF NOT EXISTS approvals (
+    run_id           TEXT NOT NULL,
+    operator         TEXT NOT NULL,
+    authenticated    INTEGER NOT NULL,
+    claimed_operator TEXT,
+    key              TEXT,
+    time             TEXT NOT NULL,
+    version          INTEGER,
+    comment          TEXT,
+    audit_seq        INTEGER
+);
+CREATE INDEX IF NOT EXISTS approvals_run ON approvals(run_id);
 """
 
 #: States of a result version.
@@ -76,6 +89,10 @@ class RunStore:
             self._db.execute("ALTER TABLE runs ADD COLUMN instrument TEXT")
         if "current_version" not in columns:  # a catalog written before result versions
             self._db.execute("ALTER TABLE runs ADD COLUMN current_version INTEGER")
+        if "data_file" not in columns:  # a catalog written before run files (exoacq.durable): JSON
+            self._db.execute("ALTER TABLE runs ADD COLUMN data_file TEXT")
+        if "operator" not in columns:  # a catalog written before the audit trail: who asked for the run (JSON)
+            self._db.execute("ALTER TABLE runs ADD COLUMN operator TEXT")
         # Results stored before versions existed are their runs' version 1, unchanged.
         self._db.execute(
             "INSERT INTO results (run_id, version, state, created, reason, overrides, result) "
@@ -105,7 +122,7 @@ class RunStore:
         self._db.execute(
             """UPDATE runs SET state = ?,
                    started = CASE WHEN ? = 'preparing' AND started IS NULL THEN ? ELSE started END,
-                   finished = CASE WHEN ? IN ('done', 'failed', 'aborted') THEN ? ELSE finished END,
+                   finished = CASE WHEN ? IN ('done', 'failed', 'aborted', 'interrupted') THEN ? ELSE finished END,
                    error = COALESCE(?, error)
                WHERE run_id = ?""",
             (state, state, now, state, now, error, run_id))
@@ -224,22 +241,66 @@ class RunStore:
             "ORDER BY created DESC LIMIT ?", (method, method, instrument, instrument, limit)).fetchall()
         return [self._row(r, full=True) for r in rows]
 
+    def count_by_state(self) -> list[tuple[str, str, int]]:
+        """(instrument, state, runs) for the metrics endpoint; instrument "" for runs recorded without one."""
+        rows = self._db.execute("SELECT COALESCE(instrument, ''), state, COUNT(*) FROM runs "
+                                "GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    def set_data_file(self, run_id: str, kept: dict[str, Any]) -> None:
+        """What the run's ``run.h5`` holds (exoacq.durable): path, state, rows per dataset, last checkpoint."""
+        self._db.execute("UPDATE runs SET data_file = ? WHERE run_id = ?", (dumps(kept).decode(), run_id))
+
+    def interrupt_unfinished(self, reason: str) -> list[str]:
+        """Mark runs left in a non-final state (the daemon died) as interrupted; return their ids."""
+        rows = self._db.execute(
+            "SELECT run_id FROM runs WHERE state NOT IN ('done', 'failed', 'aborted', 'interrupted')").fetchall()
+        for row in rows:
+            self.set_state(row["run_id"], "interrupted", error=reason)
+        return [row["run_id"] for row in rows]
+
     def fail_unfinished(self, reason: str) -> list[str]:
         """Mark runs left in a non-final state (the daemon died) as failed; return their ids."""
         rows = self._db.execute(
-            "SELECT run_id FROM runs WHERE state NOT IN ('done', 'failed', 'aborted')").fetchall()
+            "SELECT run_id FROM runs WHERE state NOT IN ('done', 'failed', 'aborted', 'interrupted')").fetchall()
         for row in rows:
             self.set_state(row["run_id"], "failed", error=reason)
         return [row["run_id"] for row in rows]
+
+    # -- who ran and who approved (exoacq.audit) ------------------------------------------
+    def set_operator(self, run_id: str, who: dict[str, Any]) -> None:
+        """Who asked for the run: an identity of exoacq.audit (operator, authenticated, ...)."""
+        self._db.execute("UPDATE runs SET operator = ? WHERE run_id = ?", (dumps(who).decode(), run_id))
+
+    def operator_of(self, run_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT operator FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(row["operator"]) if row is not None and row["operator"] else None
+
+    def add_approval(self, run_id: str, who: dict[str, Any], time: str, version: int | None,
+                     comment: str | None, audit_seq: int) -> None:
+        self._db.execute(
+            "INSERT INTO approvals (run_id, operator, authenticated, claimed_operator, key, time, version, "
+            "comment, audit_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, who["operator"], int(bool(who.get("authenticated"))), who.get("claimed_operator"),
+             who.get("key"), time, version, comment, audit_seq))
+
+    def approvals(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's approvals, oldest first, each with the seq of its audit log entry."""
+        rows = self._db.execute("SELECT * FROM approvals WHERE run_id = ? ORDER BY time, rowid", (run_id,))
+        return [{k: (bool(r[k]) if k == "authenticated" else r[k]) for k in r.keys() if k != "run_id"}
+                for r in rows.fetchall()]
 
     def _row(self, row: sqlite3.Row, full: bool) -> dict[str, Any]:
         record = {k: row[k] for k in ("run_id", "method", "instrument", "sample", "state", "created", "started",
                                       "finished", "error")}
         record["settings"] = json.loads(row["settings"])
+        record["operator"] = json.loads(row["operator"]) if row["operator"] else None
         if full:
             record["result"] = json.loads(row["result"]) if row["result"] else None
             record["directory"] = str(self.run_dir(row["run_id"]))
             record["versions"] = self.versions(row["run_id"])
             record["current_version"] = self._current(row["run_id"])
             record["picked_version"] = row["current_version"]
+            record["data_file"] = json.loads(row["data_file"]) if row["data_file"] else None
+            record["approvals"] = self.approvals(row["run_id"])
         return record

@@ -14,6 +14,7 @@ import pytest
 import zmq
 
 from conftest import RunningDaemon, active_state, laser_settings, load_schema, run_cli
+from exoacq.bus import without_transport
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +58,7 @@ def plain_request(address: str, payload: bytes, timeout_ms: int = 5000) -> dict:
         ctx.term()
 
 
+@pytest.mark.realtime  # asserts all 125 frames tracked live: runs alone (see Makefile)
 def test_acquire_nta_publishes_documents_matching_the_protocol(daemon):
     received: list[tuple[str, dict, float]] = []
     stop = threading.Event()
@@ -101,7 +103,7 @@ def test_acquire_nta_publishes_documents_matching_the_protocol(daemon):
 
     results = [d for t, d, _ in mine if t == "nta.result"]
     assert len(results) == 1
-    assert results[0] == cli_result
+    assert without_transport(results[0]) == cli_result  # the CLI prints the result as stored
     assert cli_result["sample"] == "beads-100"
     assert cli_result["frames"]["acquired"] == 125 and cli_result["frames"]["dropped"] == 0
     assert cli_result["frames"]["processed"] == 125
@@ -269,39 +271,8 @@ def test_frames_the_tracker_cannot_take_are_counted_not_hidden(tmp_path):
     assert any("fell behind the camera" in w for w in result["warnings"])
 
 
-def test_a_crashed_tracking_core_fails_the_run_and_is_restarted(tmp_path):
-    import os
-    import signal as signals
-
-    from exoacq.bus import ControlClient
-    d = RunningDaemon(tmp_path)
-    try:
-        with ControlClient(d.control) as client:
-            old_pid = client.request("status")["instruments"]["nta"]["service"]["tracker"]["pid"]
-            run_id = client.request("acquire", method="nta", duration_s=60, captures=1, sample="crash")["run_id"]
-            deadline = time.monotonic() + 20
-            while active_state(client.request("status")) != "acquiring":
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-            os.kill(old_pid, signals.SIGKILL)
-            deadline = time.monotonic() + 20
-            while client.request("run", run_id=run_id)["state"] != "failed":
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-            record = client.request("run", run_id=run_id)
-            assert record["error"] == "the tracking core exited with code -9"
-            status = client.request("status")
-            assert laser_settings(status)["emission"] is False
-            deadline = time.monotonic() + 60
-            while not client.request("status")["ready"]:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
-            assert client.request("status")["instruments"]["nta"]["service"]["tracker"]["pid"] != old_pid
-        proc = run_cli("acquire", "nta", "--duration", "2", "--captures", "1", "--json", "--control", d.control)
-        assert proc.returncode == 0, proc.stderr
-        assert json.loads(proc.stdout)["frames"]["processed"] == 50
-    finally:
-        assert d.stop() == 0
+# A crashed tracking core no longer fails the run: it is restarted and the run ends degraded
+# (tests/test_supervision.py).
 
 
 def test_captures_are_averaged_with_their_standard_error(daemon):

@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 
 from conftest import TESTDATA, load_schema, run_cli
+from exoacq.bus import without_transport
 from test_daemon import plain_subscriber
 
 FLOW = TESTDATA / "flow"
@@ -58,7 +59,7 @@ def test_simulated_flow_run_publishes_progress_and_one_valid_result_and_writes_f
     assert live and live[-1]["dot_plot"]["x"] and live[-1]["trigger"]["threshold_counts"] > 0
     assert max(d["live_time_s"] for d in progress) == pytest.approx(3.0)
     finals = [d for t, d in received if t == "flow.result" and d["run_id"] == result["run_id"]]
-    assert finals == [result]
+    assert [without_transport(d) for d in finals] == [result]  # the CLI prints the result as stored
 
     # 3 s of the default simulated sample (2e10 EVs/mL, median 80 nm) diluted x200 at 1 uL/min:
     # ~1,250 particles/s above the ~63 nm detection limit (accuracy: tests/test_flow_accuracy.py)
@@ -106,6 +107,56 @@ def test_controls_attach_by_run_id_and_are_reported(daemon):
     bad = run_cli("acquire", "flow", "--duration", "1", "--control-run", "lysed", "--unstained",
                   unstained["run_id"], "--control", daemon.control)
     assert bad.returncode != 0 and "a control run takes no controls" in bad.stderr
+
+
+@pytest.mark.slow
+def test_run_h5_gets_the_events_as_acquired_and_ends_with_those_of_the_fcs_file(daemon):
+    import flowio
+    import h5py
+    import numpy as np
+
+    from exoacq.bus import ControlClient
+    from exoacq.runfile import RUN_FILE
+
+    with ControlClient(daemon.control) as client:
+        run_id = client.request("acquire", method="flow", duration_s=3, dilution=200, sample="durable")["run_id"]
+        path = daemon.data_dir / "runs" / run_id / RUN_FILE
+        seen_while_acquiring, deadline = 0, time.monotonic() + 60
+        while (record := client.request("run", run_id=run_id))["state"] not in ("done", "failed", "aborted"):
+            assert time.monotonic() < deadline, record["state"]
+            if record["state"] == "acquiring" and path.exists() and not seen_while_acquiring:
+                try:  # as another program reads a run file being written: SWMR, up to the last checkpoint
+                    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+                        checkpoints = f["checkpoints"][:]
+                    rows = int(checkpoints[-1]["flow/events"]) if len(checkpoints) else 0
+                except (OSError, KeyError):  # being created
+                    rows = 0
+                if rows and client.request("run", run_id=run_id)["state"] == "acquiring":
+                    seen_while_acquiring = rows
+            time.sleep(0.1)
+    assert record["state"] == "done", record["error"]
+    total = record["result"]["events"]["total"]
+    assert 0 < seen_while_acquiring < total  # written (and checkpointed) while the run was acquiring
+
+    fcs = flowio.FlowData(str(path.with_name("events.fcs")))
+    names = list(fcs.pnn_labels)
+    values = fcs.as_array(preprocess=False)  # the stored float32 values ($TIMESTEP 1: Time in s)
+    with h5py.File(path, "r") as f:
+        table = f["flow/events"]
+        events, units = table[:], table.attrs["units"]
+    assert record["data_file"]["rows"]["flow/events"] == len(events) == fcs.event_count == total
+    assert set(events.dtype.names) == {"Time", "SSC-H", "SSC-A", "SSC-W", "FL1-H", "FL1-A", "FL2-H", "FL2-A",
+                                       "Coincident", "Saturated"} and set(events.dtype.names) <= set(names)
+    assert events.dtype["Time"] == np.float64 and events.dtype["SSC-H"] == np.float32
+    assert {"Time: s", "SSC-H: counts", "SSC-A: counts*us", "SSC-W: us", "FL2-A: counts*us",
+            "Coincident: 1"} <= set(units.split("; "))
+    for name in events.dtype.names:  # the same events, in the same order, with the same values
+        stored = values[:, names.index(name)]
+        if name == "Time":  # float64 in run.h5, float32 in the FCS file
+            np.testing.assert_allclose(events[name], stored, rtol=1e-6)
+        else:
+            assert np.array_equal(events[name].astype(np.float64), stored), name
+    assert np.all(np.diff(events["Time"]) >= 0)  # s since the digitizer started (gaps between blocks included)
 
 
 @pytest.mark.slow

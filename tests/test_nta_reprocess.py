@@ -11,7 +11,8 @@ from conftest import ROOT, run_cli
 from exoacq.errors import ExoacqError
 from exoacq.nta.reprocess import reprocess_run, validate_overrides
 
-pytestmark = pytest.mark.slow
+# realtime: the exact-reproduction test needs a live run with no dropped frame (runs alone, see Makefile)
+pytestmark = [pytest.mark.slow, pytest.mark.realtime]
 
 
 def comparable(document: dict) -> str:

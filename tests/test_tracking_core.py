@@ -18,6 +18,9 @@ from exoacq.demo import start_daemon, stop_daemon
 from exoacq.nta.analysis import TrackingParameters
 from exoacq.nta.tracker import Linker
 
+# realtime: these assert that live tracking keeps up with no dropped frame (they run alone, see Makefile)
+pytestmark = pytest.mark.realtime
+
 
 def _params() -> dict:
     return TrackingParameters(25.0, 0.0, 0.166, 25.0, 0.89, min_track_length=3, search_range_px=5.0).to_dict()
@@ -50,7 +53,7 @@ def test_linker_orders_features_from_several_workers(tmp_path, linker):
     linker.on_begin({"run_id": "r1", "params": _params(), "output_dir": str(tmp_path)})
     for seq in order[1:]:
         linker.on_features({"run_id": "r1", "seq": seq, "frame_number": seq, "timestamp": 1.0 + seq}, frames[seq][1])
-    assert linker.runs["r1"].next_seq == 6
+    assert linker.runs["r1"].order.next_seq == 6
     linker.on_end({"run_id": "r1", "frames_sent": 6, "temperature_c": 30.0})
     assert "r1" not in linker.runs
     received = []
@@ -165,4 +168,4 @@ def test_linker_finishes_a_capture_whose_last_features_come_after_the_next_began
             results.append(event)
             break
     assert [(r["run_id"], r["frames_processed"]) for r in results] == [("r/1", 4)]
-    assert list(linker.runs) == ["r/2"] and linker.runs["r/2"].next_seq == 1
+    assert list(linker.runs) == ["r/2"] and linker.runs["r/2"].order.next_seq == 1

@@ -8,7 +8,8 @@ import pytest
 from conftest import ROOT, run_cli
 from exoacq.demo import start_daemon, stop_daemon
 
-pytestmark = pytest.mark.slow
+# realtime: asserts every frame of the video was tracked live (runs alone, see Makefile)
+pytestmark = [pytest.mark.slow, pytest.mark.realtime]
 
 CALIBRATION = ROOT / "calibrations" / "nta" / "simulated-camera.toml"
 

@@ -43,6 +43,13 @@ class DLSMethod(Method):
     settable_during_run = frozenset({("temperature", "setpoint_c")})
 
     @property
+    def run_tables(self):  # type: ignore[override]
+        """``dls/correlations`` in run.h5: each finished sub-run's g2(tau) - 1, written as the run goes."""
+        from exoacq.runfile import Table
+        return {"dls/correlations": Table((("subrun", "i4", "1"), ("lag_s", "f8", "s"), ("g2_minus_1", "f8", "1")),
+                                          "the correlation curve of each finished sub-run (NaN: no data)")}
+
+    @property
     def settings_model(self):  # type: ignore[override]
         from exoacq.dls.settings import DLSSettings
         return DLSSettings

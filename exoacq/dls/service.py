@@ -116,6 +116,9 @@ class DLSService(MethodService):
             self._progress(run, index, runs, correlator, duration)
             lag_s = correlator.lag_s
             curves.append(correlator.g2_minus_1())
+            # the sub-run's curve, for the run's run.h5 (dls/correlations; exoacq.durable)
+            self.context.emit({"event": "rows", "run_id": run.run_id, "dataset": "dls/correlations",
+                               "rows": [[index, t, g] for t, g in zip(lag_s.tolist(), curves[-1].tolist())]})
             traces.append(correlator.count_trace())
             photons += correlator.photons
         run.settings["temperature_end_c"] = self._temperature_c()
@@ -185,6 +188,8 @@ class DLSService(MethodService):
             return
         if kind == "settings":
             status.data["instruments"] = event["instruments"]
+        elif kind == "rows":  # a finished sub-run's correlation curve: into the run's run.h5
+            self.context.record(status.run.run_id, event["dataset"], event["rows"])
         elif kind == "dls":
             status.data["live"] = event
             status.acquisition.update({"photons": event["photons"], "elapsed_s": event["elapsed_s"]})

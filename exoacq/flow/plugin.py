@@ -48,6 +48,12 @@ class FlowMethod(Method):
     topics = {"flow.progress": "exoacq.flow.progress/1", "flow.result": "exoacq.flow.result/1"}
     schema_dir = SCHEMA_DIR
 
+    def run_tables_for(self, instrument: Any) -> dict[str, Any]:
+        """``flow/events`` in run.h5: every event as acquired, a column per parameter of the
+        instrument's digitizer channels (exoacq.flow.run_events)."""
+        from exoacq.flow.run_events import events_tables
+        return events_tables(instrument)
+
     @property
     def settings_model(self):  # type: ignore[override]
         from exoacq.flow.settings import FlowSettings

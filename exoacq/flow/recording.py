@@ -6,7 +6,7 @@ time; the event rate is kept per block for the live trace.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -37,8 +37,11 @@ def dot_plot_axes(settings: Any) -> tuple[str, str]:
 class Recorder:
     """Pulses found in a run's trace blocks, and the run's live figures."""
 
-    def __init__(self, channels: list[str], sample_rate_hz: float, settings: Any):
+    def __init__(self, channels: list[str], sample_rate_hz: float, settings: Any,
+                 on_events: Callable[[pd.DataFrame], None] | None = None):
         self.channels = list(channels)
+        #: Called with each table of events as it is kept (a daemon run: into its run.h5).
+        self.on_events = on_events
         self.sample_rate_hz = float(sample_rate_hz)
         self.detector = PulseDetector(self.channels, self.sample_rate_hz, trigger_from_settings(settings))
         self.axes = dot_plot_axes(settings)
@@ -82,6 +85,8 @@ class Recorder:
         if len(events):
             self._tables.append(events)
             self.events_total += len(events)
+            if self.on_events is not None:
+                self.on_events(events)
 
     def events(self) -> pd.DataFrame:
         """Every event of the run so far, in time order."""

@@ -19,6 +19,7 @@ from typing import Any
 from exoacq.bus import make_document
 from exoacq.errors import DeviceError, ExoacqError
 from exoacq.flow.plugin import FlowRun as Run
+from exoacq.flow.run_events import WAKE_EVENT, EventsToRunFile
 from exoacq.methods import FolderWatcher, MethodService, RunStatus, make_safe
 
 log = logging.getLogger("exoacq.flow")
@@ -35,6 +36,8 @@ class FlowService(MethodService):
         self.settings = instrument.config.options
         self._watcher: FolderWatcher | None = None
         self.files_published = 0
+        #: Each run's events, as acquired, into its run.h5 (flow/events).
+        self.to_run_file = EventsToRunFile(instrument.name, context.emit, context.record)
 
     # -- lifetime -------------------------------------------------------------------
     def start(self) -> None:
@@ -96,7 +99,8 @@ class FlowService(MethodService):
         from exoacq.flow.recording import Recorder
 
         digitizer = self.instrument.device("digitizer")
-        recorder = Recorder(digitizer.channels, digitizer.sample_rate_hz, self.settings)
+        recorder = Recorder(digitizer.channels, digitizer.sample_rate_hz, self.settings,
+                            on_events=self.to_run_file.sink(run.run_id))
         duration = run.settings["duration_s"]
         digitizer.start()
         started = last = time.monotonic()
@@ -113,6 +117,7 @@ class FlowService(MethodService):
                     self.context.emit({"event": "flow", "run_id": run.run_id, **recorder.progress(
                         self.settings.dot_plot_points)})
         finally:
+            self.to_run_file.wake(run.run_id)  # on an error too: what was acquired reaches run.h5
             digitizer.stop()
         recorder.finish()
         self.context.emit({"event": "flow", "run_id": run.run_id, **recorder.progress(self.settings.dot_plot_points)})
@@ -138,6 +143,10 @@ class FlowService(MethodService):
     # -- events, results, progress (main thread) ------------------------------------------
     def on_event(self, status: RunStatus | None, event: dict[str, Any]) -> None:
         kind = event.get("event")
+        if kind in (WAKE_EVENT, "flow"):  # the last "flow" of a run follows its last events
+            self.to_run_file.drain()
+            if kind == WAKE_EVENT:
+                return
         if kind == "file_result":
             self.files_published += 1
             self.context.publish("flow.result", event["document"])

@@ -135,6 +135,7 @@ class NTAAcquisition:
         self.frames_socket = frames_socket
         self._live_socket_factory = live_socket
         self._live: zmq.Socket | None = None
+        self.live_seq = 0
         self.emit = emit
 
     @property
@@ -143,6 +144,15 @@ class NTAAcquisition:
         if self._live is None:
             self._live = self._live_socket_factory()
         return self._live
+
+    def send_live(self, header: dict[str, Any], frame: np.ndarray) -> None:
+        """A frame for live viewers, numbered ``seq`` (per instrument since the daemon started) so that a
+        viewer sees what it missed; a slow viewer never slows the instrument (PUB drops at its mark)."""
+        self.live_seq += 1
+        try:
+            send_frame(self.live_socket, {**header, "seq": self.live_seq}, frame, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     @property
     def laser(self) -> Any:
@@ -311,10 +321,7 @@ class NTAAcquisition:
                 except zmq.Again:
                     tracker_drops += 1
                     tracked = False
-                try:
-                    send_frame(self.live_socket, header, frame, flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    pass  # a slow viewer never slows the instrument
+                self.send_live(header, frame)
                 if video is not None:
                     video.offer(header["frame_number"], timestamp, frame, tracked)
                 acquired += 1

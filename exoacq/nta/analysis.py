@@ -300,6 +300,8 @@ class StreamingTracker:
     _provisional: "StreamingTracker | None" = None
     #: this tracker's own trackpy id counters (see _TRACKPY_COUNTERS)
     _counters: tuple | None = None
+    #: trackpy's track id (+ offset) -> this tracker's particle id (see _label)
+    _labels: dict[int, int] = field(default_factory=dict)
 
     def add_frame(self, frame_number: int, features: Mapping[str, Any]) -> None:
         """Link one frame's features (a DataFrame or a mapping of arrays with y, x, mass in px)."""
@@ -374,6 +376,7 @@ class StreamingTracker:
             self._counters = (Point.counter, TrackUnstored.counter)
             ids = np.asarray(self._linker.particle_ids, dtype=np.int64) + self._id_offset
         self._ids_used = max(self._ids_used, int(ids.max()) + 1 - self._id_offset) if ids.size else self._ids_used
+        ids = self._label(ids)
         xs, ys = coords[:, 1], coords[:, 0]
         mass = np.asarray(features["mass"], float)
         saturated = None
@@ -382,6 +385,21 @@ class StreamingTracker:
         dx, dy = self._tracks.update(frame_number, ids, xs, ys, mass, self.params.pixel_size_um, saturated)
         self._drift.add(frame_number, dx, dy)
         self._rows.append(np.column_stack([np.full(len(ids), frame_number), ids, xs, ys, mass]))
+
+    def _label(self, trackpy_ids: np.ndarray) -> np.ndarray:
+        """Particle ids numbered in the order tracks first appear (frame, then the features' order).
+
+        trackpy numbers the tracks born in one frame in the iteration order of sets of its Point
+        objects, which hash by memory address: the same frames linked in another process may swap
+        their ids. Renumbered here, the same features always give the same ids (a re-processed
+        run's tracks.csv equals the live one to the byte)."""
+        labels = np.empty_like(trackpy_ids)
+        for i, raw in enumerate(trackpy_ids.tolist()):
+            label = self._labels.get(raw)
+            if label is None:
+                label = self._labels[raw] = len(self._labels)
+            labels[i] = label
+        return labels
 
     def _end_linking(self) -> None:
         """Close every open track: the next features start new particle ids."""
@@ -433,6 +451,13 @@ class StreamingTracker:
             "diameter_nm": np.where(used, diameters_nm(n_steps, d_msd, p), np.nan),
             "used": used,
         })
+
+    def positions_since(self, linked_frames: int) -> tuple[np.ndarray, int]:
+        """Rows (frame, particle, x_px, y_px, mass) of the frames linked after the first ``linked_frames``
+        ones, and how many frames are linked now (pass it next time). Linked rows are final: a later frame
+        never changes them, so they can be written out as the run goes (run.h5, exoacq.durable)."""
+        rows = self._rows[linked_frames:]
+        return (np.concatenate(rows) if rows else np.empty((0, 5))), len(self._rows)
 
     def positions_table(self) -> pd.DataFrame:
         """Every linked feature: frame, particle, x_px, y_px, mass (frames held for the pilot are linked first)."""

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from exoacq.batch import BatchMethod, add_batch_options, run_batch_cli, single_input, split_dask_argument
-from exoacq.cli_common import add_acquire_options, positive_float as _positive_float, positive_int, run_acquisition
+from exoacq.cli_common import (add_acquire_options, add_control, positive_float as _positive_float, positive_int,
+                               run_acquisition)
 from exoacq.errors import ExoacqError
 
 
@@ -23,6 +24,13 @@ def add_cli(verbs: dict[str, Any]) -> None:
         runs.add_argument("--bead-checks", action="store_true",
                           help="NTA bead checks among the last --limit runs: measured values against their limits")
         runs.set_defaults(views=[*runs.get_default("views"), ("bead_checks", _bead_checks)])
+    export = verbs.get("export")
+    if export is not None:  # `exoacq export report RUN_ID --output FILE`
+        p = export.add_parser("report", help="a stored NTA run's HTML report, with who ran it and who approved it")
+        add_control(p)
+        p.add_argument("run_id")
+        p.add_argument("--output", type=Path, required=True, help="the HTML file to write")
+        p.set_defaults(func=cmd_export_report)
     p = verbs["acquire"].add_parser("nta", help="NTA: size distribution and concentration")
     p.add_argument("--duration", type=_positive_float, default=None,
                    help="seconds of each video (default 60; with --sop, the SOP's)")
@@ -121,6 +129,8 @@ def add_cli(verbs: dict[str, Any]) -> None:
     p = verbs["exoacq"].add_parser("worker", help="run a locate worker of an NTA tracking core (this or another host)")
     p.add_argument("--frames", required=True, help="the instrument's tracking frames endpoint (`exoacq status --json`)")
     p.add_argument("--features", required=True, help="the instrument's tracking features endpoint")
+    from exoacq.cli_common import add_client_keys
+    add_client_keys(p)  # a daemon with CurveZMQ keys: an authorised operator's pair
     p.set_defaults(func=cmd_worker)
 
 
@@ -470,8 +480,9 @@ def cmd_bench_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from exoacq.cli_common import client_keys
     from exoacq.nta.worker import serve
-    serve(args.frames, args.features)
+    serve(args.frames, args.features, keys=client_keys(args))
     return 0
 
 
@@ -481,4 +492,35 @@ def _bead_checks(client: Any, args: argparse.Namespace) -> int:
 
     rows = bead_check_trend(bead_check_records(client, limit=args.limit))
     print(json.dumps(rows) if args.json else format_bead_check_table(rows))
+    return 0
+
+
+def cmd_export_report(args: argparse.Namespace) -> int:
+    """``exoacq export report RUN_ID --output FILE``: a stored NTA run's HTML report as it stands now,
+    with who ran it and who approved it (the report a SOP's export step writes at the run's end
+    can only say "not approved yet")."""
+    from exoacq.audit import signature_lines
+    from exoacq.bus import ControlClient
+    from exoacq.cli_common import client_keys
+    from exoacq.nta.export import write_html_report
+
+    if not args.output.resolve().parent.is_dir():
+        raise ExoacqError(f"cannot write {args.output}: no folder {args.output.resolve().parent}", code="usage")
+    with ControlClient(args.control, keys=client_keys(args)) as client:
+        record = client.request("run", run_id=args.run_id)
+    result = record.get("result")
+    if record["method"] != "nta" or not result:
+        raise ExoacqError(f"run {args.run_id} is {'an ' + record['method'] if record['method'] != 'nta' else 'a'} "
+                          f"run {'without a result' if not result else ''}: only a stored NTA run with a result has "
+                          "an HTML report", code="no_report")
+    volume = result.get("detection_volume") or {}
+    calibration = {"detection_volume_nl": volume.get("nl"), "source": volume.get("source")} if volume else None
+    try:
+        write_html_report(args.output, result.get("captures") or [result], sample=record["sample"],
+                          settings=result.get("settings") or {}, calibration=calibration,
+                          suitability=result.get("suitability"), bead_check=result.get("bead_check"),
+                          signatures=signature_lines(record))
+    except OSError as exc:
+        raise ExoacqError(f"cannot write {args.output}: {exc.strerror}") from None
+    print(f"run {args.run_id} (result version {record['current_version']}): report -> {args.output}")
     return 0

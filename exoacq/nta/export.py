@@ -342,7 +342,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def write_html_report(path, captures: list[dict[str, Any]], average: dict[str, Any] | None = None, *,
                       sample: str, settings: dict[str, Any], calibration: dict[str, Any] | None,
                       suitability: dict[str, Any] | None = None, bead_check: dict[str, Any] | None = None,
-                      bead_checks: list[dict[str, Any]] | None = None) -> None:
+                      bead_checks: list[dict[str, Any]] | None = None,
+                      signatures: list[str] | None = None) -> None:
     """Write one self-contained HTML report (UTF-8, no external assets, inline SVG plots).
 
     Warnings first, then the system suitability (``suitability`` and, for a bead-check run,
@@ -350,6 +351,7 @@ def write_html_report(path, captures: list[dict[str, Any]], average: dict[str, A
     trend rows of recent bead checks, plotted against their limits), the statistics (average +/- standard error and per capture), the
     size distribution, the settings (acquisition, tracking, instruments, with units), the
     calibration used ("none" without one) and the frames of each capture. All text is escaped.
+    ``signatures``: who ran the run and who approved it (exoacq.audit.signature_lines), under the title.
     """
     e = html.escape
     average = average_captures(captures) if average is None else average
@@ -395,7 +397,7 @@ th:first-child, td:first-child {{ text-align: left; }}
 <h1>NTA report: {e(sample)}</h1>
 <p>Sample: <strong>{e(sample)}</strong> &middot; {len(captures)} captures &middot;
 exoacq {e(exoacq.__version__)} &middot; {e(datetime.now(timezone.utc).isoformat(timespec="seconds"))}</p>
-{warn_html}
+{"".join(f'<p class="signature">{e(line)}</p>' + chr(10) for line in signatures or [])}{warn_html}
 {_suitability_html(suitability, bead_check, bead_checks)}
 <h2>Statistics</h2>
 <p>Average ± standard error (SD / &radic;n) over the captures.</p>

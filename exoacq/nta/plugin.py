@@ -35,6 +35,13 @@ class NTAMethod(Method):
     settable_during_run = frozenset({("temperature", "setpoint_c")})
 
     @property
+    def run_tables(self):  # type: ignore[override]
+        """``nta/tracks`` in run.h5: every linked position, written as the tracking core links them."""
+        from exoacq.nta.tracker import TRACK_ROWS_COLUMNS
+        from exoacq.runfile import Table
+        return {"nta/tracks": Table(TRACK_ROWS_COLUMNS, "every linked position (tracks.csv of each capture)")}
+
+    @property
     def settings_model(self):  # type: ignore[override]
         from exoacq.nta.settings import NTASettings
         return NTASettings

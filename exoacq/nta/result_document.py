@@ -40,6 +40,7 @@ def build_result(*, run_id: str, schema: str, instrument: str, complete: bool, r
         "nta.result", run_id, schema=schema, method="nta", instrument=instrument, complete=complete,
         sample=run_settings["sample"], dilution=run_settings["dilution"], duration_s=run_settings["duration_s"],
         **summary, frames=frames, warnings=warnings,
+        degraded=[],  # the reasons, when the tracking core failed during the live run (exoacq.nta.supervision)
         detection_volume={"nl": tracking.get("detection_volume_nl"), "source": detection_volume_source},
         settings={"acquisition": run_settings, "tracking": tracking, "instruments": instruments},
     )

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import zmq
 
-from exoacq.bus import loads, send_frame
+from exoacq.bus import loads
 from exoacq.errors import ExoacqError
 from exoacq.methods import MethodService, RunStatus, make_safe
 from exoacq.nta.acquisition import NTAAcquisition, Run
 from exoacq.nta.pipeline import TrackingPipeline
 from exoacq.nta.result_document import build_result
+from exoacq.nta.supervision import TrackerReplay, frames_lost, mark_degraded, with_tracker_losses
 
 log = logging.getLogger("exoacq.nta")
 
@@ -29,6 +30,8 @@ PROCESSING_TIMEOUT_S = 30.0
 #: Live preview: frames published at most this often, features located on each of them.
 PREVIEW_MAX_FPS = 30.0
 PREVIEW_REPORT_S = 0.5
+#: A run whose tracking core had to be restarted more often than this is failed, not degraded.
+MAX_RESTARTS_PER_RUN = 5
 
 
 def _connectable(address: str) -> str:
@@ -45,6 +48,9 @@ class NTAService(MethodService):
         self.worker_frames = ctx.socket(zmq.PUSH)
         self.worker_frames.setsockopt(zmq.LINGER, 0)
         self.worker_frames.setsockopt(zmq.SNDHWM, self.settings.frame_queue)
+        security = context.security  # with CurveZMQ keys: the tracking sockets are CURVE servers too
+        if security is not None:
+            security.prepare(self.worker_frames, "tracking frames")
         try:
             self.worker_frames.bind(tracking.frames)
         except zmq.ZMQError as exc:
@@ -54,12 +60,17 @@ class NTAService(MethodService):
                               code="bind_failed") from None
         self.events = ctx.socket(zmq.PULL)
         self.events.setsockopt(zmq.LINGER, 0)
+        self.events.setsockopt(zmq.RCVHWM, 1000)  # the linker's events (never dropped: its PUSH waits)
+        #: Run messages a restarted linker must get again (exoacq.nta.supervision).
+        self.replay = TrackerReplay()
+        if security is not None:
+            security.prepare(self.events, "tracking events")
         events_port = self.events.bind_to_random_port("tcp://127.0.0.1")
         context.watch(self.events, self._on_tracker_events)
         self.tracking = TrackingPipeline(
             ctx, workers=tracking.workers,
             frames_endpoint=_connectable(self.worker_frames.getsockopt(zmq.LAST_ENDPOINT).decode()),
-            events_endpoint=f"tcp://127.0.0.1:{events_port}", features_bind=tracking.features)
+            events_endpoint=f"tcp://127.0.0.1:{events_port}", features_bind=tracking.features, security=security)
         self.engine = NTAAcquisition(instrument, self.settings, self.worker_frames, context.live_frames,
                                      context.emit)
 
@@ -126,10 +137,7 @@ class NTAService(MethodService):
                           "frame_number": frame_number, "timestamp": timestamp, "exposure_ms": camera.exposure_ms,
                           "features": {k: np.round(np.asarray(features[k]), 2).tolist()
                                        for k in ("x", "y", "mass") if k in features}}
-                try:
-                    send_frame(engine.live_socket, header, frame, flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
+                engine.send_live(header, frame)
                 frame_number += 1
                 now = time.monotonic()
                 if now - last_report >= PREVIEW_REPORT_S:
@@ -147,14 +155,30 @@ class NTAService(MethodService):
         while self.events.poll(0):
             event = loads(self.events.recv())
             if self.tracking.on_event(event):
+                if event.get("event") == "ready" and self.tracking.restarts["linker"]:
+                    self._resume_captures()
                 continue
             run_id = str(event.get("run_id")).partition("/")[0]
             self.on_event(self.context.run_status(run_id), event)
 
+    def _resume_captures(self) -> None:
+        """A restarted linker: the captures of the runs still waiting for their result, again (resumed)."""
+        for topic, message in self.replay.replay():
+            run_id = str(message.get("run_id")).partition("/")[0]
+            status = self.context.run_status(run_id)
+            if status is None or status.result_stored or status.state in ("failed", "interrupted"):
+                self.replay.forget_run(run_id)  # nobody waits for it any more
+                continue
+            log.warning("tracking core restarted: %s %s again", topic, message.get("run_id"))
+            self.tracking.send(topic, message)
+
     def on_event(self, status: RunStatus | None, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "to_tracker":  # from the acquisition thread: this (main) thread owns the linker's socket
-            if not self.tracking.send(event["topic"], event["message"]) and status is not None:
+            self.replay.sent(event["topic"], event["message"])
+            # a linker being restarted gets the message when it is up (replay), so no failure then
+            if not self.tracking.send(event["topic"], event["message"]) and status is not None \
+                    and not self.tracking.restarting:
                 self._fail(status, f"the tracking core did not take {event['topic']} (is it running?)")
             return
         if kind == "preview":
@@ -175,10 +199,15 @@ class NTAService(MethodService):
             data["capture"] = event.get("capture", data.get("capture", 0))
         elif kind == "progress":
             data["tracker"] = event
+            data.setdefault("frames_lost", {})[str(event.get("run_id"))] = event.get("frames_lost", 0)
             self.context.progress_now(status)
         elif kind == "video":
             data.setdefault("videos", {})[event["capture"]] = event
+        elif kind == "rows":  # linked positions from the tracking core: into the run's run.h5
+            self.context.record(status.run.run_id, event["dataset"], event["rows"])
         elif kind == "result":
+            self.replay.done(str(event.get("run_id")))
+            data.setdefault("frames_lost", {})[str(event.get("run_id"))] = event.get("frames_lost", 0)
             capture = int(str(event.get("run_id")).partition("/")[2] or 1)
             data.setdefault("captures", {})[capture] = {"capture": capture, **event}
             self._maybe_finish(status)
@@ -210,6 +239,8 @@ class NTAService(MethodService):
                       for k in sorted(results)], acquisition=status.acquisition,
             tracking=status.data.get("tracking", {}), instruments=status.data.get("instruments", {}),
             detection_volume_source=self.settings.detection_volume_source)
+        mark_degraded(document, status.data.get("degraded", []), frames_lost(status.data))
+        self.replay.forget_run(run.run_id)
         try:
             records = self._assess(run, document)
         except Exception as exc:  # never lose a result to its suitability assessment
@@ -242,6 +273,7 @@ class NTAService(MethodService):
     def _export(self, run: Run, document: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, str]:
         """A SOP's export step: the NanoSight-style CSV and the HTML report beside the run's files."""
         from exoacq.nta.export import write_experiment_summary_csv, write_html_report
+        from exoacq.audit import signature_lines
         from exoacq.nta.suitability import bead_check_trend
 
         captures = document.get("captures") or [document]
@@ -254,7 +286,8 @@ class NTAService(MethodService):
             write_html_report(html, captures, sample=run.settings["sample"], settings=document["settings"],
                               calibration=calibration, suitability=document.get("suitability"),
                               bead_check=document.get("bead_check"),
-                              bead_checks=bead_check_trend(records, current=document)[-30:])
+                              bead_checks=bead_check_trend(records, current=document)[-30:],
+                              signatures=signature_lines(self.context.stored_run(run.run_id)))
         except (OSError, ValueError, ExoacqError) as exc:
             document["warnings"].append(f"export failed: {exc}")
             return {}
@@ -269,9 +302,11 @@ class NTAService(MethodService):
         return {
             "state": status.state, "capture": data.get("capture", 0), "captures": status.run.settings["captures"],
             "duration_s": status.run.settings["duration_s"], "elapsed_s": acq.get("elapsed_s", 0.0),
-            "frames": {"planned": acq.get("frames_planned"), "acquired": acq.get("frames_acquired", 0),
-                       "processed": tracker.get("frames_processed", 0), "dropped": acq.get("frames_dropped", 0),
-                       "dropped_by": acq.get("frames_dropped_by", {"camera": 0, "tracker": 0})},
+            "frames": with_tracker_losses(
+                {"planned": acq.get("frames_planned"), "acquired": acq.get("frames_acquired", 0),
+                 "processed": tracker.get("frames_processed", 0), "dropped": acq.get("frames_dropped", 0),
+                 "dropped_by": acq.get("frames_dropped_by", {"camera": 0, "tracker": 0})}, frames_lost(data)),
+            "degraded": list(data.get("degraded", [])),
             "particles_per_frame": summary.get("particles_per_frame"),
             "tracks": summary.get("tracks", {"total": 0, "used": 0}),
             "size_nm": {k: size.get(k) for k in ("mean", "mode", "sd", "d10", "d50", "d90")},
@@ -282,9 +317,19 @@ class NTAService(MethodService):
         }
 
     def check(self, status: RunStatus | None) -> str | None:
-        failure = self.tracking.check()
-        if failure is not None:
-            return failure
+        restarted = self.tracking.check()
+        if restarted is not None and not self.tracking.has_been_ready:
+            return restarted  # it never came up: the daemon's start fails with the reason
+        if restarted is not None:  # restarted: the run goes on, degraded (exoacq.nta.supervision)
+            if status is not None and status.state in ("preparing", "acquiring", "processing"):
+                log.warning("run %s degraded: %s", status.run.run_id, restarted)
+                reasons = status.data.setdefault("degraded", [])
+                reasons.append(restarted)
+                if len(reasons) > MAX_RESTARTS_PER_RUN:  # a core that keeps dying tracks nothing sound
+                    return f"the tracking core failed {len(reasons)} times during this run (last: {restarted})"
+                if status.processing_since is not None:  # the restarted core's own time to finish
+                    status.processing_since = time.monotonic()
+            return None
         if status is not None and status.state == "processing" and status.processing_since is not None:
             backlog = status.acquisition.get("frames_acquired", 0) - \
                 status.data.get("tracker", {}).get("frames_processed", 0)

@@ -44,6 +44,9 @@ QUANTITIES = [
     ("concentration_per_ml", "concentration_per_ml", "concentration_uncertainty_per_ml", "concentration_pct",
      lambda d: d.get("concentration_per_ml")),
 ]
+#: A bead standard file named in a request is read only if it is a regular file at most this large: a client
+#: chooses the path, and /dev/zero, /dev/urandom or a FIFO would otherwise stall the daemon's main thread.
+MAX_STANDARD_FILE_BYTES = 64 * 1024
 
 
 class _Strict(BaseModel):
@@ -106,9 +109,14 @@ def bead_check_setting(value: Any, relative_to: Path | None = None) -> dict[str,
                             "(e.g. calibrations/nta/beads-100nm.toml)")
     try:
         path = resolve_file(value, relative_to, what="bead standard")
+        if not path.is_file() or path.stat().st_size > MAX_STANDARD_FILE_BYTES:
+            raise ConfigError(f"bead standard {path}: not a TOML file of at most "
+                              f"{MAX_STANDARD_FILE_BYTES // 1024} KiB")
         standard = load_bead_standard(path)
     except ConfigError as exc:
         raise ProtocolError(f"bead_check: {exc}") from None
+    except (OSError, ValueError) as exc:  # a name the file system refuses: too long, a NUL byte
+        raise ProtocolError(f"bead_check = {value[:200]!r}: not a readable file ({exc})") from None
     return {"file": str(path), "standard": standard.model_dump(mode="json")}
 
 

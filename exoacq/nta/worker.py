@@ -8,6 +8,8 @@ frame_number and timestamp, the ``columns`` and the feature count ``n``.
 Workers may run on other hosts: they only connect.
 
     python -m exoacq.nta.worker --frames tcp://daemon:5560 --features tcp://daemon:5561
+    # a daemon with CurveZMQ keys (docs/protocol.md, Security): an authorised operator key
+    python -m exoacq.nta.worker ... --key alice.key_secret --server-key server.key
 """
 from __future__ import annotations
 
@@ -27,13 +29,18 @@ from exoacq.nta.analysis import locate_features, warm_up
 COLUMNS = ("y", "x", "mass", "size", "signal")
 
 
-def serve(frames_address: str, features_address: str, parent_pid: int | None = None) -> None:
+def serve(frames_address: str, features_address: str, parent_pid: int | None = None, keys=None) -> None:
+    """``keys``: an :class:`exoacq.security.ClientKeys` when the daemon uses CurveZMQ keys."""
     ctx = zmq.Context()
     frames = ctx.socket(zmq.PULL)
     frames.setsockopt(zmq.RCVHWM, 2)  # a worker holds few frames: the others get the rest
     frames.setsockopt(zmq.LINGER, 0)
     features = ctx.socket(zmq.PUSH)
     features.setsockopt(zmq.LINGER, 1000)
+    features.setsockopt(zmq.SNDHWM, 100)  # a slow linker makes this worker wait (see exoacq.nta.tracker)
+    if keys is not None:
+        keys.apply(frames)
+        keys.apply(features)
     try:
         connect(frames, frames_address, "--frames")
         connect(features, features_address, "--features")
@@ -59,6 +66,7 @@ def serve(frames_address: str, features_address: str, parent_pid: int | None = N
             table = locate_features(frame, **header["locate"])
             data = np.ascontiguousarray(table[list(COLUMNS)].to_numpy(np.float64))
             reply = {k: header[k] for k in ("run_id", "seq", "frame_number", "timestamp")}
+            reply["worker"] = os.getpid()  # the linker knows whose frames stopped coming (exoacq.nta.frame_order)
             features.send_multipart([b"features", dumps({**reply, "columns": COLUMNS, "n": len(data)}), data],
                                     copy=False)
     finally:
@@ -73,9 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", required=True, help="the daemon's frame endpoint (PUSH) to connect to")
     parser.add_argument("--features", required=True, help="the linker's feature endpoint (PULL) to connect to")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    parser.add_argument("--key", help="a daemon with CurveZMQ keys: your authorised NAME.key_secret")
+    parser.add_argument("--server-key", help="a daemon with CurveZMQ keys: its server.key")
+    parser.add_argument("--keys-dir", help="the daemon's own keys directory (workers the daemon starts)")
     args = parser.parse_args(argv)
+    from exoacq.security import DaemonSecurity, load_client_keys
     try:
-        serve(args.frames, args.features, args.parent_pid)
+        keys = (DaemonSecurity.for_process(args.keys_dir).internal_keys() if args.keys_dir
+                else load_client_keys(args.key, args.server_key))
+        serve(args.frames, args.features, args.parent_pid, keys)
+    except ExoacqError as exc:
+        print(f"exoacq worker: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         pass
     return 0
