@@ -12,10 +12,9 @@ Threads:
   teardown), or a live preview, and reconnects lost devices with backoff;
 * a frames proxy: each acquisition thread publishes live frames on its own
   socket; the proxy forwards them to the daemon's frames endpoint;
-* a re-processing thread, started by the first ``reprocess`` request: runs the
-  methods' ``reprocess`` hooks one at a time, each in a process of its own
-  (:mod:`exoacq.reprocess_worker`: JSON in and out, never the daemon's GIL); the main thread stores and
-  publishes the versions they make.
+* a re-processing thread (:mod:`exoacq.reprocessing`), started by the first
+  ``reprocess`` request: runs the methods' ``reprocess`` hooks one at a time, each in a
+  process of its own; the main thread stores and publishes the versions they make.
 """
 from __future__ import annotations
 
@@ -23,12 +22,10 @@ import logging
 import os
 import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -44,6 +41,7 @@ from exoacq.instruments import Instrument
 from exoacq.liveness import HEARTBEAT_INTERVAL_S, HEARTBEAT_TOPIC, heartbeat_document
 from exoacq.methods import Method, MethodService, RunStatus, ServiceContext
 from exoacq.metrics import DaemonMetrics
+from exoacq.reprocessing import Reprocessing, is_version
 from exoacq.runner import InstrumentRunner, Preview
 from exoacq.sdnotify import Watchdog, notify, status_line
 from exoacq.security import DaemonSecurity
@@ -64,10 +62,6 @@ SERVICE_START_TIMEOUT_S = 60.0
 LIVE_FRAMES = "inproc://live-frames"
 #: A run's event-model documents, beside its other files.
 BLUESKY_FILE = "bluesky.jsonl"
-#: Schema of the ``run.version`` documents (a result version was asked for, made, or failed).
-RUN_VERSION_SCHEMA = "exoacq.run.version/1"
-#: A re-processing that takes longer is stopped and its version failed (5 x 60 s of video: ~5 min on one core).
-REPROCESS_TIMEOUT_S = 3600.0
 
 
 class Daemon:
@@ -93,11 +87,9 @@ class Daemon:
         for run_id, version in self.store.fail_unfinished_versions("the daemon stopped during this re-processing"):
             log.warning("run %s version %d was left unfinished by a previous daemon: marked failed", run_id, version)
             self.audit.result(run_id, version, None, error="the daemon stopped during this re-processing")
-        #: Re-processing: jobs for the worker thread, and its outcomes for the main thread. Unbounded on
-        #: purpose: one entry per stored version reserved (a catalog row), never per frame or document.
-        self._reprocess_jobs: queue.Queue = queue.Queue()
-        self._reprocessed: queue.Queue = queue.Queue()
-        self._reprocess_thread: threading.Thread | None = None
+        #: Result versions of stored runs, made in a thread of their own (exoacq.reprocessing).
+        self.reprocessing = Reprocessing(self.store, self.audit, publish=lambda topic, document:
+                                         self.publisher.publish(topic, document), method_named=self._method_named)
         self._stopping = threading.Event()
         self._runs: dict[str, RunStatus] = {}
         self._started = time.time()
@@ -244,12 +236,7 @@ class Daemon:
             for socket, callback in self._watched.items():
                 if socket in ready:
                     self._guarded(callback)
-            while not self._reprocessed.empty():
-                outcome = self._reprocessed.get_nowait()
-                try:
-                    self._on_reprocessed(*outcome)
-                except Exception:  # a bug or a broken catalog: logged; the daemon keeps serving
-                    log.exception("run %s: storing result version %d failed", outcome[0]["run_id"], outcome[1])
+            self.reprocessing.store_finished()  # versions the re-processing thread made: stored, published
             self.run_files.tick()  # checkpoints, the free-space guard
             self.audit.flush_due()  # fsync read-only audit entries within 1 s (exoacq.audit_recorder)
             self.catalog.retry()
@@ -297,7 +284,7 @@ class Daemon:
                 current.run.finished.set()
             runner.instrument.close()  # lasers first
             runner.service.stop()
-        self._reprocess_jobs.put(None)  # a hook already running is not waited for: its version fails
+        self.reprocessing.stop()  # a hook already running is not waited for: its version fails
         for run_id, version in self.store.fail_unfinished_versions("the daemon was stopped before this "
                                                                    "re-processing finished"):
             log.warning("run %s version %d: re-processing not finished at shutdown: marked failed", run_id, version)
@@ -552,54 +539,20 @@ class Daemon:
     def _cmd_run(self, run_id: str, version: int | None = None) -> dict[str, Any]:
         if not isinstance(run_id, str):
             raise ProtocolError(f"run_id = {run_id!r}: must be a run id string")
-        if version is not None and not _is_version(version):
+        if version is not None and not is_version(version):
             raise ProtocolError(f"version = {version!r}: must be a result version number (1, 2, ...)")
         return self.store.get(run_id, version)
 
-    # -- result versions: re-processing a stored run ---------------------------------
+    # -- result versions: re-processing a stored run (exoacq.reprocessing) --------------------
     def _cmd_reprocess(self, run_id: str, overrides: dict[str, Any] | None = None,
                        reason: str | None = None) -> dict[str, Any]:
         """Analyse a stored run again with ``overrides``: reply at once with the version reserved; the
         method's hook runs in the re-processing thread; the version is stored and published when done."""
-        if not isinstance(run_id, str):
-            raise ProtocolError(f"run_id = {run_id!r}: must be a run id string")
-        overrides = {} if overrides is None else overrides
-        if not isinstance(overrides, dict):
-            raise ProtocolError(f"overrides = {overrides!r}: must be an object of analysis settings")
-        if reason is not None and (not isinstance(reason, str) or not 1 <= len(reason) <= 200):
-            raise ProtocolError(f"reason = {reason!r}: must be a text of 1 to 200 characters")
-        record = self.store.get(run_id)
-        original = next((v for v in record["versions"] if v["version"] == 1 and v["state"] == "done"), None)
-        if record["state"] not in ("done", "aborted") or original is None:
-            raise ExoacqError(f"run {run_id} is {record['state']}"
-                              f"{' without a result' if original is None else ''}: only a finished run with "
-                              "a result can be re-processed", code="not_reprocessable")
-        method = self._method_named(record["method"], record.get("instrument"))
-        if type(method).reprocess is Method.reprocess:
-            raise ExoacqError(f"method {method.name!r} cannot re-process a stored run", code="no_reprocess")
-        version = self.store.reserve_version(run_id, reason or "reprocessed", overrides)
-        output_dir = self.store.run_dir(run_id) / f"v{version}"
-        waiting = self._reprocess_jobs.qsize()
-        # The hook gets the run as acquired (version 1): overrides always apply to the original settings.
-        self._reprocess_jobs.put((method, self.store.get(run_id, version=1), overrides, version, output_dir))
-        if self._reprocess_thread is None:
-            self._reprocess_thread = threading.Thread(target=self._reprocess_worker, name="reprocess", daemon=True)
-            self._reprocess_thread.start()
-        self._publish_version(record, version, "processing")
-        return {"run_id": run_id, "version": version, "state": "processing", "waiting": waiting}
+        return self.reprocessing.request(run_id, overrides, reason)
 
     def _cmd_select_version(self, run_id: str, version: int | None) -> dict[str, Any]:
         """The operator picks which version is the run's result (null: the newest again)."""
-        if not isinstance(run_id, str):
-            raise ProtocolError(f"run_id = {run_id!r}: must be a run id string")
-        if version is not None and not _is_version(version):
-            raise ProtocolError(f"version = {version!r}: must be a result version number (1, 2, ...) or null")
-        self.store.select_version(run_id, version)
-        record = self.store.get(run_id)
-        log.info("run %s: result version %s %s", run_id, record["current_version"],
-                 "picked by the operator" if version is not None else "(the newest)")
-        return {"run_id": run_id, "current_version": record["current_version"],
-                "picked_version": record["picked_version"]}
+        return self.reprocessing.select(run_id, version)
 
     def _cmd_approve(self, run_id: str, comment: str | None = None) -> dict[str, Any]:
         """The sender approves a finished run (exoacq.audit_recorder: catalog and audit log)."""
@@ -615,44 +568,6 @@ class Daemon:
                 return runner.instrument.method
         raise ExoacqError(f"no instrument of this daemon runs method {name!r}: it cannot re-process this run",
                           code="unknown_method")
-
-    def _reprocess_worker(self) -> None:
-        """The re-processing thread: one hook at a time, in order, each in a process of its own
-        (``python -m exoacq.reprocess_worker``); outcomes go to the main thread."""
-        while True:
-            job = self._reprocess_jobs.get()
-            if job is None:
-                return
-            method, record, overrides, version, output_dir = job
-            self._reprocessed.put((record, version, *_reprocess_in_a_process(method.name, record, overrides,
-                                                                            output_dir)))
-
-    def _on_reprocessed(self, record: dict[str, Any], version: int, document: dict[str, Any] | None,
-                        error: str | None) -> None:
-        """Main thread: store a version the hook made (then publish it), or record its failure."""
-        run_id = record["run_id"]
-        if document is not None:
-            document = {**document, "version": version}
-            try:
-                self.store.save_version(run_id, version, document)
-            except (OSError, ValueError, TypeError) as exc:
-                error = f"cannot store version {version}: {getattr(exc, 'strerror', None) or exc}"
-        if error is not None:
-            self.store.fail_version(run_id, version, error)
-            log.error("run %s: re-processing version %d failed: %s", run_id, version, error)
-        else:
-            method = self._method_named(record["method"], record.get("instrument"))
-            self.publisher.publish(method.result_topic, document)
-            log.info("run %s: result version %d stored", run_id, version)
-        self.audit.result(run_id, version, document, reason="reprocessed", error=error)
-        self._publish_version(record, version, "failed" if error is not None else "done", error)
-
-    def _publish_version(self, record: dict[str, Any], version: int, state: str, error: str | None = None) -> None:
-        entry = next(v for v in self.store.versions(record["run_id"]) if v["version"] == version)
-        self.publisher.publish("run.version", make_document(
-            "run.version", record["run_id"], schema=RUN_VERSION_SCHEMA, version=version, state=state,
-            method=record["method"], instrument=record.get("instrument"), reason=entry["reason"],
-            overrides=entry["overrides"], current=entry["current"], error=error))
 
     def _stored_run(self, run_id: str) -> dict[str, Any] | None:
         """A stored run's full record for a method service, or None when there is no such run."""
@@ -816,10 +731,6 @@ class Daemon:
             self._publish_progress(status)
 
 
-def _is_version(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def _connectable(address: str) -> str:
     """An address a local client can connect to (a wildcard bind becomes loopback)."""
     return address.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
@@ -844,26 +755,3 @@ def run_daemon(config: Config) -> int:
         daemon.shutdown()
     log.info("exoacq daemon stopped")
     return 0
-
-
-def _reprocess_in_a_process(method: str, record: dict[str, Any], overrides: dict[str, Any],
-                            output_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(document, None) or (None, the one-line reason): the method's reprocess hook run by
-    :mod:`exoacq.reprocess_worker`, the job and the result as JSON on its stdin and stdout."""
-    job = dumps({"method": method, "record": record, "overrides": overrides, "output_dir": str(output_dir)})
-    try:
-        done = subprocess.run([sys.executable, "-m", "exoacq.reprocess_worker"], input=job, capture_output=True,
-                              timeout=REPROCESS_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return None, f"re-processing took longer than {REPROCESS_TIMEOUT_S:g} s and was stopped"
-    except OSError as exc:
-        return None, f"cannot start the re-processing process: {exc.strerror or exc}"
-    if done.returncode != 0:
-        lines = done.stderr.decode(errors="replace").strip().splitlines()
-        if done.returncode == 1:
-            log.error("run %s: re-processing failed:\n%s", record["run_id"], "\n".join(lines))
-        return None, lines[0] if lines else f"the re-processing process exited with status {done.returncode}"
-    try:
-        return loads(done.stdout), None
-    except ValueError as exc:
-        return None, f"the re-processing process wrote no result document ({exc})"

@@ -200,7 +200,7 @@ class DaemonMetrics:
             "boot_id": publisher.boot_id,
             "threads": threading.active_count(),
             "instruments": instruments,
-            "reprocess_queue_jobs": daemon._reprocess_jobs.qsize(),
+            "reprocess_queue_jobs": daemon.reprocessing.waiting(),
             "runs": list(self._run_counts),
             "requests": self.requests,
             "request_errors": dict(self.request_errors),
