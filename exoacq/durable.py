@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from exoacq.runfile import RUN_FILE, RunFile, Table, describe, needs_recovery, recover
+from exoacq.runfile import EVENTS, RUN_FILE, RunFile, Table, describe, needs_recovery, recover
 
 log = logging.getLogger("exoacq.durable")
 
@@ -267,7 +267,8 @@ def describe_kept(kept: dict[str, Any] | None) -> list[str]:
     """Lines for ``exoacq runs show``: the run file, its state, last checkpoint and rows per dataset."""
     if not kept:
         return []
-    rows = ", ".join(f"{name} {count}" for name, count in (kept.get("rows") or {}).items()) or "none"
+    rows = ", ".join(f"{name} {count} bytes of JSON lines" if name == EVENTS else f"{name} {count}"
+                     for name, count in (kept.get("rows") or {}).items()) or "none"
     lines = [f"  data file: {kept.get('path')} ({kept.get('state')}; last checkpoint "
              f"{kept.get('last_checkpoint') or 'none'})", f"  rows kept: {rows}"]
     if kept.get("original"):
