@@ -212,6 +212,14 @@ class DaemonMetrics:
         }
 
 
+def _counts_by(name: str, documentation: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
+    """A counter family with one sample per key of ``counts`` (sorted), the key as ``label``."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key, count in sorted(counts.items()):
+        family.add_metric([key], count)
+    return family
+
+
 class _SnapshotCollector(Collector):
     """Metric families from the last snapshot (runs in the HTTP server's thread)."""
 
@@ -243,26 +251,16 @@ class _SnapshotCollector(Collector):
         requests = CounterMetricFamily("exoacq_control_requests", "Control requests answered")
         requests.add_metric([], snap["requests"])
         yield requests
-        errors = CounterMetricFamily("exoacq_control_request_errors", "Control requests answered with an error, "
-                                     "by error code", labels=["code"])
-        for code, count in sorted(snap["request_errors"].items()):
-            errors.add_metric([code], count)
-        yield errors
+        yield _counts_by("exoacq_control_request_errors", "Control requests answered with an error, by error "
+                         "code", "code", snap["request_errors"])
         refused = CounterMetricFamily("exoacq_curve_clients_refused", "Connections refused for an unknown "
                                       "CurveZMQ key (when the daemon is reachable off this host)")
         refused.add_metric([], snap["refused_keys"])
         yield refused
-        published = CounterMetricFamily("exoacq_published_documents", "Documents published on the results "
-                                        "socket, by topic (the last seq of the topic)", labels=["topic"])
-        for topic, count in sorted(snap["published"].items()):
-            published.add_metric([topic], count)
-        yield published
-        failed = CounterMetricFamily("exoacq_publish_failures", "Documents the results socket refused, by topic "
-                                     "(a slow subscriber's own drops show as seq gaps on its side)",
-                                     labels=["topic"])
-        for topic, count in sorted(snap["publish_failed"].items()):
-            failed.add_metric([topic], count)
-        yield failed
+        yield _counts_by("exoacq_published_documents", "Documents published on the results socket, by topic "
+                         "(the last seq of the topic)", "topic", snap["published"])
+        yield _counts_by("exoacq_publish_failures", "Documents the results socket refused, by topic (a slow "
+                         "subscriber's own drops show as seq gaps on its side)", "topic", snap["publish_failed"])
 
     @staticmethod
     def _instruments(instruments: dict[str, Any]) -> Iterator[Any]:

@@ -28,6 +28,8 @@ from exoacq.errors import ExoacqError
 #: its data up to the last checkpoint is kept, exoacq.durable).
 RUN_STATES = ("queued", "preparing", "acquiring", "processing", "done", "failed", "aborted", "interrupted")
 FINAL_STATES = frozenset({"done", "failed", "aborted", "interrupted"})
+#: FINAL_STATES as an SQL list, for ``state IN (...)``.
+_FINAL_SQL = ", ".join(f"'{state}'" for state in sorted(FINAL_STATES))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -120,9 +122,9 @@ class RunStore:
             raise ValueError(f"unknown run state {state!r}")
         now = utc_now_iso()
         self._db.execute(
-            """UPDATE runs SET state = ?,
+            f"""UPDATE runs SET state = ?,
                    started = CASE WHEN ? = 'preparing' AND started IS NULL THEN ? ELSE started END,
-                   finished = CASE WHEN ? IN ('done', 'failed', 'aborted', 'interrupted') THEN ? ELSE finished END,
+                   finished = CASE WHEN ? IN ({_FINAL_SQL}) THEN ? ELSE finished END,
                    error = COALESCE(?, error)
                WHERE run_id = ?""",
             (state, state, now, state, now, error, run_id))
@@ -254,17 +256,9 @@ class RunStore:
     def interrupt_unfinished(self, reason: str) -> list[str]:
         """Mark runs left in a non-final state (the daemon died) as interrupted; return their ids."""
         rows = self._db.execute(
-            "SELECT run_id FROM runs WHERE state NOT IN ('done', 'failed', 'aborted', 'interrupted')").fetchall()
+            f"SELECT run_id FROM runs WHERE state NOT IN ({_FINAL_SQL})").fetchall()
         for row in rows:
             self.set_state(row["run_id"], "interrupted", error=reason)
-        return [row["run_id"] for row in rows]
-
-    def fail_unfinished(self, reason: str) -> list[str]:
-        """Mark runs left in a non-final state (the daemon died) as failed; return their ids."""
-        rows = self._db.execute(
-            "SELECT run_id FROM runs WHERE state NOT IN ('done', 'failed', 'aborted', 'interrupted')").fetchall()
-        for row in rows:
-            self.set_state(row["run_id"], "failed", error=reason)
         return [row["run_id"] for row in rows]
 
     # -- who ran and who approved (exoacq.audit) ------------------------------------------
