@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from exoacq.runfile import EVENTS, RUN_FILE, RunFile, Table, describe, needs_recovery, recover
+from exoacq.storage import FINAL_STATES
 
 log = logging.getLogger("exoacq.durable")
 
@@ -41,8 +42,6 @@ FREE_SPACE_CHECK_S = 0.2
 #: Space the catalog keeps for itself (CatalogRetry), released when the disk is full.
 RESERVE_BYTES = 256 * 1024
 RESERVE_FILE = ".space-reserve"
-#: States after which a run file is closed (storage.FINAL_STATES; repeated to avoid an import cycle).
-_FINAL = frozenset({"done", "failed", "aborted", "interrupted"})
 
 
 def write_error_message(path: Path, exc: BaseException) -> str:
@@ -82,11 +81,11 @@ class RunFiles:
             self._open(run_id, document)
         runfile = self.files.get(run_id)
         if runfile is None:
-            if topic == "run.state" and document.get("state") in _FINAL:
+            if topic == "run.state" and document.get("state") in FINAL_STATES:
                 self.stopped.discard(run_id)  # the run is over: nothing more will come for it
             return
         if self._guard(run_id, runfile.append_event, document) and topic == "run.state":
-            if document.get("state") in _FINAL:
+            if document.get("state") in FINAL_STATES:
                 self._close(run_id)
             else:
                 self._guard(run_id, runfile.checkpoint)

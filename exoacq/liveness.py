@@ -24,6 +24,7 @@ from typing import Any
 
 from exoacq.bus import ControlClient
 from exoacq.errors import ExoacqError
+from exoacq.storage import FINAL_STATES
 
 HEARTBEAT_TOPIC = "daemon.heartbeat"
 HEARTBEAT_SCHEMA = "exoacq.daemon.heartbeat/1"
@@ -104,7 +105,7 @@ class DaemonWatch:
                               f"(last state: {last_state or 'unknown'})", code="daemon_gone")
         if self.pid is not None and record["_daemon_pid"] != self.pid:
             restarted = True
-        if restarted or record.get("state") in ("interrupted", "failed", "aborted", "done"):
+        if restarted or record.get("state") in FINAL_STATES:
             return {**record, "_restarted": restarted}
         return None
 
