@@ -66,10 +66,6 @@ def make_document(topic: str, run_id: str | None, *, schema: str | None = None, 
     return {"schema": schema or SCHEMAS[topic], "run_id": run_id, "time": utc_now_iso(), **payload}
 
 
-def publish(socket: zmq.Socket, topic: str, document: dict[str, Any]) -> None:
-    socket.send_multipart([topic.encode("ascii"), dumps(document)])
-
-
 #: Event-model documents whose schema forbids extra keys: sent as composed (an event has its own
 #: ``seq_num`` per stream); counted all the same. start, descriptor and stop allow ``seq``/``daemon``.
 UNSTAMPED_TOPICS = frozenset({"bluesky.event", "bluesky.event_page", "bluesky.resource", "bluesky.datum",
@@ -123,9 +119,6 @@ class Publisher:
             except Exception:
                 log.exception("a publish observer failed on %s #%d", topic, seq)
         return document
-
-    def __call__(self, topic: str, document: dict[str, Any]) -> dict[str, Any]:
-        return self.publish(topic, document)
 
 
 def send_frame(socket: zmq.Socket, header: dict[str, Any], frame: np.ndarray, flags: int = 0) -> None:
