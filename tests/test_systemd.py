@@ -27,7 +27,8 @@ def _directives(unit: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name, command", [("exoacq.service", "daemon --config"),
-                                           ("exoacq-tracker@.service", "worker --frames")])
+                                           ("exoacq-tracker@.service", "worker --frames"),
+                                           ("exoacq-web.service", "web --listen")])
 def test_unit_verifies(tmp_path, name, command):
     unit = (ROOT / "systemd" / name).read_text()
     directives = _directives(unit)
@@ -41,6 +42,9 @@ def test_unit_verifies(tmp_path, name, command):
                 "SupplementaryGroups=dialout video", *DEVICES} <= set(directives)
         assert "PrivateDevices=yes" not in directives  # it would hide /dev/ttyUSB* and the cameras
         assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK" in directives
+    elif name == "exoacq-web.service":  # off loopback: TLS, a login, and its secrets as credentials
+        assert {"DynamicUser=yes", "PrivateDevices=yes", "StateDirectory=exoacq-web"} <= set(directives)
+        assert "--operators ${CREDENTIALS_DIRECTORY}/operators.toml" in unit and "--tls-key ${CREDENTIALS_DIRECTORY}" in unit
     else:  # the worker does not ping: no watchdog, restarted whenever it ends
         assert {"DynamicUser=yes", "Restart=always", "PrivateDevices=yes"} <= set(directives)
         assert not any(d.startswith("WatchdogSec") for d in directives)
