@@ -42,6 +42,7 @@ from exoacq.liveness import HEARTBEAT_INTERVAL_S, HEARTBEAT_TOPIC, heartbeat_doc
 from exoacq.methods import Method, MethodService, RunStatus, ServiceContext
 from exoacq.metrics import DaemonMetrics
 from exoacq.reprocessing import Reprocessing, is_version
+from exoacq.run_folder import MAX_CHUNK_BYTES, list_files, read_chunk
 from exoacq.runner import InstrumentRunner, Preview
 from exoacq.sdnotify import Watchdog, notify, status_line
 from exoacq.security import DaemonSecurity
@@ -542,6 +543,14 @@ class Daemon:
         if version is not None and not is_version(version):
             raise ProtocolError(f"version = {version!r}: must be a result version number (1, 2, ...)")
         return self.store.get(run_id, version)
+
+    def _cmd_run_files(self, run_id: str) -> list[dict[str, Any]]:
+        """The regular files of a stored run's folder (exoacq.run_folder): path, bytes, modified."""
+        return list_files(self.store.run_dir(self.store.get(run_id)["run_id"]))
+
+    def _cmd_run_file(self, run_id: str, path: str, offset: int = 0, length: int = MAX_CHUNK_BYTES) -> dict[str, Any]:
+        """A chunk of one file of a stored run's folder, base64 (exoacq.run_folder.read_chunk)."""
+        return read_chunk(self.store.run_dir(self.store.get(run_id)["run_id"]), path, offset, length)
 
     # -- result versions: re-processing a stored run (exoacq.reprocessing) --------------------
     def _cmd_reprocess(self, run_id: str, overrides: dict[str, Any] | None = None,

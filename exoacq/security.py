@@ -51,10 +51,11 @@ MAX_ITEMS = 1000
 LONG_STRINGS = {("acquire", "sop"): 256 * 1024}
 #: Commands that only read; every other command acts (hardware, runs, the catalog) and is refused
 #: from an unauthenticated client while the daemon is reachable off this host.
-READ_ONLY_COMMANDS = frozenset({"ping", "status", "settings", "runs", "run", "bluesky"})
+READ_ONLY_COMMANDS = frozenset({"ping", "status", "settings", "runs", "run", "bluesky", "run_files", "run_file"})
 #: Numeric ranges of parameters the handler signature types do not bound: (command, parameter): (low, high).
 RANGES = {("runs", "limit"): (1, 100_000), ("run", "version"): (1, 1_000_000),
-          ("select_version", "version"): (1, 1_000_000)}
+          ("select_version", "version"): (1, 1_000_000), ("run_file", "offset"): (0, 2**63 - 1),
+          ("run_file", "length"): (1, 1024 * 1024)}
 LOCAL_CLIENT = {"user": "local", "authenticated": False, "key": None}
 
 

@@ -226,6 +226,10 @@ def _short_text(value: object, most: int) -> bool:
 bad_limit = st.one_of(hostile_values.filter(
     lambda v: not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1_000_000)),
     st.integers(min_value=10 ** 6 + 1, max_value=10 ** 30))
+#: run_file paths that leave the run's folder, are no regular file, or name none of its files.
+bad_run_path = st.one_of(hostile_values, st.sampled_from([
+    "../../audit.jsonl", "../catalog.sqlite", "a/../../x", "./../x", "tracks.csv/x", "tracks.csv\x00",
+    "//etc/passwd", r"\\server\share", "no-such-file.csv", "x" * 4000, "/".join(["a"] * 2000)]))
 bad_version = st.one_of(hostile_values, st.integers(min_value=2, max_value=10 ** 30))
 any_instrument = st.one_of(st.sampled_from(INSTRUMENTS), not_an_instrument)
 not_a_bool = hostile_values.filter(lambda v: not isinstance(v, bool))
@@ -272,6 +276,15 @@ def hostile_parameters(run_id: str) -> st.SearchStrategy:
                 if command == "approve" and (args["comment"] is None or isinstance(args["comment"], str)):
                     args["comment"] = ["not", "a", "text"]
             request = {k: v for k, v in args.items() if k != "run_id" or draw(ten)}  # sometimes no run_id at all
+        elif command in ("run_files", "run_file"):  # a file outside the run's folder, or none
+            args = {"run_id": draw(some_run_id)}
+            if command == "run_file":
+                args["path"] = draw(bad_run_path)
+                if draw(ten) == 0:
+                    args["length"] = draw(bad_limit)
+            elif args["run_id"] == run_id:
+                args = with_extra_keys(draw, args)
+            request = {k: v for k, v in args.items() if k != "run_id" or draw(ten)}
         elif command == "stop":  # nothing runs: every stop is refused
             request = draw(bad_stop)
         elif command == "preview":

@@ -63,6 +63,10 @@ def test_dls_and_nta_runs_overlap_and_publish_valid_documents(daemon):
         jsonschema.validate(document, schema)
     live = [d for d in progress if d["g2_minus_1"]]
     assert live and live[-1]["lag_s"][0] == pytest.approx(25e-9) and live[-1]["count_rate_hz"] > 1e5
+    # the live cumulant fit of the sub-run so far: near the sample's 100 nm once a sub-run is complete
+    fitted = [d for d in progress if d["fit"]]
+    assert fitted and fitted[-1]["fit"]["lag_s"][0] == pytest.approx(25e-9)
+    assert fitted[-1]["fit"]["z_average_nm"] == pytest.approx(100.0, rel=0.15)
     final = [d for t, d in received if t == "dls.result" and d["run_id"] == dls["run_id"]]
     assert len(final) == 1 and without_transport(final[0]) == dls
     jsonschema.validate(dls, load_schema("dls.result"))

@@ -30,6 +30,30 @@ TRACE_POINTS = 600
 RESULT_OWN = {"schema", "run_id", "time", "method", "instrument", "complete"}
 
 
+def progress_fit(lag_s, g2_minus_1, *, q_per_nm: float, temperature_c: float, viscosity_mpa_s: float,
+                 fit_fraction: float) -> dict[str, Any] | None:
+    """The live fit of ``dls.progress``: the 2nd-order cumulant fit (exoacq.dls.analysis.cumulants, as the
+    result's) of the curve so far (up to its first lag without data), as ``lag_s`` (the fit range),
+    ``g2_minus_1`` (the fitted curve there), ``z_average_nm`` and ``pdi``; None while there is no
+    correlation to fit (exoacq.dls.analysis.correlation_check) or the fit fails or gives no decay."""
+    from exoacq.dls.analysis import correlation_check, cumulants, hydrodynamic_diameter_nm
+
+    try:
+        if not correlation_check(lag_s, g2_minus_1, fit_fraction=fit_fraction)["correlated"]:
+            return None
+        fit = cumulants(lag_s, g2_minus_1, order=2, fit_fraction=fit_fraction)
+    except ValueError:
+        return None
+    diameter = hydrodynamic_diameter_nm(fit["gamma_per_s"], q_per_nm, temperature_c, viscosity_mpa_s)
+    if diameter is None:
+        return None
+    lag = np.asarray(lag_s, float)
+    tau = lag[(lag >= fit["fit_start_lag_s"]) & (lag <= fit["fit_end_lag_s"])]
+    # ln(g2 - 1) = ln(intercept) - 2 Gamma tau + mu2 tau^2 (the model cumulants fitted)
+    curve = fit["intercept"] * np.exp(-2.0 * fit["gamma_per_s"] * tau + fit["mu2_per_s2"] * tau**2)
+    return {"lag_s": tau.tolist(), "g2_minus_1": curve.tolist(), "z_average_nm": diameter, "pdi": fit["pdi"]}
+
+
 class DLSService(MethodService):
     def __init__(self, instrument, context):
         super().__init__(instrument, context)
@@ -128,12 +152,22 @@ class DLSService(MethodService):
         return {"photons": photons, "runs_completed": len(curves)}
 
     def _progress(self, run: Run, index: int, runs: int, correlator: Any, elapsed_s: float) -> None:
+        from exoacq.dls.analysis import scattering_vector_per_nm
+        from exoacq.physics import water_viscosity_iapws_mpa_s
+
         time_s, rate_hz = correlator.count_trace()
         keep = slice(max(0, len(time_s) - TRACE_POINTS), None)
+        s, detector = self.settings, self.instrument.device("detector")
+        g2_minus_1, temperature_c = correlator.g2_minus_1(), run.settings["temperature_start_c"]
+        medium = s.medium_refractive_index or getattr(detector, "medium_refractive_index", None) or 1.332
+        fit = progress_fit(correlator.lag_s, g2_minus_1, fit_fraction=s.fit_fraction,
+                           q_per_nm=scattering_vector_per_nm(detector.angle_deg, detector.wavelength_nm, medium),
+                           temperature_c=temperature_c,
+                           viscosity_mpa_s=s.viscosity_mpa_s or water_viscosity_iapws_mpa_s(temperature_c))
         self.context.emit({
             "event": "dls", "run_id": run.run_id, "run": index, "runs": runs, "elapsed_s": round(elapsed_s, 3),
             "photons": int(correlator.photons), "count_rate_hz": correlator.count_rate_hz,
-            "lag_s": correlator.lag_s.tolist(), "g2_minus_1": correlator.g2_minus_1().tolist(),
+            "lag_s": correlator.lag_s.tolist(), "g2_minus_1": g2_minus_1.tolist(), "fit": fit,
             "count_trace": {"time_s": np.asarray(time_s)[keep].tolist(), "rate_hz": np.asarray(rate_hz)[keep].tolist()},
         })
 
@@ -219,10 +253,10 @@ class DLSService(MethodService):
         run = status.run
         base = {"state": status.state, "run": 0, "runs": run.settings["runs"], "duration_s": run.settings["duration_s"],
                 "elapsed_s": 0.0, "angle_deg": run.settings.get("angle_deg"), "photons": 0, "count_rate_hz": None,
-                "lag_s": [], "g2_minus_1": [], "count_trace": {"time_s": [], "rate_hz": []}}
+                "lag_s": [], "g2_minus_1": [], "fit": None, "count_trace": {"time_s": [], "rate_hz": []}}
         if live:
             base.update({k: live[k] for k in ("run", "elapsed_s", "photons", "count_rate_hz", "lag_s", "g2_minus_1",
-                                              "count_trace")})
+                                              "fit", "count_trace")})
         return base
 
     # -- a hardware correlator's folder (a FolderWatcher's thread) ---------------------------

@@ -38,7 +38,7 @@ from exoacq.nta import sizing
 from exoacq.nta.detect import locate_fast
 from exoacq.nta.detection_volume import crowding_factor
 from exoacq.nta.track_sums import EnsembleDrift, TrackSums
-from exoacq.nta.distribution import number_histogram, size_distribution
+from exoacq.nta.distribution import HISTOGRAM_BIN_NM, number_histogram, size_distribution
 from exoacq.nta.threshold import FALSE_DETECTIONS_PER_FRAME, noise_threshold
 from exoacq.physics import (
     BOLTZMANN_J_K,
@@ -65,6 +65,10 @@ PILOT_MIN_TRACKS = 20
 #: PILOT_MIN_TRACKS of them): dense dim features link by chance at a wide range and would widen it further.
 PILOT_BRIGHTNESS = 1.5
 MIN_SEARCH_RANGE_PX = 3.0
+#: Live track tails (viewers): positions per track.
+TAIL_POINTS = 10
+#: Progress histograms of per-track diameters end here at most (bins of HISTOGRAM_BIN_NM).
+RUNNING_HISTOGRAM_MAX_NM = 2000.0
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,23 @@ def size_statistics(diameters: np.ndarray, fast_mode: bool = False) -> dict[str,
         mode = float(grid[np.argmax(gaussian_kde(d)(grid))])
     return {"mean": float(d.mean()), "mode": mode, "sd": float(d.std(ddof=1)) if d.size > 1 else 0.0,
             "d10": float(d10), "d50": float(d50), "d90": float(d90)}
+
+
+def running_histogram(diameters: np.ndarray) -> dict[str, Any]:
+    """Tracks per bin of their per-track diameters, for progress reports: the result's bins
+    (exoacq.nta.distribution.number_histogram: HISTOGRAM_BIN_NM wide from 0 nm, to at least 500 nm) up to
+    past the largest diameter, at most RUNNING_HISTOGRAM_MAX_NM (tracks beyond it are not counted);
+    empty lists without a track."""
+    d = np.asarray(diameters, float)
+    d = d[np.isfinite(d) & (d >= 0.0)]
+    if d.size == 0:
+        return {"bin_width_nm": HISTOGRAM_BIN_NM, "bin_centres_nm": [], "counts": []}
+    top = min(HISTOGRAM_BIN_NM * math.ceil(max(500.0, float(d.max())) / HISTOGRAM_BIN_NM + 1),
+              RUNNING_HISTOGRAM_MAX_NM)
+    edges = np.arange(0.0, top + HISTOGRAM_BIN_NM / 2, HISTOGRAM_BIN_NM)
+    counts, _ = np.histogram(d, edges)
+    return {"bin_width_nm": HISTOGRAM_BIN_NM, "bin_centres_nm": ((edges[:-1] + edges[1:]) / 2).tolist(),
+            "counts": counts.tolist()}
 
 
 #: A track whose positions spread (radius of gyration squared) less than this many mean squared one-frame steps
@@ -459,6 +480,24 @@ class StreamingTracker:
         rows = self._rows[linked_frames:]
         return (np.concatenate(rows) if rows else np.empty((0, 5))), len(self._rows)
 
+    def tails(self, frame_number: int, points: int = TAIL_POINTS) -> list[list[float]]:
+        """The live tracks' tails for viewers: each track that has a feature in frame ``frame_number`` (the
+        newest linked one) and at least 2 points, its last <= ``points`` positions, oldest first, as
+        [x0, y0, x1, y1, ...] (px, 2 decimals). While the pilot holds the frames: the provisional tracks'.
+        Reads only the last ``points`` frames' rows (no per-track history is kept for it)."""
+        if self._provisional is not None:
+            return self._provisional.tails(frame_number, points)
+        recent = self._rows[-points:]
+        if not recent or recent[-1].shape[0] == 0 or recent[-1][0, 0] != frame_number:
+            return []
+        rows = np.concatenate(recent)
+        # a track is continuous (no memory): its rows in these frames are its last positions
+        rows = rows[(rows[:, 0] > frame_number - points) & np.isin(rows[:, 1], recent[-1][:, 1])]
+        rows = rows[np.lexsort((rows[:, 0], rows[:, 1]))]  # by particle, then frame
+        starts = np.flatnonzero(np.r_[True, rows[1:, 1] != rows[:-1, 1]])
+        xy = np.round(rows[:, 2:4], 2)
+        return [xy[a:b].ravel().tolist() for a, b in zip(starts, np.r_[starts[1:], len(rows)]) if b - a >= 2]
+
     def positions_table(self) -> pd.DataFrame:
         """Every linked feature: frame, particle, x_px, y_px, mass (frames held for the pilot are linked first)."""
         self.finish()
@@ -471,14 +510,15 @@ class StreamingTracker:
 
         Final: the deconvolved, detection-corrected distribution (exoacq.nta.distribution).
         ``running``: the cheap form for progress reports: statistics of the per-track
-        diameters of tracks of >= 10 points (or ``min_track_length``), no histogram; while the
+        diameters of tracks of >= 10 points (or ``min_track_length``) and their counts in
+        :func:`running_histogram`'s bins (no deconvolution); while the
         pilot is still choosing the search range, those of its provisional tracks (linked at the
         largest range), marked ``provisional``.
         """
         if not running:
             self.finish()
         elif self._provisional is not None:  # the pilot is choosing the range: its provisional tracks meanwhile
-            provisional = self._provisional.summary(histogram=False, running=True)
+            provisional = self._provisional.summary(histogram=histogram, running=True)
             return provisional | {"link_search_range_px": None, "provisional": True}
         table = self.tracks_table()
         p = self.params
@@ -543,7 +583,9 @@ class StreamingTracker:
             "drift_um_s": self._drift.velocity_um_s(p.frame_rate_hz),
             "warnings": warnings,
         }
-        if histogram and not running:
+        if histogram and running:
+            result["histogram"] = running_histogram(used["diameter_nm"].to_numpy(float))
+        elif histogram:
             result["histogram"] = number_histogram(distribution.get("diameter_nm"),
                                                    distribution.get("probability_smoothed"), len(used), concentration)
         return result

@@ -8,7 +8,8 @@ frames out of order; the linker puts them back in sequence (``seq``) before
 linking, and finishes a run when all ``frames_sent`` have arrived. It PUSHes
 JSON events to the daemon: ``ready`` (with the bound ``features`` endpoint),
 ``worker`` (a worker said hello), ``progress`` (every 0.1 s while frames
-arrive), ``rows`` (every ROWS_INTERVAL_S: the positions linked since the last
+arrive), ``live`` (at most 15 times a second: the newest linked frame's features and the live tracks'
+tails, for viewers), ``rows`` (every ROWS_INTERVAL_S: the positions linked since the last
 ``rows``, for the run's run.h5), ``result`` (after writing the tracks files) and ``error``.
 
 Supervision (exoacq.nta.frame_order): the daemon sends ``worker.lost`` (pid)
@@ -48,6 +49,12 @@ MAX_EARLY_FRAMES = 1000
 QUIET_FINISH_S = 1.0
 #: Newly linked positions go to the daemon (``rows`` events, for the run's run.h5) this often.
 ROWS_INTERVAL_S = 1.0
+#: The newest linked frame's features and the live tracks' tails go to the daemon (``live`` events, for
+#: viewers: the frames socket's ``features`` topic) at most this often, over all the linker's runs.
+LIVE_INTERVAL_S = 1.0 / 15.0
+#: How a ``live`` event starts (compact JSON, ``event`` first), so that the daemon's main thread recognises it
+#: and publishes it without parsing and re-encoding its ~16 kB (exoacq.nta.service).
+LIVE_PREFIX = b'{"event":"live",'
 #: The ``nta/tracks`` table of run.h5 (exoacq.durable): (column, numpy dtype, unit); tracks.csv's
 #: columns plus the capture (1, 2, ...). Positions in px from the image's top-left corner.
 TRACK_ROWS_COLUMNS = (("capture", "i4", "1"), ("frame", "i8", "frame number"), ("particle", "i8", "id"),
@@ -77,6 +84,8 @@ class _Run:
     #: Frames whose linked positions were sent as ``rows`` events; when they last were.
     rows_sent_frames: int = 0
     last_rows: float = dataclasses.field(default_factory=time.monotonic)
+    #: The newest linked frame: (frame_number, timestamp, feature columns), for ``live`` events.
+    last_linked: tuple | None = None
 
 
 class Linker:
@@ -110,6 +119,7 @@ class Linker:
         self.runs: dict[str, _Run] = {}
         self.early: dict[str, list[list]] = {}
         self.last_progress = 0.0
+        self.last_live = 0.0
         #: Locate workers that said hello and have not been reported dead (pids).
         self.workers: set[int] = set()
 
@@ -182,9 +192,29 @@ class Linker:
             summary = run.tracker.summary(running=True)
             self.send("progress", run_id=run.run_id, frames_processed=run.order.tracked,
                       frames_lost=run.order.lost, last_frame_timestamp=run.last_frame_timestamp, summary=summary)
+        if now - self.last_live >= LIVE_INTERVAL_S and run.last_linked is not None:
+            self.last_live = now
+            self.send_live(run)
         if now - run.last_rows >= ROWS_INTERVAL_S:
             self.send_rows(run)
         self.maybe_finish(run)
+
+    def send_live(self, run: _Run) -> None:
+        """The newest linked frame's features (x, y, mass; 2 decimals) and the tails of the tracks in it
+        (StreamingTracker.tails), for viewers; the daemon publishes them on its frames socket."""
+        frame_number, timestamp, cols = run.last_linked
+        run.last_linked = None  # each frame once
+        run_id, _, capture = run.run_id.partition("/")
+        features = {k: np.round(np.asarray(cols[k], float), 2).tolist() for k in ("x", "y", "mass")}
+        # LIVE_PREFIX, then the rest of the viewers' document: the daemon forwards it without parsing it
+        try:
+            body = json.dumps({"run_id": run_id, "capture": int(capture or 1), "frame_number": int(frame_number),
+                               "timestamp": timestamp, "features": features,
+                               "tails": run.tracker.tails(int(frame_number)), "minmass": run.tracker.params.minmass},
+                              separators=(",", ":"), allow_nan=False)
+        except ValueError:  # a NaN (JSON has none): viewers miss this frame, the run goes on
+            return
+        self.events.send(LIVE_PREFIX + body[1:].encode())
 
     def send_rows(self, run: _Run) -> None:
         """The positions linked since the last ``rows`` event (final rows), as JSON lists in
@@ -204,6 +234,7 @@ class Linker:
         for frame_number, timestamp, cols in items:
             run.tracker.add_frame(frame_number, cols)
             run.last_frame_timestamp = timestamp
+            run.last_linked = (frame_number, timestamp, cols)
 
     def on_worker_lost(self, message: dict[str, Any]) -> None:
         """A worker died: the frames queued for it will not come; every capture now looks for losses."""
