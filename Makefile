@@ -4,9 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install chromium demo test clean
 
-install: $(STAMP)
+install: $(STAMP) chromium
 
 # Idempotent: re-runs only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -17,6 +17,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
+
+# Debian's chromium for the browser tests (Playwright drives it; its own browser download is not used).
+# Quick when installed (one `command -v`); installed with apt where it is usable (root, or sudo without
+# a password), apt-get update only when the package is unknown; otherwise install goes on and the
+# browser tests skip, saying why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || test -x "$${EXOACQ_CHROMIUM:-/nonexistent}" || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	  else echo "make: no chromium and apt is not usable here (not root, no sudo): the browser tests will be skipped"; exit 0; fi; \
+	  command -v apt-get >/dev/null || { echo "make: no chromium and no apt-get: the browser tests will be skipped"; exit 0; }; \
+	  apt-cache show chromium >/dev/null 2>&1 || $$sudo apt-get update -q || true; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q chromium \
+	    || echo "make: could not install chromium: the browser tests will be skipped"; }
 
 demo: install
 	$(BIN)/exoacq demo

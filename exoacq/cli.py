@@ -157,6 +157,9 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     from exoacq.keys_cli import add_keys_parser
     add_keys_parser(sub)  # exoacq keys init|add|list: CurveZMQ keys for a daemon reachable off its host
 
+    from exoacq.web.cli import add_web_verbs
+    add_web_verbs(sub, _Parser)  # exoacq web (the console in the browser), exoacq web-operators add|list|remove
+
     p = sub.add_parser("laser", help="laser safety: switch every configured laser off (systemd ExecStopPost)")
     p.add_argument("state", choices=["off"])
     p.add_argument("--config", type=Path, required=True, help="the daemon's configuration")

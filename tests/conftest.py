@@ -58,6 +58,23 @@ def active_state(status: dict, instrument: str = "nta") -> str | None:
     return next((r["state"] for r in status["runs"] if r["instrument"] == instrument and r["state"] != "queued"), None)
 
 
+@pytest.fixture(scope="module")
+def chromium_browser():
+    """A headless Debian chromium driven by Playwright (exoacq.web.browser), shared by a test file's tests
+    (not the session's: Playwright's synchronous API keeps an event loop running in this thread while
+    it is open, and the other files' asyncio.run() would refuse to start); the test is skipped, with
+    the reason, where there is no chromium or no playwright."""
+    from exoacq.web.browser import chromium_problem, launch_chromium
+    problem = chromium_problem()
+    if problem:
+        pytest.skip(f"browser tests need a headless chromium: {problem}")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        yield browser
+        browser.close()
+
+
 @pytest.fixture
 def silent_port():
     """A pseudo-terminal nobody serves: a serial device switched off or its cable loose."""

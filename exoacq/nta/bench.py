@@ -50,12 +50,16 @@ def simulated_instrument_toml(*, name: str = "nta", camera: dict[str, Any] | Non
 
 # -- realtime: the daemon with its simulated camera, end to end --------------------------------
 def bench_realtime(*, width: int = 1280, height: int = 1024, fps: float = 30.0, duration_s: float = 30.0,
-                   workers: int = 1) -> dict[str, Any]:
+                   workers: int = 1, console: bool = False, console_nice: int | None = None) -> dict[str, Any]:
     """Run a daemon with a simulated camera and measure drops and the frame-to-document latency.
 
     Latency of a progress document = its arrival time at a subscriber (a thread
     blocked on its own SUB socket) minus the exposure-start timestamp of the
-    newest frame it accounts for.
+    newest frame it accounts for. With ``console``, the operator's console is
+    attached throughout (``exoacq web`` and a headless chromium on the live page,
+    exoacq.web.bench): ``console`` reports what the page drew during the acquisition;
+    the console runs at ``console_nice`` below the daemon's CPU priority (default
+    exoacq.web.bench.CONSOLE_NICE; 0: the same), stated in ``console.nice``.
     """
     import threading
 
@@ -65,6 +69,12 @@ def bench_realtime(*, width: int = 1280, height: int = 1024, fps: float = 30.0, 
     from exoacq.client import follow_run
     from exoacq.demo import start_daemon, stop_daemon
 
+    if console:  # before the daemon starts: nothing to wait for when no browser can be driven
+        from exoacq.web.bench import CONSOLE_NICE, require_browser
+        require_browser()
+        console_nice = CONSOLE_NICE if console_nice is None else console_nice
+        if not 0 <= console_nice <= 19:
+            raise ExoacqError(f"--console-nice {console_nice}: must be 0 (the daemon's priority) to 19", code="usage")
     exposure_ms = min(15.0, 0.5 * 1000.0 / fps)
     with tempfile.TemporaryDirectory(prefix="exoacq-bench-") as tmp:
         config = Path(tmp) / "bench.toml"
@@ -73,8 +83,11 @@ def bench_realtime(*, width: int = 1280, height: int = 1024, fps: float = 30.0, 
             tracking={"workers": workers}))
         process, control = start_daemon(Path(tmp) / "data", Path(tmp) / "daemon.log", extra=["--config", str(config)])
         latencies: list[float] = []
+        acquiring: list[float] = []  # arrival times of the progress documents while acquiring
+        attached: dict[str, Any] | None = None
         try:
-            with ControlClient(control) as client:
+            with ControlClient(control) as client, _console(console, control, Path(tmp) / "console",
+                                                            process.pid, console_nice) as view:
                 results = client.request("status")["endpoints"]["results"]
                 ctx = zmq.Context()
                 sub = ctx.socket(zmq.SUB)
@@ -90,6 +103,7 @@ def bench_realtime(*, width: int = 1280, height: int = 1024, fps: float = 30.0, 
                             doc = loads(sub.recv_multipart()[1])
                             if doc["state"] == "acquiring" and doc.get("last_frame_timestamp"):
                                 latencies.append(arrived - doc["last_frame_timestamp"])
+                                acquiring.append(arrived)
 
                 collector = threading.Thread(target=collect, name="latency")
                 collector.start()
@@ -101,10 +115,13 @@ def bench_realtime(*, width: int = 1280, height: int = 1024, fps: float = 30.0, 
                     collector.join()
                     sub.close()
                     ctx.term()
+                if view is not None and acquiring:
+                    attached = view.summary(acquiring[0], acquiring[-1])
         finally:
             stop_daemon(process)
     frames = result["frames"]
     lat = np.array(latencies) * 1e3
+    extra = {"console": attached} if console else {}
     return {
         "benchmark": "realtime",
         "settings": {"width": width, "height": height, "fps": fps, "exposure_ms": exposure_ms,
@@ -117,8 +134,19 @@ def bench_realtime(*, width: int = 1280, height: int = 1024, fps: float = 30.0, 
                        "p99": float(np.percentile(lat, 99)) if lat.size else None,
                        "max": float(lat.max()) if lat.size else None, "documents": int(lat.size)},
         "particles_per_frame": result["particles_per_frame"],
+        **extra,
         "machine": machine(),
     }
+
+
+def _console(attach: bool, control: str, work_dir: Path, daemon_pid: int, niceness: int | None):
+    """The operator's console attached to the daemon (exoacq.web.bench.AttachedConsole), or nothing."""
+    import contextlib
+
+    if not attach:
+        return contextlib.nullcontext(None)
+    from exoacq.web.bench import AttachedConsole
+    return AttachedConsole(control, "nta", work_dir, daemon_pid=daemon_pid, niceness=niceness)
 
 
 # -- analyze: exoacq analyze against a plain trackpy pipeline ------------------------------------

@@ -93,6 +93,12 @@ def add_cli(verbs: dict[str, Any]) -> None:
     b.add_argument("--fps", type=_positive_float, default=30.0)
     b.add_argument("--duration", type=_positive_float, default=30.0)
     b.add_argument("--workers", type=positive_int, default=1)
+    b.add_argument("--console", action="store_true",
+                   help="attach the operator's console (exoacq web and a headless chromium on the live page) "
+                        "and report what it drew")
+    b.add_argument("--console-nice", type=int, default=None, metavar="N",
+                   help="the console's CPU priority below the daemon's (nice increment 0-19; default 10: a viewer "
+                        "yields to the acquisition; 0: the same priority)")
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
     b.set_defaults(func=cmd_bench, benchmark="realtime")
     b = bench.add_parser("analyze", help="`exoacq analyze nta` against a plain trackpy pipeline, on the video and "
@@ -440,7 +446,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ExoacqError(f"--width {args.width} --height {args.height}: the simulated camera is 8..16384 "
                               "pixels each way", code="usage")
         result = bench.bench_realtime(width=args.width, height=args.height, fps=args.fps,
-                                      duration_s=args.duration, workers=args.workers)
+                                      duration_s=args.duration, workers=args.workers, console=args.console,
+                                      console_nice=args.console_nice)
     elif args.benchmark == "accuracy":
         from exoacq.nta.accuracy import bench_accuracy, default_matrix
         from exoacq.client import StatusLine
