@@ -552,8 +552,9 @@ def analyze_correlation(corr: Correlation, *, wavelength_nm: float, temperature_
     try:
         inv = inversion.invert(lag, y, q_per_nm=q, temperature_c=temperature_c, viscosity_mpa_s=viscosity_mpa_s,
                                diameters_nm=diameters_nm, alpha=alpha, intercept=intercept, sigma=sigma)
+        resolved = np.where(inversion.peak_bins(inv["intensity"]), inv["intensity"], 0.0)  # see inversion
         volume, number = inversion.intensity_to_volume_number(
-            inv["diameter_nm"], inv["intensity"], wavelength_nm=wavelength_nm, angle_deg=corr.angle_deg,
+            inv["diameter_nm"], resolved, wavelength_nm=wavelength_nm, angle_deg=corr.angle_deg,
             particle_refractive_index=particle_refractive_index, medium_refractive_index=refractive_index,
             polarization=polarization)
         distribution = {"diameter_nm": inv["diameter_nm"], "intensity": inv["intensity"], "volume": volume,
