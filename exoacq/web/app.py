@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import mimetypes
 import os
@@ -44,7 +43,7 @@ from starlette.websockets import WebSocket
 
 from exoacq.errors import ExoacqError
 from exoacq.storage import FINAL_STATES
-from exoacq.web.forms import bad_request, query_int, request_params
+from exoacq.web.forms import bad_request, json_object, query_int, request_params
 from exoacq.web.sockets import events_socket, live_socket
 
 log = logging.getLogger("exoacq.web")
@@ -272,13 +271,7 @@ class Console:
     async def api_sample_info(self, request: Request) -> Response:
         sample = request.path_params["sample"]
         if request.method == "PUT":
-            body = await request.body()
-            try:
-                info = json.loads(body or b"null")
-            except ValueError as exc:
-                raise ExoacqError(f"the request is not valid JSON ({exc})", code="bad_json") from None
-            if not isinstance(info, dict):
-                raise bad_request("the sample's information must be a JSON object")
+            info = await json_object(request, "the sample's information must be a JSON object")
             return ok(await run_in_threadpool(self.samples.put, sample, info, operator=self.operator_of(request)))
         return ok(await run_in_threadpool(self.samples.get, sample))
 
@@ -427,13 +420,13 @@ def create_app(bridge: Any, *, data_dir: Path, auth: Any = None, operator: str |
         Route("/api/acquire", c.api_acquire, methods=["POST"]), Route("/api/stop", c.api_stop, methods=["POST"]),
         Route("/api/preview", c.api_preview, methods=["POST"]), Route("/api/set", c.api_set, methods=["POST"]),
         Route("/api/settings", c.api_settings), Route("/api/samples", c.api_samples),
-        Route("/api/samples/{sample}/info", c.api_sample_info, methods=["GET", "PUT"]),
-        Route("/api/samples/{sample}/images", c.api_sample_image, methods=["POST"]),
-        Route("/api/samples/{sample}/images/{name}", c.api_sample_image_file),
+        Route("/api/samples/{sample:path}/info", c.api_sample_info, methods=["GET", "PUT"]),
+        Route("/api/samples/{sample:path}/images", c.api_sample_image, methods=["POST"]),
+        Route("/api/samples/{sample:path}/images/{name}", c.api_sample_image_file),
         WebSocketRoute("/ws/events", c.ws_events), WebSocketRoute("/ws/live/{instrument}", c.ws_live),
         Route("/", c.page_home), Route("/live/{instrument}", c.page_live), Route("/acquire", c.page_acquire),
         Route("/runs", c.page_runs), Route("/runs/{run_id}", c.page_run), Route("/samples", c.page_samples),
-        Route("/samples/{sample}/report", c.page_report),
+        Route("/samples/{sample:path}/report", c.page_report),
         Route("/login", c.login, methods=["GET", "POST"]), Route("/logout", c.logout, methods=["POST"]),
         Route("/favicon.ico", lambda request: Response(status_code=204)),  # no icon (pages without a <link>)
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

@@ -54,15 +54,7 @@ async def request_params(request: Request) -> dict[str, Any]:
     left out so that the daemon's defaults apply; a ``sop`` file is read as UTF-8 text."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json") or not content_type:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise ExoacqError(f"the request is {len(body)} bytes; at most {MAX_BODY_BYTES}", code="request_too_large")
-        try:
-            params = json.loads(body or b"{}")
-        except ValueError as exc:
-            raise ExoacqError(f"the request is not valid JSON ({exc})", code="bad_json") from None
-        if not isinstance(params, dict):
-            raise bad_request("the request must be a JSON object of parameters")
+        params = await json_object(request, "the request must be a JSON object of parameters")
     else:
         params = {}
         form = await request.form()
@@ -82,6 +74,21 @@ async def request_params(request: Request) -> dict[str, Any]:
     if reserved:
         raise bad_request(f"{reserved[0]}: not a parameter the console passes on")
     return params
+
+
+async def json_object(request: Request, what: str) -> dict[str, Any]:
+    """The request's body as a JSON object (an empty body: {}), at most MAX_BODY_BYTES; ``what`` is the
+    message when it is JSON but not an object."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise ExoacqError(f"the request is {len(body)} bytes; at most {MAX_BODY_BYTES}", code="request_too_large")
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError as exc:
+        raise ExoacqError(f"the request is not valid JSON ({exc})", code="bad_json") from None
+    if not isinstance(value, dict):
+        raise bad_request(what)
+    return value
 
 
 async def _upload_text(name: str, upload: UploadFile) -> str | None:
