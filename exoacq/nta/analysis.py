@@ -8,10 +8,15 @@ arrive) and offline analysis. Methods:
 * linking: trackpy's incremental ``Linker`` (Crocker-Grier), one frame at a
   time; a missing frame ends every track, so steps always span one interval.
   The search range is chosen from the first ``PILOT_FRAMES`` frames' tracks
-  unless given (:meth:`StreamingTracker._choose_search_range`);
+  unless given, and those frames linked again at it until the range their
+  tracks ask for settles (a fixed point free of the mislinks of a wide range
+  in a dense field: :meth:`StreamingTracker._choose_search_range`);
 * per track, O(1) running sums: steps, squared steps, products of consecutive
   steps (for the covariance-based D of exoacq.nta.sizing), masses; the
-  ensemble flow drift is removed from them at the end;
+  ensemble flow drift is removed from them at the end; the reported D adds
+  what the ensemble's step covariances beyond lag 1 carry (position errors
+  lasting several frames, as in compressed video:
+  exoacq.nta.sizing.step_correlation_correction_um2_s);
 * the reported size distribution: exoacq.nta.distribution (deconvolution over
   track lengths, detection-depth correction). The per-track diameter of the
   blur-corrected MSD, <r^2> = 4 D (dt - t_E / 3) (Savin & Doyle 2005, Biophys.
@@ -65,6 +70,12 @@ PILOT_MIN_TRACKS = 20
 #: PILOT_MIN_TRACKS of them): dense dim features link by chance at a wide range and would widen it further.
 PILOT_BRIGHTNESS = 1.5
 MIN_SEARCH_RANGE_PX = 3.0
+#: The pilot links its frames again at the range it chose while their tracks ask for one narrower by more than
+#: this fraction, at most PILOT_ITERATIONS times (StreamingTracker._choose_search_range). Smaller changes are
+#: within the range's own margin (it covers twice the D95: sqrt(2) wider than that D's steps need) and the
+#: scatter of a few hundred tracks' 95th percentile; mislinks narrow it by 20-40 % a step.
+PILOT_CONVERGENCE = 0.15
+PILOT_ITERATIONS = 6
 #: Live track tails (viewers): positions per track.
 TAIL_POINTS = 10
 #: Progress histograms of per-track diameters end here at most (bins of HISTOGRAM_BIN_NM).
@@ -351,24 +362,47 @@ class StreamingTracker:
         the 95th percentile of the tracks' D (CVE, tracks of >= 10 points): half the diameter of the
         small end of the sample. Never above the largest range; with fewer than
         PILOT_MIN_TRACKS tracks, the largest range stays.
+
+        The range is a fixed point: the tracks linked at the chosen range must ask for about the same range.
+        Linked at too wide a range in a dense field (a search disc that reaches the next features:
+        the largest range is that of the smallest particle the user expects), a particle whose
+        feature is lost for a frame is joined to a neighbour, and those jumps inflate the 95th
+        percentile, hence the range (a feedback of mislinks). So the held frames are linked again
+        at the chosen range, and again at the range their tracks then ask for, while it is narrower by
+        more than PILOT_CONVERGENCE (at most PILOT_ITERATIONS times). The iteration only narrows the
+        range, and stops where the tracks are the particles' own: a range that covers their steps
+        5 SDs out (SEARCH_RANGE_SIGMAS at twice the D) truncates no real step, so it does not collapse.
         """
         frames, self._pilot = self._pilot, []
-        p = self.params
         pilot, self._provisional = self._provisional, None  # the held frames, linked at the largest range
-        table = pilot.tracks_table()
+        chosen = self._range_from_tracks(pilot.tracks_table()) or self.params.search_range_px
+        for _ in range(PILOT_ITERATIONS):
+            pilot = StreamingTracker(dataclasses.replace(self.params, search_range_px=chosen,
+                                                         auto_search_range=False, min_track_length=None))
+            for number, features in frames:
+                pilot._link(number, features)
+            narrower = self._range_from_tracks(pilot.tracks_table())
+            if narrower is None or narrower > chosen * (1.0 - PILOT_CONVERGENCE):
+                break
+            chosen = narrower
+        self.params = dataclasses.replace(self.params, search_range_px=round(chosen, 2), auto_search_range=False)
+        for number, features in frames:
+            self._link(number, features)
+
+    def _range_from_tracks(self, table: pd.DataFrame) -> float | None:
+        """The search range the pilot's tracks ask for (see :meth:`_choose_search_range`), within
+        MIN_SEARCH_RANGE_PX and the largest range; None with fewer than PILOT_MIN_TRACKS tracks."""
+        p = self.params
         table = table.loc[table["length_frames"] >= RUNNING_MIN_TRACK_LENGTH]
         bright = table.loc[table["mean_mass"] >= PILOT_BRIGHTNESS * (p.minmass or 0.0)]
         if len(bright) >= PILOT_MIN_TRACKS:  # features near the threshold (noise, far from the sheet) link by chance
             table = bright
         d = table["diffusion_um2_s"].to_numpy(float)
         d = d[np.isfinite(d)]
-        chosen = p.search_range_px
-        if d.size >= PILOT_MIN_TRACKS and np.percentile(d, 95) > 0:
-            step_um = math.sqrt(2.0 * 2.0 * float(np.percentile(d, 95)) * p.frame_interval_s)
-            chosen = min(p.search_range_px, max(SEARCH_RANGE_SIGMAS * step_um / p.pixel_size_um, MIN_SEARCH_RANGE_PX))
-        self.params = dataclasses.replace(p, search_range_px=round(chosen, 2), auto_search_range=False)
-        for number, features in frames:
-            self._link(number, features)
+        if d.size < PILOT_MIN_TRACKS or not np.percentile(d, 95) > 0:
+            return None
+        step_um = math.sqrt(2.0 * 2.0 * float(np.percentile(d, 95)) * p.frame_interval_s)
+        return min(p.search_range_px, max(SEARCH_RANGE_SIGMAS * step_um / p.pixel_size_um, MIN_SEARCH_RANGE_PX))
 
     def _link(self, frame_number: int, features: Mapping[str, Any]) -> None:
         count = len(features["x"])
@@ -473,6 +507,22 @@ class StreamingTracker:
             "used": used,
         })
 
+    def step_correlation(self, particles: np.ndarray) -> sizing.StepCorrelation:
+        """The step covariances of these tracks beyond lag 1 and the D they add to each track's CVE
+        (exoacq.nta.sizing.step_correlation_correction_um2_s), from their linked positions, drift removed."""
+        rows = np.concatenate(self._rows) if self._rows else np.empty((0, 5))
+        rows = rows[np.isin(rows[:, 1], np.asarray(particles, float))]
+        rows = rows[np.lexsort((rows[:, 0], rows[:, 1]))]  # by particle, then frame
+        step = np.flatnonzero((rows[1:, 1] == rows[:-1, 1]) & (rows[1:, 0] == rows[:-1, 0] + 1))
+        p = self.params
+        frame = rows[step, 0].astype(np.int64)
+        drift = np.zeros((len(step), 2))
+        if p.drift_correction and len(step):
+            drift = self._drift.cumulative_um[frame + 1] - self._drift.cumulative_um[frame]
+        dx = (rows[step + 1, 2] - rows[step, 2]) * p.pixel_size_um - drift[:, 0]
+        dy = (rows[step + 1, 3] - rows[step, 3]) * p.pixel_size_um - drift[:, 1]
+        return sizing.step_correlation_correction_um2_s(rows[step, 1], dx, dy, p.frame_interval_s)
+
     def positions_since(self, linked_frames: int) -> tuple[np.ndarray, int]:
         """Rows (frame, particle, x_px, y_px, mass) of the frames linked after the first ``linked_frames``
         ones, and how many frames are linked now (pass it next time). Linked rows are final: a later frame
@@ -561,6 +611,10 @@ class StreamingTracker:
                             "dilute the sample or lower search_range_px")
         diffusion = used["diffusion_um2_s"].to_numpy(float)
         diffusion = diffusion[np.isfinite(diffusion)]
+        correlation = None
+        if not running and diffusion.size:  # errors lasting several frames (compressed video): what the CVE misses
+            correlation = self.step_correlation(used["particle"].to_numpy())
+            diffusion = diffusion + correlation.diffusion_correction_um2_s
         result = {
             "size_nm": sizes,
             "size_nm_detected": size_detected,
@@ -570,6 +624,8 @@ class StreamingTracker:
             "tracks": {"total": int(len(table)), "used": int(len(used)), "min_length_frames": min_track_length},
             "diffusion_um2_s": {"mean": float(diffusion.mean()) if diffusion.size else None,
                                 "median": float(np.median(diffusion)) if diffusion.size else None},
+            # step covariances beyond lag 1 (errors lasting several frames) and the D they add to every CVE
+            "step_correlation": None if correlation is None else correlation.to_dict(),
             "localisation_nm": localisation_nm,
             "link_search_range_px": None if p.auto_search_range else p.search_range_px,
             "detection": None if distribution is None or "peak_mass_100nm" not in distribution else {

@@ -568,3 +568,70 @@ def rebin_number_distribution(diameter_nm, probability, edges_nm) -> np.ndarray:
     with np.errstate(divide="ignore"):
         ln_edges = np.log(np.asarray(edges_nm, float))
     return np.diff(np.interp(ln_edges, cells, cdf, left=0.0, right=1.0))
+
+
+#: The VBF model (no step covariance at lag 2) is rejected when the lag-2 covariance differs from 0 by at least
+#: this many standard errors (two-sided p ~ 6e-5: chance covariances of VBF steps, |z| ~ 2-2.5 at times over a
+#: video's lags and thresholds, must not move D); then further lags enter while they differ from 0 by at least
+#: STEP_CORRELATION_Z (the +-2 SE cut-off of an MA(q) autocorrelation: Box & Jenkins, Time Series Analysis,
+#: 1970, ch. 6). See :func:`step_correlation_correction_um2_s`.
+STEP_CORRELATION_Z_MODEL = 4.0
+STEP_CORRELATION_Z = 2.0
+STEP_CORRELATION_MAX_LAG = 20
+
+
+@dataclass(frozen=True)
+class StepCorrelation:
+    """The ensemble's step covariances beyond lag 1 and what they add to every track's CVE of D."""
+
+    #: Lags summed: 1 means none beyond the CVE's own (the VBF model holds).
+    lags: int
+    diffusion_correction_um2_s: float
+    #: Per-coordinate covariance over the variance of the steps, lags 2 .. lags.
+    correlations: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {"lags": self.lags, "diffusion_correction_um2_s": self.diffusion_correction_um2_s,
+                "correlations": list(self.correlations)}
+
+
+def step_correlation_correction_um2_s(particle: np.ndarray, dx_um: np.ndarray, dy_um: np.ndarray,
+                                      frame_interval_s: float, max_lag: int = STEP_CORRELATION_MAX_LAG,
+                                      z_model: float = STEP_CORRELATION_Z_MODEL,
+                                      z: float = STEP_CORRELATION_Z) -> StepCorrelation:
+    """What position errors correlated over more than one frame take from the CVE of D, from the ensemble.
+
+    ``dx_um``, ``dy_um``: the one-frame steps (drift removed) of gap-free tracks, each track's steps
+    contiguous and in frame order, ``particle`` their track ids.
+
+    D is the sum of the steps' autocovariances over all lags (the Green-Kubo relation in discrete time):
+    per coordinate, D = [gamma_0 + 2 sum_{m >= 1} gamma_m] / (2 dt). A stationary position error e_n of
+    finite memory adds (e_{n+1} - e_n) to the steps, whose autocovariances sum to zero over all lags, so the
+    sum is unbiased by any such error once its window covers the error's memory. VBF's CVE is the window of
+    one lag: exact for independent errors and blur within one exposure (gamma_m = 0 for m >= 2). Errors
+    that last several frames (video compression that predicts a frame from the previous ones, temporal
+    noise filters, frame-rate conversion, slow motion over a fixed pattern) make gamma_m != 0 at m >= 2 for
+    every track, whatever its D; the CVE then misses 2 sum_{m>=2} gamma_m / (2 dt). Those gamma_m are
+    measured on the ensemble (all the tracks' step pairs at lag m). The steps are then an MA(q) process with
+    q > 1: when gamma_2 differs from 0 by at least ``z_model`` standard errors (the VBF model rejected),
+    q is identified as by Box & Jenkins, the last lag before the first whose gamma_m is within ``z``
+    standard errors of 0, and gamma_2 .. gamma_q are summed. For steps that follow the VBF model nothing is
+    added. Returns the window q and the correction to add to every track's CVE.
+    """
+    particle = np.asarray(particle)
+    dx, dy = np.asarray(dx_um, float), np.asarray(dy_um, float)
+    variance = float(np.mean(dx * dx + dy * dy) / 2.0) if dx.size else 0.0
+    correlations: list[float] = []
+    total = 0.0
+    for lag in range(2, max_lag + 1):
+        same = particle[lag:] == particle[:-lag] if dx.size > lag else np.zeros(0, bool)
+        if same.sum() < 2 or not variance > 0:
+            break
+        products = (dx[lag:][same] * dx[:-lag][same] + dy[lag:][same] * dy[:-lag][same]) / 2.0
+        mean, standard_error = float(products.mean()), float(products.std(ddof=1) / math.sqrt(products.size))
+        if not abs(mean) >= (z_model if lag == 2 else z) * standard_error:
+            break
+        correlations.append(mean / variance)
+        total += mean
+    return StepCorrelation(lags=1 + len(correlations), diffusion_correction_um2_s=total / frame_interval_s,
+                           correlations=tuple(round(c, 4) for c in correlations))
