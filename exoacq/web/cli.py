@@ -21,7 +21,7 @@ from exoacq.errors import ExoacqError
 DEFAULT_LISTEN = "127.0.0.1:8080"
 #: The console runs at a lower CPU priority than the daemon: on a 2-core instrument PC it then never takes
 #: the time the camera and the tracking core need (measured with `exoacq bench realtime --console`).
-CONSOLE_NICE = 10
+CONSOLE_NICE = 19
 
 
 def add_web_verbs(sub: Any, parser_class: type) -> None:
