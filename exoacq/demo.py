@@ -22,10 +22,15 @@ from exoacq.errors import ExoacqError
 DAEMON_START_TIMEOUT_S = 90.0
 
 
-def free_tcp_endpoint() -> str:
+def free_tcp_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+        return s.getsockname()[1]
+
+
+def free_tcp_endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_tcp_port()}"
 
 
 def start_daemon(data_dir: Path, log_path: Path, extra: list[str] | None = None,

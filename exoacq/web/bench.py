@@ -46,19 +46,13 @@ _READ_LIVE = """() => {
 }"""
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_web(control: str, data_dir: Path, log_path: Path, *, port: int | None = None,
               extra: list[str] | None = None, niceness: int = 0) -> tuple[subprocess.Popen, str]:
     """Start ``exoacq web`` on a free loopback port against ``control`` (``--nice niceness``: the
     console lowers its own priority); return it and its base URL once ``/api/status`` answers (the
     daemon reached through it)."""
-    port = port or free_port()
+    from exoacq.demo import free_tcp_port
+    port = port or free_tcp_port()
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "exoacq", "web", "--nice", str(niceness),
                "--listen", f"127.0.0.1:{port}", "--control", control, "--data-dir", str(data_dir), *(extra or [])]
