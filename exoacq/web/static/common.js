@@ -294,6 +294,17 @@ export function table(headers, rows, cls = "data") {
 export const FINAL_STATES = new Set(["done", "failed", "aborted", "interrupted"]);
 
 /** The headline numbers of a run (the API's `headline`) as short text with units. */
+/** The cells every run table starts with: run (a link), sample, method, instrument, state (and its error). */
+export function runCells(r) {
+  return [
+    el("td", {}, runLink(r.run_id)),
+    el("td", {}, r.sample || "—"),
+    el("td", {}, r.method),
+    el("td", {}, r.instrument || "—"),
+    el("td", {}, stateBadge(r.state), r.error ? el("div", { class: "small muted" }, r.error) : null),
+  ];
+}
+
 export function headlineText(headline) {
   if (!headline || Object.keys(headline).length === 0) return "—";
   const parts = [];

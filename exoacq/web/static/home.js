@@ -1,6 +1,6 @@
 // Home: each instrument's state, devices, run and queue; the latest runs with their headline numbers.
 import {
-  apiGet, EventStream, el, setChildren, stateBadge, runLink, headlineText, fmtTime, showError, FINAL_STATES,
+  apiGet, EventStream, el, setChildren, stateBadge, runLink, runCells, headlineText, fmtTime, showError, FINAL_STATES,
 } from "/static/common.js";
 
 const instrumentsNode = document.getElementById("instruments");
@@ -51,11 +51,7 @@ async function refreshRuns() {
   try {
     const runs = await apiGet("/api/runs?limit=10");
     setChildren(runsBody, runs.length ? runs.map((r) => el("tr", { dataset: { runId: r.run_id } },
-      el("td", {}, runLink(r.run_id)),
-      el("td", {}, r.sample || "—"),
-      el("td", {}, r.method),
-      el("td", {}, r.instrument || "—"),
-      el("td", {}, stateBadge(r.state), r.error ? el("div", { class: "small muted" }, r.error) : null),
+      ...runCells(r),
       el("td", { class: "time" }, fmtTime(r.created)),
       el("td", { class: "headline" }, headlineText(r.headline)))) : [el("tr", {}, el("td", { colspan: 7, class: "muted" }, "No runs yet."))]);
   } catch (err) {

@@ -1,6 +1,6 @@
 // Run history with filters (sample, method, state): /api/runs query parameters, kept in the URL.
 import {
-  apiGet, getStatus, EventStream, el, setChildren, stateBadge, runLink, headlineText, fmtTime, showError,
+  apiGet, getStatus, EventStream, el, setChildren, runCells, headlineText, fmtTime, showError,
 } from "/static/common.js";
 
 const form = document.getElementById("runs-filters");
@@ -28,11 +28,7 @@ async function load() {
     const runs = await apiGet(`/api/runs?${query}`);
     document.getElementById("runs-count").textContent = `${runs.length} run${runs.length === 1 ? "" : "s"}`;
     setChildren(body, runs.length ? runs.map((r) => el("tr", { dataset: { runId: r.run_id } },
-      el("td", {}, runLink(r.run_id)),
-      el("td", {}, r.sample || "—"),
-      el("td", {}, r.method),
-      el("td", {}, r.instrument || "—"),
-      el("td", {}, stateBadge(r.state), r.error ? el("div", { class: "small muted" }, r.error) : null),
+      ...runCells(r),
       el("td", {}, operatorText(r.operator)),
       el("td", { class: "time" }, fmtTime(r.created)),
       el("td", { class: "time" }, fmtTime(r.finished)),
