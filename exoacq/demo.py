@@ -33,9 +33,33 @@ def free_tcp_endpoint() -> str:
     return f"tcp://127.0.0.1:{free_tcp_port()}"
 
 
+#: Attempts at starting a daemon whose free ports another process took between choosing and binding them.
+PORT_RACE_ATTEMPTS = 3
+
+
 def start_daemon(data_dir: Path, log_path: Path, extra: list[str] | None = None,
                  env: dict[str, str] | None = None, simulated: bool = True) -> tuple[subprocess.Popen, str]:
-    """Start ``exoacq daemon [--simulated]`` on free ports; return it and its control endpoint once it answers."""
+    """Start ``exoacq daemon [--simulated]`` on free ports; return it and its control endpoint once it answers.
+    A port found free can be taken by another process before the daemon binds it: the daemon then exits
+    with "Address already in use", and is started again on other ports (PORT_RACE_ATTEMPTS in all)."""
+    for attempt in range(1, PORT_RACE_ATTEMPTS + 1):
+        try:
+            return _start_daemon(data_dir, log_path, extra, env, simulated)
+        except ExoacqError:
+            if attempt == PORT_RACE_ATTEMPTS or "Address already in use" not in _read_text(log_path):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _start_daemon(data_dir: Path, log_path: Path, extra: list[str] | None, env: dict[str, str] | None,
+                  simulated: bool) -> tuple[subprocess.Popen, str]:
     control = free_tcp_endpoint()
     command = [sys.executable, "-m", "exoacq", "daemon", *(["--simulated"] if simulated else []), "--data-dir", str(data_dir),
                "--control", control, "--results", free_tcp_endpoint(), "--frames", free_tcp_endpoint(),
