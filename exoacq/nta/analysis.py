@@ -34,10 +34,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-import trackpy as tp
-from scipy.stats import gaussian_kde
-from trackpy.linking import Linker
-from trackpy.linking.utils import Point, SubnetOversizeException, TrackUnstored
 
 from exoacq.nta import sizing
 from exoacq.nta.detect import locate_fast
@@ -51,8 +47,6 @@ from exoacq.physics import (
     stokes_einstein_diffusion_um2_s,
     water_viscosity_iapws_mpa_s,
 )
-
-tp.quiet()
 
 #: trackpy's Linker numbers points and tracks with class-level counters that each new Linker resets: two
 #: trackers linking in one process (threads of a Dask worker, the accuracy bench's trackers at several
@@ -206,13 +200,25 @@ def search_range_px(min_diameter_nm: float, temperature_c: float, viscosity_mpa_
     return SEARCH_RANGE_SIGMAS * sigma_um / pixel_size_um
 
 
+def trackpy():
+    """The trackpy module, quiet (it logs every linked frame otherwise).
+
+    Imported where it is first needed, not with this module: it brings pandas' and scipy.stats'
+    whole APIs (about 1.5 s of CPU), and an offline analysis imports it in a background thread
+    (exoacq.nta.offline.import_in_background) while the first frames are decoded and detected."""
+    import trackpy as tp
+
+    tp.quiet()
+    return tp
+
+
 def locate_features(frame: np.ndarray, *, diameter_px: int, minmass: float, invert: bool = False,
                     detector: str = "fast") -> pd.DataFrame:
     """Features of one frame (columns y, x, mass, size, signal, ... as trackpy.locate)."""
     if detector == "fast":
         return locate_fast(frame, diameter_px, minmass, invert=invert)
     if detector == "trackpy":
-        return tp.locate(frame, diameter_px, minmass=minmass, invert=invert, engine="numba")
+        return trackpy().locate(frame, diameter_px, minmass=minmass, invert=invert, engine="numba")
     raise ValueError(f"detector = {detector!r}; allowed: 'fast', 'trackpy'")
 
 
@@ -223,9 +229,17 @@ def warm_up() -> None:
     frame[30:33, 30:33] += 500
     for detector in ("fast", "trackpy"):
         locate_features(frame, diameter_px=7, minmass=100, detector=detector)
+    warm_up_linker()
+
+
+def warm_up_linker() -> None:
+    """Import trackpy and compile its numba subnet linker (about 1 s, not cached by numba between
+    processes) before a run's first crowded frame needs it: trackpy solves subnets of up to 4 x 4
+    candidates in Python and compiles the numba solver at the first larger one."""
     tracker = StreamingTracker(TrackingParameters(25.0, 0.0, 0.1, 25.0, 0.89, minmass=0.0, search_range_px=3.0))
-    for n in range(3):  # trackpy's numba subnet linker: two candidates for two particles
-        tracker.add_frame(n, {"y": np.array([10.0, 11.0 + n]), "x": np.array([10.0, 10.5]), "mass": np.ones(2)})
+    y = np.arange(6, dtype=float)  # six particles 1 px apart moving 0.5 px: one 6 x 6 subnet
+    for n in range(3):
+        tracker.add_frame(n, {"y": 10.0 + y + 0.5 * n, "x": np.full(6, 10.0), "mass": np.ones(6)})
 
 
 def diffusion_um2_s(n_steps: np.ndarray, sum_sq_um2: np.ndarray, params: TrackingParameters) -> np.ndarray:
@@ -263,6 +277,8 @@ def size_statistics(diameters: np.ndarray, fast_mode: bool = False) -> dict[str,
         mode = float(edges[np.argmax(counts)] + 1.0)
     elif d.size >= 3 and np.ptp(d) > 0:
         grid = np.arange(max(d.min(), 0.0), d.max() + 1.0, 0.5)
+        from scipy.stats import gaussian_kde
+
         mode = float(grid[np.argmax(gaussian_kde(d)(grid))])
     return {"mean": float(d.mean()), "mode": mode, "sd": float(d.std(ddof=1)) if d.size > 1 else 0.0,
             "d10": float(d10), "d50": float(d50), "d90": float(d90)}
@@ -317,7 +333,7 @@ class StreamingTracker:
     """
 
     params: TrackingParameters
-    _linker: Linker | None = None
+    _linker: Any = None  # trackpy.linking.Linker
     _id_offset: int = 0
     _ids_used: int = 0
     _last_frame: int | None = None
@@ -413,6 +429,11 @@ class StreamingTracker:
             if count == 0:
                 return
         coords = np.column_stack([np.asarray(features["y"], float), np.asarray(features["x"], float)])
+        if self._linker is None:
+            trackpy()  # imported (and quieted) here, at the first link
+        from trackpy.linking import Linker
+        from trackpy.linking.utils import Point, SubnetOversizeException, TrackUnstored
+
         with _TRACKPY_COUNTERS:  # trackpy numbers points and tracks with class-level counters
             if self._counters is not None:
                 Point.counter, TrackUnstored.counter = self._counters

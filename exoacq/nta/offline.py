@@ -11,10 +11,11 @@ pipeline; the stages release the GIL in their compiled parts):
   number of frames in flight;
 * linking, in frame order, in the calling thread.
 
-trackpy (the linker) is imported in a background thread once the first frame
-is detected, so that its import (about 1 s) overlaps decoding and detection
-of the first frames (the linker first links after the search-range pilot's
-frames) rather than preceding them.
+trackpy (the linker, with pandas' and scipy.stats' APIs) is imported in a
+background thread from the start, so that its import (about 1.5 s of CPU)
+overlaps decoding, the threshold's noise frames and detection of the first
+frames (the linker first links after the search-range pilot's frames) rather
+than preceding them; exoacq.nta.analysis imports it only where it links.
 
 Measured (2-core VM, 450 frames of 640 x 480, 8 bits; ``exoacq bench analyze``):
 lossless FFV1 decoding takes ~2.3 s of CPU of the analysis's ~3.3 s, and
@@ -50,14 +51,19 @@ BACKGROUND_MODULES = ("trackpy.linking", "scipy.stats", "scipy.optimize")
 
 
 def import_in_background(modules: tuple[str, ...] = BACKGROUND_MODULES) -> threading.Thread:
-    """Start importing ``modules`` in a thread; a use before it has finished waits for it (Python's
-    per-module import lock). A failed import is left for that use to report (it raises the same error)."""
+    """Start importing ``modules`` in a thread, then compiling trackpy's numba subnet linker
+    (exoacq.nta.analysis.warm_up_linker); a use before it has finished waits for it (Python's
+    per-module import lock, numba's compile lock). A failed import is left for that use to report
+    (it raises the same error)."""
     def run() -> None:
         for name in modules:
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - reported by the import that needs it
                 return
+        from exoacq.nta.analysis import warm_up_linker
+
+        warm_up_linker()
 
     thread = threading.Thread(target=run, name="background-import", daemon=True)
     thread.start()
@@ -75,10 +81,10 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
     calling thread, alternating with the rest (the same results, to the bit).
     """
     workers = threads or os.cpu_count() or 1
+    importing = import_in_background()
     frames = video.frames()
     if overlap_decoding:
         frames = read_ahead(frames, read_ahead_frames(video.width, video.height))
-    importing: threading.Thread | None = None
     in_flight: deque[Future] = deque()
     done = 0
     try:
@@ -93,7 +99,6 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
         detected: Future = Future()
         detected.set_result(locate_features(first[0], **options))
         in_flight.append(detected)
-        importing = import_in_background()
 
         def link_oldest() -> None:
             nonlocal done
@@ -115,8 +120,7 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
                     future.cancel()
     finally:
         frames.close()
-        if importing is not None:
-            importing.join()
+        importing.join()
     if progress and done % CHUNK_FRAMES:
         progress(done, video.frame_count)
     if sum(tracker.features_per_frame) == 0:
