@@ -630,8 +630,13 @@ def analyze_record(record: DLSRecord, *, particle_refractive_index: float = 1.59
     ``particle_refractive_index``: for the Mie volume and number distributions (1.59
     polystyrene; ~1.39 EVs). The medium's viscosity is the record's, else water at its
     temperature (IAPWS 2008). ``use_file_sigma``: weight fits with the correlator's own
-    standard deviations when the file has them (ALV "StandardDeviation").
+    standard deviations when the file has them (ALV "StandardDeviation"). ``fit_fraction``: the
+    cumulant fits, the correlation check and the sub-run classification use the channels down to
+    this fraction of the intercept (ISO 22412: ~0.1); each cumulant fit records it as
+    ``fit_fraction`` (the corrected PDI keeps its own fractions, CORRECTED_PDI_FRACTIONS).
     """
+    if not 0.0 < fit_fraction < 1.0:  # NaN too
+        raise ValueError(f"fit_fraction must be between 0 and 1, not {fit_fraction!r}")
     check_record(record)
     viscosity = record.viscosity_mpa_s if record.viscosity_mpa_s else water_viscosity_iapws_mpa_s(record.temperature_c)
     measurements = []

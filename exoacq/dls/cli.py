@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from exoacq.batch import BatchMethod, add_batch_options, run_batch_cli, single_input, split_dask_argument
-from exoacq.cli_common import add_acquire_options, positive_float, run_acquisition
+from exoacq.cli_common import add_acquire_options, finite_float, positive_float, run_acquisition
 from exoacq.errors import ExoacqError
 
 
@@ -26,6 +26,9 @@ def add_cli(verbs: dict[str, Any]) -> None:
                    help="several, globs or folders of such files make a batch (one document per file)")
     p.add_argument("--particle-refractive-index", type=positive_float, default=1.59,
                    help="for the Mie volume and number distributions (default %(default)s: polystyrene)")
+    p.add_argument("--fit-fraction", type=fit_fraction, default=0.1, metavar="F",
+                   help="cumulant fit (and correlation check) down to this fraction of the intercept, "
+                        "between 0 and 1 (default %(default)s, ISO 22412: ~0.1)")
     p.add_argument("--angle", type=positive_float, help="scattering angle (degrees) of a .ptu file")
     p.add_argument("--wavelength-nm", type=positive_float, help="laser wavelength of a .ptu file")
     p.add_argument("--temperature-c", type=float, help="sample temperature of a .ptu file (default 25 C)")
@@ -42,6 +45,14 @@ def add_cli(verbs: dict[str, Any]) -> None:
     b.add_argument("--count-rate", type=positive_float, default=5e6, help="photons/s (default %(default)g)")
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
     b.set_defaults(func=cmd_bench)
+
+
+def fit_fraction(text: str) -> float:
+    """The cumulant fit fraction of the intercept: a number strictly between 0 and 1."""
+    value = finite_float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1 (exclusive), e.g. 0.1")
+    return value
 
 
 def cmd_acquire(args: argparse.Namespace) -> int:
@@ -75,13 +86,15 @@ def _analyse(path: Path, options: dict[str, Any]) -> dict[str, Any]:
     else:
         from exoacq.dls.io import read_dls_file
         record = read_dls_file(path)
-    return analyze_record(record, particle_refractive_index=options["particle_refractive_index"])
+    return analyze_record(record, particle_refractive_index=options["particle_refractive_index"],
+                          fit_fraction=options.get("fit_fraction", 0.1))
 
 
 # -- batches: many files, here or on Dask (exoacq.batch) -------------------------------------
 #: Files of a folder that are DLS inputs.
 DLS_SUFFIXES = (".asc", ".sin", ".ptu")
-_OPTIONS = ("particle_refractive_index", "angle", "wavelength_nm", "temperature_c", "medium_refractive_index")
+_OPTIONS = ("particle_refractive_index", "fit_fraction", "angle", "wavelength_nm", "temperature_c",
+            "medium_refractive_index")
 BATCH_COLUMNS = ("source", "measurements", "angle_deg", "wavelength_nm", "temperature_c", "z_average_nm", "pdi",
                  "intercept", "quality", "extrapolated_diameter_nm", "warnings")
 

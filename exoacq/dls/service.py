@@ -191,7 +191,8 @@ class DLSService(MethodService):
                            viscosity_mpa_s=s.viscosity_mpa_s, refractive_index=medium, correlations=[correlation],
                            duration_s=duration * len(curves), source=run.run_id, format="exoacq",
                            instrument=self.instrument.name)
-        analysis = analyze_record(record, particle_refractive_index=s.particle_refractive_index)
+        analysis = analyze_record(record, particle_refractive_index=s.particle_refractive_index,
+                                  fit_fraction=s.fit_fraction)
         files = {}
         try:
             asc = run.output_dir / "correlation.ASC"
@@ -270,7 +271,8 @@ class DLSService(MethodService):
         common = {"method": "dls", "instrument": self.instrument.name, "complete": True, "source": str(path)}
         try:
             record = read_dls_file(path)
-            analysis = analyze_record(record, particle_refractive_index=self.settings.particle_refractive_index)
+            analysis = analyze_record(record, particle_refractive_index=self.settings.particle_refractive_index,
+                                      fit_fraction=self.settings.fit_fraction)
         except ExoacqError as exc:
             log.error("%s: %s", self.instrument.name, exc)
             return make_document("dls.result", None, schema=schema, **{**common, "complete": False}, error=str(exc),
