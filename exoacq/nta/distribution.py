@@ -5,10 +5,11 @@
 2. Localisation error: the median of the tracks' sigma^2 by the covariance
    estimator (Vestergaard, Blainey & Flyvbjerg 2014), with the motion-blur
    coefficient of the exposure (robust to a minority of noisy tracks).
-3. Detected distribution: maximum-likelihood deconvolution over track
-   lengths (Walker 2012), each track weighted by its number of points, so
-   the distribution is that of the particles present in a frame, the ones
-   counted for the concentration (exoacq.nta.sizing).
+3. Detected distribution: maximum-likelihood deconvolution of the tracks
+   over their lengths (Walker 2012), then each track's number of points
+   spread over the sizes by its posterior, so the distribution is that of
+   the particles present in a frame, the ones counted for the concentration
+   (exoacq.nta.sizing).
 4. Sample distribution: divided by the detection depth of each size in a
    Gaussian light sheet, whose brightness scale comes from the tracks'
    brightest features (:func:`exoacq.nta.detection_volume.reference_peak_mass`) and

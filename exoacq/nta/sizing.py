@@ -482,13 +482,20 @@ def deconvolve_size_distribution(
     :func:`robust_localisation_variance_um2` or :func:`pooled_localisation_variance_um2`, used as it is if slightly
     negative). Tracks of one step count; tracks of none are dropped.
 
-    ``track_weights`` w_i (default 1) weigh each track's log-likelihood,
-    log L = sum_i w_i log sum_j p_j f_ij: with w_i = the track's number of
-    points, p estimates the distribution of particles present in a frame
-    (as counted for the concentration) rather than of tracks, which
-    over-represent fast particles, whose tracks end sooner. They are scaled
-    to a mean of 1, so the nats of the stopping rule and of the smoothing
-    bound keep their meaning.
+    The fit is that of the tracks, each one observation (log L = sum_i log
+    sum_j q_j f_ij, the likelihood of each track's steps given its length).
+    ``track_weights`` w_i (e.g. the track's number of points, so that p is the
+    distribution of the particles present in a frame, as counted for the
+    concentration, rather than of tracks, which over-represent fast particles,
+    whose tracks end sooner) are then spread over the sizes by each track's
+    posterior under q: p_j = sum_i w_i r_ij / sum_i w_i, r_ij = q_j f_ij /
+    (f q)_i. Weighting the log-likelihood itself (log L = sum_i w_i log (f p)_i)
+    would use the points' distribution as every track's prior: the short,
+    ambiguous tracks of a dim population would then be drawn to a brighter one
+    with long tracks (a simulated 2:1 100 + 150 nm mixture, 100 nm near the
+    threshold: the 100 nm peak at 86 nm, and the sample's mean +24 %, where
+    this reads +2 %). Long tracks, whose posterior is sharp, are assigned alike
+    either way.
 
     p >= 0, sum(p) = 1; the log-likelihood is concave in p. Stopping rule:
     with g_j = mean_i f_ij / (f p)_i, the log-likelihood is at most
@@ -518,7 +525,8 @@ def deconvolve_size_distribution(
         raise ValueError("track_weights: one finite weight > 0 per track")
     keep = n > 0
     n, s, w = n[keep], s[keep], w[keep]
-    w = w / w.mean() if w.size else w  # mean 1: the stopping rule and smoothing bound stay in nats per track
+    w = w / w.mean() if w.size else w
+    ones = np.ones_like(w)  # the fit: each track one observation (see the docstring)
     if n.size == 0:
         raise ValueError("no track with a step: a size distribution needs tracks of >= 2 points")
     if np.any(s <= 0):
@@ -536,24 +544,36 @@ def deconvolve_size_distribution(
     options = (method, tolerance_nats, max_iterations)
     auto = smoothing_ln_sd == "auto"
     width = 0.0 if auto else float(smoothing_ln_sd)
-    p, converged, gap, iterations, log_likelihood = _fit(f, w, grid, width, *options)
+    p, converged, gap, iterations, log_likelihood = _fit(f, ones, grid, width, *options)
     mode_width, mode_p = width, p
     statistics, reason = None, None
     if n.size < min_tracks:
         reason = f"{n.size} track(s) with steps; size statistics need >= {min_tracks}"
         mode_width = None
     elif auto or width == 0.0:
-        mode_width, fit = _smoothest(f, w, grid, log_likelihood, smoothing_nats, *options)
+        mode_width, fit = _smoothest(f, ones, grid, log_likelihood, smoothing_nats, *options)
         mode_p = p if fit is None else fit[0]
         if auto and fit is not None:
             width, (p, converged, gap, iterations, log_likelihood) = mode_width, fit
+    posterior = f * p[None, :]
+    posterior /= posterior.sum(axis=1, keepdims=True)
+    ln_d = np.full(keep.shape, np.nan)
+    ln_d[keep] = posterior @ np.log(grid)
+    if track_weights is not None:  # tracks' distribution -> that of their points, each track's points by its posterior
+        p, mode_p = _weighted_by_posterior(f, p, w), _weighted_by_posterior(f, mode_p, w)
     if reason is None:
         statistics = distribution_statistics(grid, p) | {"mode": distribution_statistics(grid, mode_p)["mode"]}
-    posterior = f * p[None, :]
-    ln_d = np.full(keep.shape, np.nan)
-    ln_d[keep] = (posterior @ np.log(grid)) / posterior.sum(axis=1)
     return SizeDistribution(grid, p, statistics, reason, int(n.size), iterations, converged, gap,
-                            log_likelihood + float(w @ row_max), width, mode_width, mode_p / mode_p.sum(), ln_d)
+                            log_likelihood + float(row_max.sum()), width, mode_width, mode_p / mode_p.sum(), ln_d)
+
+
+def _weighted_by_posterior(f: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """sum_i w_i r_ij / sum_i w_i, r_ij = p_j f_ij / (f p)_i: each track's weight spread over the sizes by its
+    posterior under the tracks' distribution p."""
+    posterior = f * p[None, :]
+    posterior /= posterior.sum(axis=1, keepdims=True)
+    out = w @ posterior
+    return out / out.sum()
 
 
 def rebin_number_distribution(diameter_nm, probability, edges_nm) -> np.ndarray:
