@@ -222,14 +222,16 @@ def locate_features(frame: np.ndarray, *, diameter_px: int, minmass: float, inve
     raise ValueError(f"detector = {detector!r}; allowed: 'fast', 'trackpy'")
 
 
-def warm_up() -> None:
-    """Compile the numba kernels of both detectors before the first frame needs them."""
+def warm_up(linker: bool = True) -> None:
+    """Compile the numba kernels of both detectors before the first frame needs them; with ``linker``, trackpy's
+    numba subnet linker too (:func:`warm_up_linker`; a locate worker does not link)."""
     rng = np.random.default_rng(0)
     frame = rng.poisson(20, (64, 64)).astype(np.uint16)
     frame[30:33, 30:33] += 500
     for detector in ("fast", "trackpy"):
         locate_features(frame, diameter_px=7, minmass=100, detector=detector)
-    warm_up_linker()
+    if linker:
+        warm_up_linker()
 
 
 def warm_up_linker() -> None:

@@ -37,7 +37,7 @@ import numpy as np
 import zmq
 
 from exoacq.bus import dumps, loads
-from exoacq.nta.analysis import StreamingTracker, TrackingParameters
+from exoacq.nta.analysis import StreamingTracker, TrackingParameters, warm_up_linker
 from exoacq.nta.frame_order import FrameOrder
 from exoacq.physics import water_viscosity_iapws_mpa_s
 
@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     parser.add_argument("--keys-dir", default=None, help="the daemon's CurveZMQ keys directory (exoacq.security)")
     args = parser.parse_args(argv)
+    warm_up_linker()  # before "ready": trackpy's numba subnet solver compiled now, not at a run's first crowded frame
     linker = Linker(args.events, args.bind, keys_dir=args.keys_dir)
     try:
         linker.serve(args.parent_pid)

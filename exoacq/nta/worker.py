@@ -51,7 +51,7 @@ def serve(frames_address: str, features_address: str, parent_pid: int | None = N
         raise
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    warm_up()
+    warm_up(linker=False)
     features.send_multipart([b"hello", dumps({"pid": os.getpid()})])
     try:
         while not stopping:
