@@ -234,10 +234,28 @@ def warm_up(linker: bool = True) -> None:
         warm_up_linker()
 
 
+def cache_subnet_solver() -> None:
+    """Let numba keep trackpy's compiled subnet solver on disk (numba's own cache, beside trackpy's source or in
+    numba's user cache directory), so that a new process loads it instead of compiling it again. trackpy
+    compiles it without caching; where no cache directory is writable, it is compiled in memory as before."""
+    from trackpy.linking import subnetlinker
+
+    solver = getattr(subnetlinker, "_numba_subnet_norecur", None)
+    if solver is None or not hasattr(solver, "enable_caching") or getattr(solver, "_cache", None) is None:
+        return
+    if type(solver._cache).__name__ != "NullCache":  # already caching
+        return
+    try:
+        solver.enable_caching()
+    except Exception:  # noqa: BLE001 - no writable cache location: compile in memory, as trackpy does
+        pass
+
+
 def warm_up_linker() -> None:
     """Import trackpy and compile its numba subnet linker (about 1 s, not cached by numba between
     processes) before a run's first crowded frame needs it: trackpy solves subnets of up to 4 x 4
     candidates in Python and compiles the numba solver at the first larger one."""
+    cache_subnet_solver()
     tracker = StreamingTracker(TrackingParameters(25.0, 0.0, 0.1, 25.0, 0.89, minmass=0.0, search_range_px=3.0))
     y = np.arange(6, dtype=float)  # six particles 1 px apart moving 0.5 px: one 6 x 6 subnet
     for n in range(3):
