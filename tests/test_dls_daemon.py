@@ -15,6 +15,23 @@ from exoacq.bus import without_transport
 from test_daemon import plain_subscriber
 
 ALV = TESTDATA / "dls" / "alv-cgs3"
+
+
+def correlator_folder_config(path, folder, **settings):
+    """A daemon config with one DLS instrument on a hardware correlator's export folder (checked every
+    0.2 s), plus ``settings`` of the instrument; written to ``path``, returned."""
+    extra = "".join(f"{key} = {value!r}\n" for key, value in settings.items())
+    path.write_text(f"""
+[instruments.zetasizer-room]
+method = "dls"
+[instruments.zetasizer-room.devices.correlator]
+driver = "correlator-folder"
+path = "{folder}"
+settle_s = 0.3
+[instruments.zetasizer-room.settings]
+watch_interval_s = 0.2
+{extra}""")
+    return path
 needs_testdata = pytest.mark.skipif(not ALV.is_dir(), reason=f"real ALV files not found at {ALV}")
 
 
@@ -86,17 +103,7 @@ def test_correlator_files_are_analysed_and_published_as_they_appear(tmp_path):
     folder = tmp_path / "alv"
     folder.mkdir()
     shutil.copy(ALV / "080622_3_0027_0001.ASC", folder / "old.ASC")  # there before: not processed
-    config = tmp_path / "alv.toml"
-    config.write_text(f"""
-[instruments.zetasizer-room]
-method = "dls"
-[instruments.zetasizer-room.devices.correlator]
-driver = "correlator-folder"
-path = "{folder}"
-settle_s = 0.3
-[instruments.zetasizer-room.settings]
-watch_interval_s = 0.2
-""")
+    config = correlator_folder_config(tmp_path / "alv.toml", folder)
     process, control = start_daemon(tmp_path / "data", tmp_path / "daemon.log", extra=["--config", str(config)],
                                     simulated=False)
     try:

@@ -12,6 +12,7 @@ from conftest import TESTDATA, run_cli
 from exoacq.dls.analysis import DEFAULT_FIT_FRACTION, analyze_record
 from exoacq.dls.io import read_dls_file
 from test_daemon import plain_subscriber
+from test_dls_daemon import correlator_folder_config
 
 ALV = TESTDATA / "dls" / "alv-cgs3"
 SAMPLE = ALV / "080622_3_0031_averaged.ASC"  # 70 degrees, three 10 s runs averaged
@@ -74,18 +75,7 @@ def test_daemon_result_uses_the_configured_fit_fraction(tmp_path):
 
     folder = tmp_path / "alv"
     folder.mkdir()
-    config = tmp_path / "alv.toml"
-    config.write_text(f"""
-[instruments.zetasizer-room]
-method = "dls"
-[instruments.zetasizer-room.devices.correlator]
-driver = "correlator-folder"
-path = "{folder}"
-settle_s = 0.3
-[instruments.zetasizer-room.settings]
-watch_interval_s = 0.2
-fit_fraction = 0.25
-""")
+    config = correlator_folder_config(tmp_path / "alv.toml", folder, fit_fraction=0.25)
     process, control = start_daemon(tmp_path / "data", tmp_path / "daemon.log", extra=["--config", str(config)],
                                     simulated=False)
     try:
