@@ -140,6 +140,12 @@ def measured_baseline(lag_s, g2_minus_1, gamma_per_s: float) -> float | None:
     return float(np.mean(tail)) if tail.size >= 4 else None
 
 
+def check_fit_fraction(fit_fraction: float) -> None:
+    """A ValueError unless 0 < ``fit_fraction`` < 1 (NaN too)."""
+    if not 0.0 < fit_fraction < 1.0:
+        raise ValueError(f"fit_fraction must be between 0 and 1, not {fit_fraction!r}")
+
+
 def cumulants(lag_s, g2_minus_1, *, order: int = 2, fit_fraction: float = DEFAULT_FIT_FRACTION,
               sigma=None, first_lag_s: float | None = None, max_iterations: int = 6) -> dict[str, Any]:
     """Cumulant fit (ISO 22412:2017, Koppel 1972) of order 1, 2 or 3; see the module for the
@@ -154,8 +160,7 @@ def cumulants(lag_s, g2_minus_1, *, order: int = 2, fit_fraction: float = DEFAUL
     """
     if order not in (1, 2, 3):
         raise ValueError(f"cumulant order must be 1, 2 or 3, not {order!r}")
-    if not 0.0 < fit_fraction < 1.0:
-        raise ValueError(f"fit_fraction must be between 0 and 1, not {fit_fraction!r}")
+    check_fit_fraction(fit_fraction)
     lag, y = _arrays(lag_s, g2_minus_1)
     sd = None if sigma is None else np.asarray(sigma, dtype=float)[:y.size]
     if sd is not None and (sd.shape != y.shape or not np.all(sd > 0)):
@@ -635,8 +640,7 @@ def analyze_record(record: DLSRecord, *, particle_refractive_index: float = 1.59
     this fraction of the intercept (ISO 22412: ~0.1); each cumulant fit records it as
     ``fit_fraction`` (the corrected PDI keeps its own fractions, CORRECTED_PDI_FRACTIONS).
     """
-    if not 0.0 < fit_fraction < 1.0:  # NaN too
-        raise ValueError(f"fit_fraction must be between 0 and 1, not {fit_fraction!r}")
+    check_fit_fraction(fit_fraction)
     check_record(record)
     viscosity = record.viscosity_mpa_s if record.viscosity_mpa_s else water_viscosity_iapws_mpa_s(record.temperature_c)
     measurements = []

@@ -87,7 +87,7 @@ def _analyse(path: Path, options: dict[str, Any]) -> dict[str, Any]:
         from exoacq.dls.io import read_dls_file
         record = read_dls_file(path)
     return analyze_record(record, particle_refractive_index=options["particle_refractive_index"],
-                          fit_fraction=options.get("fit_fraction", 0.1))
+                          fit_fraction=options["fit_fraction"])
 
 
 # -- batches: many files, here or on Dask (exoacq.batch) -------------------------------------
