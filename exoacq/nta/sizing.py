@@ -525,7 +525,6 @@ def deconvolve_size_distribution(
         raise ValueError("track_weights: one finite weight > 0 per track")
     keep = n > 0
     n, s, w = n[keep], s[keep], w[keep]
-    w = w / w.mean() if w.size else w
     ones = np.ones_like(w)  # the fit: each track one observation (see the docstring)
     if n.size == 0:
         raise ValueError("no track with a step: a size distribution needs tracks of >= 2 points")
@@ -555,23 +554,25 @@ def deconvolve_size_distribution(
         mode_p = p if fit is None else fit[0]
         if auto and fit is not None:
             width, (p, converged, gap, iterations, log_likelihood) = mode_width, fit
-    posterior = f * p[None, :]
-    posterior /= posterior.sum(axis=1, keepdims=True)
+    posterior = _posterior(f, p)
     ln_d = np.full(keep.shape, np.nan)
     ln_d[keep] = posterior @ np.log(grid)
     if track_weights is not None:  # tracks' distribution -> that of their points, each track's points by its posterior
-        p, mode_p = _weighted_by_posterior(f, p, w), _weighted_by_posterior(f, mode_p, w)
+        p, mode_p = _spread(w, posterior), _spread(w, _posterior(f, mode_p))
     if reason is None:
         statistics = distribution_statistics(grid, p) | {"mode": distribution_statistics(grid, mode_p)["mode"]}
     return SizeDistribution(grid, p, statistics, reason, int(n.size), iterations, converged, gap,
                             log_likelihood + float(row_max.sum()), width, mode_width, mode_p / mode_p.sum(), ln_d)
 
 
-def _weighted_by_posterior(f: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """sum_i w_i r_ij / sum_i w_i, r_ij = p_j f_ij / (f p)_i: each track's weight spread over the sizes by its
-    posterior under the tracks' distribution p."""
+def _posterior(f: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """r_ij = p_j f_ij / (f p)_i: each track's posterior over the grid under the tracks' distribution p."""
     posterior = f * p[None, :]
-    posterior /= posterior.sum(axis=1, keepdims=True)
+    return posterior / posterior.sum(axis=1, keepdims=True)
+
+
+def _spread(w: np.ndarray, posterior: np.ndarray) -> np.ndarray:
+    """sum_i w_i r_ij / sum_i w_i: each track's weight spread over the sizes by its posterior."""
     out = w @ posterior
     return out / out.sum()
 
