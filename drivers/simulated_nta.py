@@ -354,8 +354,9 @@ class SimulatedNTACamera:
     ``illumination_mw()``, called every frame, is the laser power reaching the sample
     (None: ``reference_power_mw``). ``photons_100nm``: photoelectrons collected in 15 ms
     from a 100 nm sphere of n = 1.59 at the sheet centre at ``reference_power_mw``.
-    ``realtime``: frames come at the frame rate, and a consumer more than an interval
-    late loses the frames between (``frames_dropped``); else as fast as computed."""
+    ``realtime``: frames come at the frame rate into a ring of ``buffer_frames`` buffers,
+    as a camera's driver holds them (OpenCV's V4L2 backend queues 4): a consumer later than
+    that loses the oldest frames (``frames_dropped``); else frames come as fast as computed."""
 
     dtype = np.dtype(np.uint16)
 
@@ -365,7 +366,7 @@ class SimulatedNTACamera:
                  bit_depth: int = 12, gain_adu_per_e: float = 1.0, offset_adu: float = 100.0,
                  read_noise_e: float = 2.0, background_e: float = 20.0, sheet_waist_um: float = 5.0,
                  psf_sigma_um: float = 0.3, depth_of_field_um: float = 4.0, photons_100nm: float = 5000.0,
-                 blur_substeps: int = 8, realtime: bool = True, seed: int | None = None):
+                 blur_substeps: int = 8, realtime: bool = True, buffer_frames: int = 4, seed: int | None = None):
         _check("sample", sample, sample is not None, "a SimulatedSample (see make_simulated_nta)")
         self.sample, self.illumination_mw = sample, illumination_mw
         #: None, or a callable giving the holder's temperature (None while it has none): the sample follows it.
@@ -384,6 +385,7 @@ class SimulatedNTACamera:
         self.depth_of_field_um = _positive("depth_of_field_um", depth_of_field_um)
         self.photons_100nm = _positive("photons_100nm", photons_100nm, zero_ok=True)
         self.blur_substeps = _int_in("blur_substeps", blur_substeps, 1, 64)
+        self.buffer_frames = _int_in("buffer_frames", buffer_frames, 1, 1024)
         self.realtime, self.seed, self.frames_dropped, self._connected = bool(realtime), _seed(seed), 0, False
         self._rng = np.random.default_rng(self.seed)
         self._exposure_ms = self._t0_mono = self._truth = self._bg_key = self._image = None
@@ -476,7 +478,8 @@ class SimulatedNTACamera:
                 "background_e_per_px": self.background_e, "reference_power_mw": self.reference_power_mw,
                 "photons_100nm_e_per_15ms": self.photons_100nm, "sheet_waist_um": self.sheet_waist_um,
                 "psf_sigma_um": self.psf_sigma_um, "depth_of_field_um": self.depth_of_field_um,
-                "blur_substeps": self.blur_substeps, "realtime": self.realtime, "seed": self.seed,
+                "blur_substeps": self.blur_substeps, "realtime": self.realtime,
+                "buffer_frames": self.buffer_frames, "seed": self.seed,
                 "frames_dropped": self.frames_dropped, "sample": self.sample.describe()}
 
     def _power_mw(self) -> float:
@@ -511,8 +514,9 @@ class SimulatedNTACamera:
             raise ValueError(f"buffer is {buffer.dtype} {buffer.shape}; needs uint16 ({self.height}, {self.width})")
         interval, exposure = 1.0 / self._frame_rate_hz, self._exposure_ms * 1e-3
         if self.realtime:
-            late = time.monotonic() - (self._t0_mono + self._n * interval + exposure)
-            if (missed := int(late // interval) if late > interval else 0):
+            # Frames read out by now but not yet taken; the ring keeps the newest buffer_frames of them.
+            waiting = int((time.monotonic() - (self._t0_mono + self._n * interval + exposure)) // interval) + 1
+            if (missed := max(0, waiting - self.buffer_frames)):
                 self.sample.step(missed * interval)
                 self._n, self.frames_dropped = self._n + missed, self.frames_dropped + missed
         start_unix = self._t0_unix + self._n * interval

@@ -1,6 +1,7 @@
 """A capture's kept raw video (exoacq.nta.video_store): lossless, with its frame list, never slowing the camera."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -114,3 +115,45 @@ def test_keep_video_is_on_by_default_and_save_frames_is_its_old_name():
     assert NTASettings(keep_video=False).keep_video is False
     with pytest.raises(ValueError, match="save_frames is the old name of keep_video"):
         NTASettings(save_frames=True, keep_video=False)
+
+
+def test_the_encoder_is_a_process_of_its_own_at_the_lowest_priority(tmp_path):
+    """FFV1 encoding never competes with the camera's thread: not for the daemon's GIL (a process of
+    its own) and not for the CPU (SCHED_IDLE, or nice 19 where that is refused)."""
+    recorder = VideoRecorder(tmp_path, 64, 48, np.dtype(np.uint16), 25.0)
+    encoder = recorder._encoder
+    assert encoder.pid != os.getpid()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # it lowers its priority as it starts
+        policy = os.sched_getscheduler(encoder.pid)
+        if policy == os.SCHED_IDLE or os.getpriority(os.PRIO_PROCESS, encoder.pid) == 19:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the encoder kept the daemon's CPU priority")
+    frames = simulated_frames(3, seed=2)
+    for n, frame in enumerate(frames):
+        recorder.offer(n, n / 25.0, frame[:48, :64].copy(), True)
+    kept = recorder.close()
+    assert kept["frames_written"] == 3 and kept["error"] is None and encoder.returncode == 0
+
+
+def test_an_encoder_that_stops_is_reported_not_raised(tmp_path):
+    """The encoder process killed mid-capture: the acquisition goes on, the frames it did not take are
+    counted as lost and the reason is in the result (a one-line error, never a traceback)."""
+    recorder = VideoRecorder(tmp_path, 64, 48, np.dtype(np.uint16), 25.0)
+    recorder._encoder.kill()
+    recorder._encoder.wait()
+    for n in range(5):
+        recorder.offer(n, n / 25.0, np.zeros((48, 64), np.uint16), True)
+    kept = recorder.close()
+    assert kept["frames_written"] == 0 and kept["frames_lost"] == 5
+    assert "video encoder" in kept["error"] and "\n" not in kept["error"]
+    assert read_frames_table(tmp_path)["in_video"].sum() == 0
+
+
+def test_a_folder_that_cannot_hold_the_video_is_a_one_line_error(tmp_path):
+    with pytest.raises(ExoacqError, match="not a writable folder"):
+        VideoRecorder(tmp_path / "missing", 64, 48, np.dtype(np.uint16), 25.0)
+    with pytest.raises(ExoacqError, match="uint8 or uint16 only"):
+        VideoRecorder(tmp_path, 64, 48, np.dtype(np.float32), 25.0)

@@ -293,7 +293,7 @@ class NTAAcquisition:
         t_start = time.monotonic()
         last_report = 0.0
         last_laser_check = t_start
-        # The raw video, for re-processing (exoacq.nta.video_store): a writer thread, never waited for.
+        # The raw video, for re-processing (exoacq.nta.video_store): an encoder process at the lowest priority, never waited for.
         video = VideoRecorder(output, camera.width, camera.height, camera.dtype, camera.frame_rate_hz) \
             if self.settings.keep_video else None
 

@@ -171,7 +171,7 @@ def write_ffv1_copy(source: Path, target: Path) -> Path:
     """The frames of ``source`` (as exoacq reads them: one channel, own bit depth) as a lossless FFV1
     video in Matroska, written as the daemon keeps a capture's video (exoacq.nta.video_store)."""
     from exoacq.nta.video import open_video
-    from exoacq.nta.video_store import open_ffv1_writer
+    from exoacq.nta.video_encoder import open_ffv1_writer
 
     video = open_video(source)
     writer = None

@@ -14,9 +14,10 @@ under written procedures keep their raw data:
   was full and the frame was dropped, as the live result counts it) and
   ``in_video`` (1: the frame is in ``video.mkv``, in this order).
 
-Writing never slows the camera: frames go to a writer thread through a
-bounded queue; a frame the queue cannot take is left out of the video (and
-counted): the run's result then warns that the video is incomplete.
+Writing never slows the camera: frames go through a bounded queue to an
+encoder process at the lowest CPU priority (exoacq.nta.video_encoder); a frame
+the queue cannot take is left out of the video (and counted): the run's
+result then warns that the video is incomplete.
 
 Disk: the simulated camera (640 x 480, 25 frames/s, 12 bits) takes about
 270 MB a minute (29 % of the 920 MB a minute of raw 16-bit frames), so a run
@@ -25,7 +26,11 @@ of 5 x 60 s captures about 1.3 GB (tests/test_nta_video_store.py measures it).
 from __future__ import annotations
 
 import csv
+import json
+import os
 import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,12 +41,15 @@ import numpy as np
 import pandas as pd
 
 from exoacq.errors import ExoacqError
+from exoacq.nta.video_encoder import check_frame_type
 
 VIDEO_FILE = "video.mkv"
 FRAMES_FILE = "frames.csv"
 FRAMES_COLUMNS = ("frame_number", "timestamp_s", "tracked", "in_video")
 #: Frames that may wait for the video writer (4 s at 25 frames/s, ~60 MB at 640 x 480 x 16 bits).
 VIDEO_QUEUE_FRAMES = 100
+#: After the last frame, the encoder finishes the frame it is on and closes the file.
+ENCODER_FINISH_S = 60.0
 
 
 def capture_folder(run_directory: Path | str, capture: int, captures: int) -> Path:
@@ -49,21 +57,6 @@ def capture_folder(run_directory: Path | str, capture: int, captures: int) -> Pa
     when the run has one capture (as the acquisition engine places them)."""
     run_directory = Path(run_directory)
     return run_directory / f"capture-{capture}" if captures > 1 else run_directory
-
-
-def open_ffv1_writer(path: Path, width: int, height: int, dtype: np.dtype, frame_rate_hz: float) -> cv2.VideoWriter:
-    """An OpenCV (FFmpeg) writer of gray FFV1 frames of ``dtype`` (uint8 or uint16), lossless."""
-    depth = {np.dtype(np.uint8): cv2.CV_8U, np.dtype(np.uint16): cv2.CV_16U}.get(np.dtype(dtype))
-    if depth is None:
-        raise ExoacqError(f"{path}: cannot keep {np.dtype(dtype)} frames as FFV1 video (uint8 or uint16 only)",
-                          code="bad_video")
-    writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"FFV1"), float(frame_rate_hz),
-                             (int(width), int(height)),
-                             params=[cv2.VIDEOWRITER_PROP_DEPTH, depth, cv2.VIDEOWRITER_PROP_IS_COLOR, 0])
-    if not writer.isOpened():
-        raise ExoacqError(f"{path}: cannot open an FFV1 video for writing (OpenCV without FFmpeg?)",
-                          code="bad_video")
-    return writer
 
 
 @dataclass
@@ -82,16 +75,28 @@ class VideoRecorder:
     #: Why the writer stopped early (disk full, ...), or None.
     error: str | None = None
     _rows: list[tuple[int, float, int]] = field(default_factory=list)
-    _written: set[int] = field(default_factory=set)
+    #: Frame numbers handed to the encoder, in order; it reports how many of them it wrote.
+    _fed: list[int] = field(default_factory=list)
     _queue: queue.Queue = field(init=False)
     _thread: threading.Thread = field(init=False)
-    _writer: cv2.VideoWriter = field(init=False)
+    _encoder: subprocess.Popen = field(init=False)
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
-        self._writer = open_ffv1_writer(self.video_path, self.width, self.height, self.dtype, self.frame_rate_hz)
+        self.dtype = np.dtype(self.dtype)
+        check_frame_type(self.video_path, self.dtype)
+        if not (self.folder.is_dir() and os.access(self.folder, os.W_OK)):
+            raise ExoacqError(f"{self.folder}: cannot keep the capture's video here (not a writable folder)",
+                              code="bad_video")
+        if not cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
+            raise ExoacqError(f"{self.video_path}: cannot write FFV1 video: this OpenCV has no FFmpeg",
+                              code="bad_video")
+        self._encoder = subprocess.Popen(
+            [sys.executable, "-m", "exoacq.nta.video_encoder", str(self.video_path), str(self.width),
+             str(self.height), self.dtype.str, repr(float(self.frame_rate_hz))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self._queue = queue.Queue(maxsize=self.queue_frames)
-        self._thread = threading.Thread(target=self._write, name=f"video {self.folder.name}", daemon=True)
+        self._thread = threading.Thread(target=self._feed, name=f"video {self.folder.name}", daemon=True)
         self._thread.start()
 
     @property
@@ -115,30 +120,48 @@ class VideoRecorder:
         self.frames_lost += 1
         return False
 
-    def _write(self) -> None:
+    def _feed(self) -> None:
+        """Hand queued frames to the encoder process (a write waits, without the GIL, while it is busy)."""
+        pipe = self._encoder.stdin
         while (item := self._queue.get()) is not None:
             if self.error is not None:
                 continue  # drain: the acquisition thread must never wait
             frame_number, frame = item
             try:
-                self._writer.write(frame)
-                self._written.add(frame_number)
-            except cv2.error as exc:
-                self.error = f"{self.video_path}: writing failed: {str(exc).strip().splitlines()[-1]}"
+                pipe.write(np.ascontiguousarray(frame, dtype=self.dtype).data)
+                pipe.flush()
+                self._fed.append(frame_number)
+            except (BrokenPipeError, OSError, ValueError):
+                self.error = f"{self.video_path}: the video encoder stopped"  # its own reason, at close()
 
     def close(self) -> dict[str, object]:
         """Finish the video and ``frames.csv``; return ``files`` and counters for the run's result."""
-        self._queue.put(None)  # blocks only until the writer takes a slot; the camera has stopped
+        self._queue.put(None)  # blocks only until the feeder takes a slot; the camera has stopped
         self._thread.join()
-        self._writer.release()
+        written, reason = self._finish_encoder()
+        self.error = reason or self.error
+        in_video = set(self._fed[:written])
         with open(self.frames_path, "w", newline="", encoding="utf-8") as out:
             table = csv.writer(out)
             table.writerow(FRAMES_COLUMNS)
             for number, timestamp, tracked in self._rows:
-                table.writerow((number, repr(timestamp), tracked, int(number in self._written)))
-        missing = len(self._rows) - len(self._written)
+                table.writerow((number, repr(timestamp), tracked, int(number in in_video)))
         return {"files": {"video": str(self.video_path), "frames": str(self.frames_path)},
-                "frames_written": len(self._written), "frames_lost": missing, "error": self.error}
+                "frames_written": len(in_video), "frames_lost": len(self._rows) - len(in_video), "error": self.error}
+
+    def _finish_encoder(self) -> tuple[int, str | None]:
+        """End of input to the encoder; (frames it wrote, why it stopped early or None)."""
+        try:
+            out, _ = self._encoder.communicate(timeout=ENCODER_FINISH_S)
+        except subprocess.TimeoutExpired:
+            self._encoder.kill()
+            out, _ = self._encoder.communicate()
+            return 0, f"{self.video_path}: the video encoder did not finish within {ENCODER_FINISH_S:g} s"
+        try:
+            report = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
+            return int(report["written"]), report["error"]
+        except (IndexError, ValueError, KeyError, TypeError):
+            return 0, f"{self.video_path}: the video encoder exited with status {self._encoder.returncode}"
 
 
 def read_frames_table(folder: Path | str) -> pd.DataFrame:
