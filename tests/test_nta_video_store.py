@@ -157,3 +157,21 @@ def test_a_folder_that_cannot_hold_the_video_is_a_one_line_error(tmp_path):
         VideoRecorder(tmp_path / "missing", 64, 48, np.dtype(np.uint16), 25.0)
     with pytest.raises(ExoacqError, match="uint8 or uint16 only"):
         VideoRecorder(tmp_path, 64, 48, np.dtype(np.float32), 25.0)
+
+
+def test_a_stopped_run_does_not_wait_for_the_queued_frames(tmp_path):
+    """close(abandon=True), as when the run is stopped: what is still queued is counted as lost, and
+    closing takes about one frame's encoding, not the whole queue's."""
+    frames = simulated_frames(30, seed=4)
+    recorder = VideoRecorder(tmp_path, 640, 480, np.dtype(np.uint16), 25.0, queue_frames=64)
+    for n, frame in enumerate(frames[:3]):
+        recorder.offer(n, n / 25.0, frame, True)
+    time.sleep(1.0)  # the encoder starts and takes some (how many depends on the machine's load)
+    for n, frame in enumerate(frames[3:], start=3):
+        recorder.offer(n, n / 25.0, frame, True)
+    kept = recorder.close(abandon=True)
+    assert kept["frames_written"] + kept["frames_lost"] == 30 and kept["frames_lost"] > 0
+    assert kept["error"] is None
+    back = list(kept_frames(tmp_path))  # what was written is a readable video, in order
+    assert [n for n, _, _ in back] == list(range(kept["frames_written"]))
+    assert all(np.array_equal(f, frames[n]) for n, _, f in back)

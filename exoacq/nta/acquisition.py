@@ -334,8 +334,8 @@ class NTAAcquisition:
                     self.emit({"event": "acquisition", "run_id": run.run_id, "capture": run.capture, **counters()})
         finally:
             run.frames_sent = sent
-            if video is not None:  # the frames in the writer's queue are written; frames.csv beside them
-                kept = video.close()
+            if video is not None:  # the frames in the encoder's queue are written (not when the run was
+                kept = video.close(abandon=run.abort.is_set())  # stopped: they are counted); frames.csv beside them
                 self.emit({"event": "video", "run_id": run.run_id, "capture": run.capture, **kept})
         final = {**counters(), "video_frames_lost": kept["frames_lost"] if video is not None else 0}
         self.emit({"event": "acquisition", "run_id": run.run_id, "capture": run.capture, **final})

@@ -80,6 +80,7 @@ class VideoRecorder:
     _queue: queue.Queue = field(init=False)
     _thread: threading.Thread = field(init=False)
     _encoder: subprocess.Popen = field(init=False)
+    _abandon: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
@@ -124,7 +125,7 @@ class VideoRecorder:
         """Hand queued frames to the encoder process (a write waits, without the GIL, while it is busy)."""
         pipe = self._encoder.stdin
         while (item := self._queue.get()) is not None:
-            if self.error is not None:
+            if self.error is not None or self._abandon.is_set():
                 continue  # drain: the acquisition thread must never wait
             frame_number, frame = item
             try:
@@ -134,8 +135,13 @@ class VideoRecorder:
             except (BrokenPipeError, OSError, ValueError):
                 self.error = f"{self.video_path}: the video encoder stopped"  # its own reason, at close()
 
-    def close(self) -> dict[str, object]:
-        """Finish the video and ``frames.csv``; return ``files`` and counters for the run's result."""
+    def close(self, abandon: bool = False) -> dict[str, object]:
+        """Finish the video and ``frames.csv``; return ``files`` and counters for the run's result.
+        ``abandon`` (a run stopped by the operator or a shutdown): the frames still queued are left
+        out (counted) rather than waited for; the encoder (at the lowest priority: on a busy machine
+        it may take long) finishes the frame it is on, and the video holds what it wrote."""
+        if abandon:
+            self._abandon.set()
         self._queue.put(None)  # blocks only until the feeder takes a slot; the camera has stopped
         self._thread.join()
         written, reason = self._finish_encoder()
@@ -190,6 +196,8 @@ def kept_frames(folder: Path | str) -> Iterator[tuple[int, bool, np.ndarray]]:
                           code="no_video")
     table = read_frames_table(folder)
     in_video = table.loc[table["in_video"] == 1]
+    if in_video.empty:  # a capture stopped before its first frame was encoded: nothing to read
+        return
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not capture.isOpened():
         raise ExoacqError(f"{path}: not a readable video", code="bad_video")
