@@ -130,6 +130,8 @@ def bench_realtime(*, width: int = 1280, height: int = 1024, fps: float = 30.0, 
         "frames_processed": frames["processed"],
         "frames_dropped": frames["dropped"],
         "frames_dropped_by": frames["dropped_by"],
+        # frames left out of the kept raw video (its encoder yields the CPU: exoacq.nta.video_encoder)
+        "video_frames_lost": frames.get("video_lost", 0),
         "latency_ms": {"p50": float(np.percentile(lat, 50)) if lat.size else None,
                        "p99": float(np.percentile(lat, 99)) if lat.size else None,
                        "max": float(lat.max()) if lat.size else None, "documents": int(lat.size)},
