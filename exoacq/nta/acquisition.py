@@ -293,7 +293,8 @@ class NTAAcquisition:
         t_start = time.monotonic()
         last_report = 0.0
         last_laser_check = t_start
-        # The raw video, for re-processing (exoacq.nta.video_store): an encoder process at the lowest priority, never waited for.
+        # The raw video, for re-processing (exoacq.nta.video_store): an encoder process at the lowest
+        # priority, never waited for.
         video = VideoRecorder(output, camera.width, camera.height, camera.dtype, camera.frame_rate_hz) \
             if self.settings.keep_video else None
 
@@ -334,8 +335,10 @@ class NTAAcquisition:
                     self.emit({"event": "acquisition", "run_id": run.run_id, "capture": run.capture, **counters()})
         finally:
             run.frames_sent = sent
-            if video is not None:  # the frames in the encoder's queue are written (not when the run was
-                kept = video.close(abandon=run.abort.is_set())  # stopped: they are counted); frames.csv beside them
+            if video is not None:
+                # the frames in the encoder's queue are written (a stopped run's are counted as lost instead);
+                # frames.csv beside them
+                kept = video.close(abandon=run.abort.is_set())
                 self.emit({"event": "video", "run_id": run.run_id, "capture": run.capture, **kept})
         final = {**counters(), "video_frames_lost": kept["frames_lost"] if video is not None else 0}
         self.emit({"event": "acquisition", "run_id": run.run_id, "capture": run.capture, **final})
