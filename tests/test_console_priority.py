@@ -1,5 +1,6 @@
 """The console's browser cannot climb above the daemon: processes started by the console's thread
-cannot raise their CPU priority (exoacq.web.bench.forgo_raising_priority), whoever runs the bench.
+cannot raise their CPU priority (exoacq.web.bench.forgo_raising_priority), whoever runs the bench,
+and a browser in a session of its own gets that session's priority lowered (nice_other_sessions).
 
 Run as root (as in CI), chromium sets its IO and compositor threads to nice -8 and its renderer to 0
 whatever nice it was started at; a normal user's browser cannot. The child here tries the same.
@@ -13,7 +14,7 @@ import threading
 
 import pytest
 
-from exoacq.web.bench import forgo_raising_priority
+from exoacq.web.bench import forgo_raising_priority, nice_other_sessions
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice and capabilities are Linux's")
 
@@ -37,3 +38,24 @@ def test_a_process_started_by_the_console_thread_cannot_raise_its_priority():
     if os.geteuid() == 0:
         same = subprocess.run([sys.executable, "-c", RAISE], capture_output=True, text=True, timeout=60)
         assert same.returncode == 0 and same.stdout.strip() == "-8", same.stderr
+
+
+def _autogroup(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/autogroup") as f:
+        return f.read().split()  # ['/autogroup-N', 'nice', 'K']
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="this kernel has no autogroup scheduling")
+def test_a_child_in_a_session_of_its_own_gets_the_console_priority():
+    """Chromium starts a session of its own (setsid); with autogroup scheduling the kernel shares the
+    CPU between sessions before it looks at nice, so the session's own nice is lowered too."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        own = _autogroup(os.getpid())
+        assert _autogroup(child.pid)[0] != own[0]  # a group of its own, at nice 0
+        assert nice_other_sessions(19) >= 1
+        assert _autogroup(child.pid)[1:] == ["nice", "19"]
+        assert _autogroup(os.getpid()) == own  # this process's own session is left as it was
+    finally:
+        child.kill()
+        child.wait()

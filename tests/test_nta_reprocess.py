@@ -49,7 +49,7 @@ def test_the_run_kept_a_lossless_video_of_every_capture(stored):
         # frames 40 ms apart on the camera's clock (a frame the loaded machine lost: 80 ms)
         steps = table["timestamp_s"].diff().iloc[1:] / table["frame_number"].diff().iloc[1:]
         assert steps.to_numpy() == pytest.approx(0.04, abs=0.005)
-        assert (folder / "video.mkv").stat().st_size > 5e6
+        assert (folder / "video.zst").stat().st_size > 5e6
     assert rows == live["frames"]["acquired"] == 150 - live["frames"]["dropped_by"]["camera"]
 
 
@@ -65,7 +65,7 @@ def test_reprocessing_with_the_original_settings_reproduces_the_live_result_exac
         for name in ("tracks.csv", "track_summary.csv"):
             original = Path(record["directory"]) / f"capture-{n}" / name
             assert (tmp_path / f"capture-{n}" / name).read_bytes() == original.read_bytes(), name
-        assert again["captures"][n - 1]["files"]["video"].endswith(f"capture-{n}/video.mkv")
+        assert again["captures"][n - 1]["files"]["video"].endswith(f"capture-{n}/video.zst")
 
 
 def test_a_higher_minmass_detects_fewer_particles(stored, tmp_path):
@@ -105,7 +105,7 @@ def test_a_run_without_its_kept_video_is_a_one_line_error(stored, tmp_path):
     with pytest.raises(ExoacqError) as error:
         reprocess_run(moved, {}, tmp_path / "out")
     message = str(error.value)
-    assert message.startswith(f"run {record['run_id']} capture 1: {tmp_path}/capture-1/video.mkv is missing")
+    assert message.startswith(f"run {record['run_id']} capture 1: {tmp_path}/capture-1/video.zst is missing")
     assert "\n" not in message and error.value.code == "no_video"
     with pytest.raises(ExoacqError, match="has no NTA result to re-process"):
         reprocess_run({**record, "result": None, "state": "failed"}, {}, tmp_path / "out")

@@ -130,7 +130,7 @@ def test_daemon_and_offline_analysis_agree_on_the_same_frames(tmp_path):
     finally:
         assert stop_daemon(process) == 0
     assert live["frames"]["dropped"] == 0
-    video = tmp_path / "data" / "runs" / live["run_id"] / "video.mkv"  # kept by default (lossless FFV1)
+    video = tmp_path / "data" / "runs" / live["run_id"] / "video.zst"  # kept by default (lossless: Zstandard)
     from exoacq.nta.video import open_video
     kept = open_video(video)
     assert (kept.frame_count, kept.height, kept.width) == (100, 480, 640)

@@ -214,7 +214,7 @@ def test_an_acquisition_its_headline_its_files_and_its_events(web, daemon):
     files = {f["path"]: f for f in record["files"]}
     folder = Path(record["directory"])
     assert folder.is_relative_to(daemon.data_dir)
-    for name in ("result.json", "tracks.csv", "video.mkv"):
+    for name in ("result.json", "tracks.csv", "video.zst"):
         on_disk = (folder / name).read_bytes()
         assert files[name]["bytes"] == len(on_disk)
         reply = web.get(f"/api/runs/{run_id}/files/{name}")

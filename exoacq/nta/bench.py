@@ -169,11 +169,27 @@ def video_codec(path: Path) -> str:
         capture.release()
 
 
+def open_ffv1_writer(path: Path, width: int, height: int, dtype: np.dtype, frame_rate_hz: float):
+    """An OpenCV (FFmpeg) writer of gray FFV1 frames of ``dtype`` (uint8 or uint16), lossless."""
+    import cv2
+
+    depth = {np.dtype(np.uint8): cv2.CV_8U, np.dtype(np.uint16): cv2.CV_16U}.get(np.dtype(dtype))
+    if depth is None:
+        raise ExoacqError(f"{path}: cannot write {np.dtype(dtype)} frames as FFV1 video (uint8 or uint16 only)",
+                          code="bad_video")
+    writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"FFV1"), float(frame_rate_hz),
+                             (int(width), int(height)),
+                             params=[cv2.VIDEOWRITER_PROP_DEPTH, depth, cv2.VIDEOWRITER_PROP_IS_COLOR, 0])
+    if not writer.isOpened():
+        raise ExoacqError(f"{path}: cannot open an FFV1 video for writing (OpenCV without FFmpeg?)",
+                          code="bad_video")
+    return writer
+
+
 def write_ffv1_copy(source: Path, target: Path) -> Path:
     """The frames of ``source`` (as exoacq reads them: one channel, own bit depth) as a lossless FFV1
-    video in Matroska, written as the daemon keeps a capture's video (exoacq.nta.video_store)."""
+    video in Matroska (a common lossless format of recorded NTA videos)."""
     from exoacq.nta.video import open_video
-    from exoacq.nta.video_encoder import open_ffv1_writer
 
     video = open_video(source)
     writer = None
@@ -297,8 +313,8 @@ def _bench_case(video_path: Path, params, threads: int | None, command_args: lis
 def bench_analyze(video_path: Path, params, *, threads: int | None = None, ffv1: bool = True,
                   command_args: list[str] | None = None, repeat: int = 1) -> dict[str, Any]:
     """Wall time of exoacq's offline analysis and of a plain trackpy pipeline on the same video, as
-    given ("input") and, with ``ffv1``, as a lossless FFV1 copy of it ("ffv1"; as the daemon keeps
-    videos), unless the video is FFV1 already.
+    given ("input") and, with ``ffv1``, as a lossless FFV1 copy of it ("ffv1"; a common lossless format of
+    recorded videos), unless the video is FFV1 already.
 
     trackpy: ``batch`` (numba engine, one process: trackpy issue #788; the threshold exoacq
     applied), ``link`` (memory 0, the search range exoacq chose), ``filter_stubs`` (the minimum

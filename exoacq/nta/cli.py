@@ -97,8 +97,8 @@ def add_cli(verbs: dict[str, Any]) -> None:
                    help="attach the operator's console (exoacq web and a headless chromium on the live page) "
                         "and report what it drew")
     b.add_argument("--console-nice", type=int, default=None, metavar="N",
-                   help="the console's CPU priority below the daemon's (nice increment 0-19; default 10: a viewer "
-                        "yields to the acquisition; 0: the same priority)")
+                   help="the console's CPU priority below the daemon's (nice increment 0-19; default 19, as "
+                        "exoacq web's own: a viewer yields to the acquisition; 0: the same priority)")
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
     b.set_defaults(func=cmd_bench, benchmark="realtime")
     b = bench.add_parser("analyze", help="`exoacq analyze nta` against a plain trackpy pipeline, on the video and "
@@ -106,7 +106,7 @@ def add_cli(verbs: dict[str, Any]) -> None:
     b.add_argument("video", type=Path)
     add_analysis_options(b)
     b.add_argument("--no-ffv1", dest="ffv1", action="store_false",
-                   help="only the video as given (no FFV1 copy, as the daemon keeps videos)")
+                   help="only the video as given (no lossless FFV1 copy of it)")
     b.add_argument("--repeat", type=int, default=1,
                    help="runs of each pipeline (interleaved); the medians are reported (default %(default)s)")
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")

@@ -31,7 +31,7 @@ from exoacq.errors import ConfigError, ExoacqError
 from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features, search_range_px
 from exoacq.nta.result_document import build_result
 from exoacq.nta.tracker import write_tracks
-from exoacq.nta.video_store import FRAMES_FILE, VIDEO_FILE, capture_folder, kept_frames
+from exoacq.nta.video_store import FRAMES_FILE, capture_folder, kept_frames, kept_video_path
 
 OVERRIDES = ("minmass", "min_track_length", "feature_diameter_px", "search_range_px", "min_diameter_nm",
              "detector", "calibration", "detection_volume_nl")
@@ -161,7 +161,7 @@ def track_capture(folder: Path, params: TrackingParameters, temperature_c: float
                                          viscosity_mpa_s=viscosity_mpa_s)
     summary = tracker.summary()
     files = write_tracks(tracker, output_dir)
-    files |= {"video": str(folder / VIDEO_FILE), "frames": str(folder / FRAMES_FILE)}
+    files |= {"video": str(kept_video_path(folder)), "frames": str(folder / FRAMES_FILE)}
     # the live result crossed the tracking core's socket as JSON (NaN became null): so does this one
     return loads(dumps({"frames_processed": processed, "tracking": tracker.params.to_dict(), "summary": summary,
                         "files": files}))

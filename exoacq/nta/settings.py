@@ -105,8 +105,8 @@ class NTASettings(MethodSettings):
     #: Effective detection volume (nL), when given directly instead of a calibration file;
     #: None and no calibration: no concentration is reported.
     detection_volume_nl: float | None = Field(None, gt=0.0)
-    #: Keep every capture's raw video (video.mkv, lossless FFV1 at the camera's bit depth, and
-    #: frames.csv: exoacq.nta.video_store) for `exoacq reprocess`; ~270 MB a minute at 640x480,
+    #: Keep every capture's raw video (video.zst, lossless Zstandard frames at the camera's bit depth,
+    #: and frames.csv: exoacq.nta.video_store) for `exoacq reprocess`; ~260 MB a minute at 640x480,
     #: 25 frames/s. ``save_frames`` is its old name (deprecated).
     keep_video: bool = True
     #: Where detection_volume_nl came from, stored with each result.

@@ -1,4 +1,5 @@
-"""Reading recorded NTA videos: any container OpenCV reads, multi-page TIFF, or a folder of frames.
+"""Reading recorded NTA videos: any container OpenCV reads, multi-page TIFF, a folder of frames, or
+a capture's video kept by the daemon (video.zst).
 
 Frames come out as 2-D arrays in their own bit depth; colour is reduced to
 one channel (luma, ITU-R BT.601, as OpenCV's BGR2GRAY).
@@ -47,8 +48,22 @@ class Video:
     warnings: list[str] = field(default_factory=list)
     _files: list[Path] | None = None
     _stack: list[np.ndarray] | np.ndarray | None = None
+    #: a raw video kept by the daemon (video.zst, exoacq.nta.raw_video)
+    _raw: bool = False
 
     def frames(self) -> Iterator[np.ndarray]:
+        if self._raw:
+            from exoacq.nta.raw_video import raw_video_frames
+
+            read = 0
+            for frame in raw_video_frames(self.path):
+                read += 1
+                yield frame
+            if self.frame_count and read < self.frame_count:
+                raise ExoacqError(f"{self.path}: the video ends after {read} of the {self.frame_count} frames its "
+                                  "header announces (truncated or damaged file)")
+            self.frame_count = read
+            return
         if self._stack is not None:
             yield from (to_gray(np.asarray(f)) for f in self._stack)
             return
@@ -136,8 +151,8 @@ def read_ahead_frames(width: int, height: int, bytes_per_pixel: int = 2) -> int:
 
 #: Single-channel codecs: OpenCV can hand their frames over without converting them to BGR.
 GRAY_FOURCCS = {"Y800", "GREY", "Y8  ", "Y16 "}
-#: Single-channel decoded pixel formats (FFmpeg's tags: gray8, gray16le), e.g. the daemon's kept FFV1 videos
-#: (exoacq.nta.video_store): read in their own bit depth, not reduced to 8-bit BGR.
+#: Single-channel decoded pixel formats (FFmpeg's tags: gray8, gray16le), e.g. FFV1 videos kept by
+#: earlier versions of the daemon (exoacq.nta.video_store): read in their own bit depth, not reduced to 8-bit BGR.
 GRAY_PIXEL_FORMATS = {"Y800", "GREY", "Y1\x00\x10"}
 
 
@@ -176,6 +191,12 @@ def open_video(path: Path | str) -> Video:
         if stack.ndim != 3:
             raise ExoacqError(f"{path}: a frame stack has 3 dimensions (frames, rows, columns), not {stack.ndim}")
         return Video(path, None, len(stack), stack.shape[2], stack.shape[1], _stack=stack)
+    if path.suffix.lower() == ".zst":  # a capture's video kept by the daemon
+        from exoacq.nta.raw_video import read_header
+
+        header = read_header(path)
+        return Video(path, float(header["frame_rate_hz"]) or None, int(header["frames"]) or None,
+                     int(header["width"]), int(header["height"]), _raw=True)
     if path.suffix.lower() in TIFF_SUFFIXES:
         ok, stack = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
         if not ok or not stack:

@@ -1,18 +1,19 @@
-"""A capture's raw video, kept beside its tracks: FFV1 (lossless) in Matroska, plus ``frames.csv``.
+"""A capture's raw video, kept beside its tracks: ``video.zst`` (lossless), plus ``frames.csv``.
 
 Every capture of an NTA run keeps what the camera delivered, so that the run
 can be analysed again later (:mod:`exoacq.nta.reprocess`), as labs working
 under written procedures keep their raw data:
 
-* ``video.mkv``: FFV1 (a lossless intra-frame codec, IETF RFC 9043),
-  one gray plane at the camera's own bit depth (8 or 16 bits a pixel; a 12-bit
-  camera's values as they come, in 16 bits). Decoding gives back the exact
-  pixel values;
+* ``video.zst``: the frames at the camera's own bit depth (8 or 16 bits a
+  pixel; a 12-bit camera's values as they come, in 16 bits), each compressed
+  losslessly with Zstandard (:mod:`exoacq.nta.raw_video` describes the
+  layout; ``zstd -d`` reads it). Decoding gives back the exact pixel values.
+  Runs kept by earlier versions hold ``video.mkv`` (FFV1) instead, still read;
 * ``frames.csv``: one row per frame the camera delivered: ``frame_number`` (the
   camera's numbering: frames it lost leave gaps), ``timestamp_s`` (the
   camera's), ``tracked`` (1: the frame reached the tracking core; 0: its queue
   was full and the frame was dropped, as the live result counts it) and
-  ``in_video`` (1: the frame is in ``video.mkv``, in this order).
+  ``in_video`` (1: the frame is in the video, in this order).
 
 Writing never slows the camera: frames go through a bounded queue to an
 encoder process at the lowest CPU priority (exoacq.nta.video_encoder); a frame
@@ -20,7 +21,7 @@ the queue cannot take is left out of the video (and counted): the run's
 result then warns that the video is incomplete.
 
 Disk: the simulated camera (640 x 480, 25 frames/s, 12 bits) takes about
-270 MB a minute (29 % of the 920 MB a minute of raw 16-bit frames), so a run
+260 MB a minute (28 % of the 920 MB a minute of raw 16-bit frames), so a run
 of 5 x 60 s captures about 1.3 GB (tests/test_nta_video_store.py measures it).
 """
 from __future__ import annotations
@@ -41,9 +42,11 @@ import numpy as np
 import pandas as pd
 
 from exoacq.errors import ExoacqError
-from exoacq.nta.video_encoder import check_frame_type
+from exoacq.nta.raw_video import check_frame_type, raw_video_frames, read_header
 
-VIDEO_FILE = "video.mkv"
+VIDEO_FILE = "video.zst"
+#: The kept video of runs recorded before video.zst (FFV1 in Matroska), read as well.
+FFV1_VIDEO_FILE = "video.mkv"
 FRAMES_FILE = "frames.csv"
 FRAMES_COLUMNS = ("frame_number", "timestamp_s", "tracked", "in_video")
 #: Frames that may wait for the video writer (4 s at 25 frames/s, ~60 MB at 640 x 480 x 16 bits).
@@ -88,9 +91,6 @@ class VideoRecorder:
         check_frame_type(self.video_path, self.dtype)
         if not (self.folder.is_dir() and os.access(self.folder, os.W_OK)):
             raise ExoacqError(f"{self.folder}: cannot keep the capture's video here (not a writable folder)",
-                              code="bad_video")
-        if not cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
-            raise ExoacqError(f"{self.video_path}: cannot write FFV1 video: this OpenCV has no FFmpeg",
                               code="bad_video")
         self._encoder = subprocess.Popen(
             [sys.executable, "-m", "exoacq.nta.video_encoder", str(self.video_path), str(self.width),
@@ -187,10 +187,37 @@ def read_frames_table(folder: Path | str) -> pd.DataFrame:
     return table
 
 
+def kept_video_path(folder: Path | str) -> Path:
+    """A capture's kept video: ``video.zst``, or ``video.mkv`` (FFV1) in runs kept before it;
+    ``video.zst`` when there is neither."""
+    folder = Path(folder)
+    ffv1 = folder / FFV1_VIDEO_FILE
+    return ffv1 if ffv1.is_file() and not (folder / VIDEO_FILE).is_file() else folder / VIDEO_FILE
+
+
+def _ffv1_frames(path: Path) -> Iterator[np.ndarray]:
+    """The gray frames of a kept FFV1 video (runs kept before video.zst), in their own bit depth."""
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    if not capture.isOpened():
+        raise ExoacqError(f"{path}: not a readable video", code="bad_video")
+    capture.set(cv2.CAP_PROP_CONVERT_RGB, 0)  # the gray plane as stored, in its own bit depth
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            if frame.ndim != 2:
+                raise ExoacqError(f"{path}: frames of shape {frame.shape}: not a gray video kept by exoacq",
+                                  code="bad_video")
+            yield frame
+    finally:
+        capture.release()
+
+
 def kept_frames(folder: Path | str) -> Iterator[tuple[int, bool, np.ndarray]]:
     """``(frame_number, tracked, frame)`` for every frame of a capture's kept video, in order."""
     folder = Path(folder)
-    path = folder / VIDEO_FILE
+    path = kept_video_path(folder)
     if not path.is_file():
         raise ExoacqError(f"{path} is missing: the capture's raw video was not kept (keep_video = false?)",
                           code="no_video")
@@ -198,23 +225,16 @@ def kept_frames(folder: Path | str) -> Iterator[tuple[int, bool, np.ndarray]]:
     in_video = table.loc[table["in_video"] == 1]
     if in_video.empty:  # a capture stopped before its first frame was encoded: nothing to read
         return
-    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    if not capture.isOpened():
-        raise ExoacqError(f"{path}: not a readable video", code="bad_video")
-    capture.set(cv2.CAP_PROP_CONVERT_RGB, 0)  # the gray plane as stored, in its own bit depth
+    if path.name == FFV1_VIDEO_FILE:
+        frames = _ffv1_frames(path)
+    else:
+        read_header(path)  # a one-line error at once if the file is not a kept video
+        frames = raw_video_frames(path)
     read = 0
-    try:
-        for number, tracked in zip(in_video["frame_number"].to_numpy(), in_video["tracked"].to_numpy()):
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if frame.ndim != 2:
-                raise ExoacqError(f"{path}: frames of shape {frame.shape}: not a gray video kept by exoacq",
-                                  code="bad_video")
-            read += 1
-            yield int(number), bool(tracked), frame
-    finally:
-        capture.release()
+    for (number, tracked), frame in zip(zip(in_video["frame_number"].to_numpy(), in_video["tracked"].to_numpy()),
+                                        frames):
+        read += 1
+        yield int(number), bool(tracked), frame
     if read < len(in_video):
         raise ExoacqError(f"{path}: the video ends after {read} of the {len(in_video)} frames {FRAMES_FILE} lists "
                           "(truncated or damaged file)", code="bad_video")
