@@ -8,7 +8,8 @@ without hardware, a regression test against an offline analysis, the replay of a
 
 Timing, ``realtime = True`` (the default): frame n's exposure starts at start() + n / fps
 and the frame is ready at the end of its exposure, as a camera's would be; fill() sleeps
-until then. A consumer more than one frame interval late loses the frames it missed, as a
+until then. Frames wait in a ring of ``buffer_frames`` buffers, as a camera's driver holds
+them (OpenCV's V4L2 backend queues 4); a consumer later than that loses the oldest, as a
 camera's ring buffer overruns: they are decoded and discarded (the position in the file
 stays right) and counted in ``frames_dropped``, as SimulatedNTACamera does with
 ``realtime=True``. ``realtime = False``: every frame in order, as fast as fill() is
@@ -49,7 +50,7 @@ class VideoFileCamera:
 
     def __init__(self, path: str | Path, *, pixel_size_um: float, frame_rate_hz: float | None = None,
                  exposure_ms: float | None = None, loop: bool = False, invert: bool = False,
-                 realtime: bool = True, bit_depth: int | None = None):
+                 realtime: bool = True, bit_depth: int | None = None, buffer_frames: int = 4):
         if not (isinstance(pixel_size_um, int | float) and math.isfinite(pixel_size_um) and pixel_size_um > 0):
             raise ValueError(f"pixel_size_um = {pixel_size_um!r}: must be the object-plane pixel size in um (> 0)")
         if frame_rate_hz is not None and not (math.isfinite(frame_rate_hz) and frame_rate_hz > 0):
@@ -58,6 +59,9 @@ class VideoFileCamera:
             raise ValueError(f"exposure_ms = {exposure_ms!r}: must be > 0")
         if bit_depth is not None and not (isinstance(bit_depth, int) and 1 <= bit_depth <= 16):
             raise ValueError(f"bit_depth = {bit_depth!r}: must be an integer 1..16")
+        if not (isinstance(buffer_frames, int) and 1 <= buffer_frames <= 1024):
+            raise ValueError(f"buffer_frames = {buffer_frames!r}: must be an integer 1..1024")
+        self.buffer_frames = buffer_frames
         self.path = Path(path)
         self.pixel_size_um = float(pixel_size_um)
         self.loop, self.invert, self.realtime = bool(loop), bool(invert), bool(realtime)
@@ -146,7 +150,7 @@ class VideoFileCamera:
             "dtype": self.dtype.name, "bit_depth": self.bit_depth, "bit_depth_source": self._bit_depth_source,
             "frame_count": video.frame_count if video else None,
             "file_frame_rate_hz": video.fps if video else None,
-            "invert": self.invert, "loop": self.loop, "realtime": self.realtime,
+            "invert": self.invert, "loop": self.loop, "realtime": self.realtime, "buffer_frames": self.buffer_frames,
             "frames_dropped": self.frames_dropped, "warnings": list(video.warnings) if video else [],
         }
 
@@ -190,8 +194,9 @@ class VideoFileCamera:
                              f"({self.height}, {self.width})")
         interval, exposure = 1.0 / self.frame_rate_hz, self.exposure_ms * 1e-3
         if self.realtime:
-            late = time.monotonic() - (self._t0_mono + self._n * interval + exposure)
-            for _ in range(int(late // interval) if late > interval else 0):
+            # Frames read out by now but not yet taken; the ring keeps the newest buffer_frames of them.
+            waiting = int((time.monotonic() - (self._t0_mono + self._n * interval + exposure)) // interval) + 1
+            for _ in range(max(0, waiting - self.buffer_frames)):
                 self._next_frame()  # overrun: the frame is lost
                 self._n += 1
                 self.frames_dropped += 1
@@ -251,12 +256,15 @@ class VideoFileOptions(DriverOptions):
     realtime: bool = True
     #: Significant bits of the data (e.g. 12 in 16-bit samples); default: the sample type's (8 or 16).
     bit_depth: int | None = Field(None, ge=1, le=16)
+    #: Frames the ring holds for a late consumer (realtime), as a camera's driver does (V4L2: 4).
+    buffer_frames: int = Field(4, ge=1, le=1024)
 
 
 def _open(options: VideoFileOptions, address: str | None, context: dict[str, Any]) -> VideoFileCamera:
     return VideoFileCamera(options.path, pixel_size_um=options.pixel_size_um, frame_rate_hz=options.frame_rate_hz,
                            exposure_ms=options.exposure_ms, loop=options.loop, invert=options.invert,
-                           realtime=options.realtime, bit_depth=options.bit_depth)
+                           realtime=options.realtime, bit_depth=options.bit_depth,
+                           buffer_frames=options.buffer_frames)
 
 
 DRIVER = Driver(name="video-file", kind="camera", options=VideoFileOptions, open=_open, simulator=None,

@@ -70,7 +70,15 @@ class Table:
         return "; ".join(f"{name}: {unit}" for name, _, unit in self.columns)
 
     def rows(self, rows: Any) -> np.ndarray:
-        """Rows as given (a list of lists in column order, or a structured array) as this table's dtype."""
+        """Rows as given (a list of lists or a 2-D array, in column order, or a structured array) as
+        this table's dtype."""
+        if isinstance(rows, np.ndarray) and rows.ndim == 2 and not rows.dtype.names:
+            if rows.shape[1] != len(self.columns):
+                raise ValueError(f"rows of {rows.shape[1]} columns for a table of {len(self.columns)}")
+            out = np.empty(len(rows), dtype=self.dtype)
+            for i, name in enumerate(self.dtype.names):
+                out[name] = rows[:, i]
+            return out
         if isinstance(rows, np.ndarray) and rows.dtype.names:
             if rows.dtype.names != self.dtype.names:  # numpy would cast by position: columns relabelled
                 raise ValueError(f"rows with columns {', '.join(rows.dtype.names)} for a table of "

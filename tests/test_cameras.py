@@ -141,6 +141,25 @@ def test_video_file_slow_consumer_loses_and_counts_frames(tmp_path: Path) -> Non
     assert cam.describe()["frames_dropped"] == cam.frames_dropped
 
 
+def test_video_file_ring_holds_buffer_frames_for_a_late_consumer(tmp_path: Path) -> None:
+    """A consumer up to ``buffer_frames`` intervals late loses nothing, as with a camera's ring."""
+    path = ffv1(tmp_path, levels(10), fps=50.0)
+    cam = VideoFileCamera(path, pixel_size_um=0.1, buffer_frames=4)
+    cam.connect()
+    cam.start()
+    buffer = np.empty((H, W), np.uint8)
+    cam.fill(buffer)
+    time.sleep(0.06)  # 3 intervals of 20 ms: frames 1-3 wait in the ring
+    seen = []
+    for _ in range(4):
+        cam.fill(buffer)
+        seen.append(index_of(buffer))
+    assert seen == [1, 2, 3, 4] and cam.frames_dropped == 0
+    assert cam.describe()["buffer_frames"] == 4
+    with pytest.raises(ValueError, match="buffer_frames"):
+        VideoFileCamera(path, pixel_size_um=0.1, buffer_frames=0)
+
+
 def test_video_file_loop_rewind_and_invert(tmp_path: Path) -> None:
     path = ffv1(tmp_path, levels(5), fps=50.0)
     cam = VideoFileCamera(path, pixel_size_um=0.1, loop=True, invert=True, realtime=False)

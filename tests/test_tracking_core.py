@@ -16,10 +16,15 @@ from exoacq.bus import ControlClient, loads
 from exoacq.nta.bench import simulated_instrument_toml
 from exoacq.demo import start_daemon, stop_daemon
 from exoacq.nta.analysis import TrackingParameters
-from exoacq.nta.tracker import Linker
+from exoacq.nta.tracker import ROWS_PREFIX, TRACK_ROWS_COLUMNS, Linker, decode_rows, encode_rows
 
 # realtime: these assert that live tracking keeps up with no dropped frame (they run alone, see Makefile)
 pytestmark = pytest.mark.realtime
+
+
+def event_of(message: bytes) -> dict:
+    """A linker event as the daemon reads it: linked rows binary (exoacq.nta.tracker.encode_rows), the rest JSON."""
+    return decode_rows(message) if message.startswith(ROWS_PREFIX) else loads(message)
 
 
 def _params() -> dict:
@@ -58,7 +63,7 @@ def test_linker_orders_features_from_several_workers(tmp_path, linker):
     assert "r1" not in linker.runs
     received = []
     while events.poll(1000):
-        received.append(loads(events.recv()))
+        received.append(event_of(events.recv()))
         if received[-1]["event"] == "result":
             break
     result = received[-1]
@@ -68,6 +73,10 @@ def test_linker_orders_features_from_several_workers(tmp_path, linker):
     assert result["tracking"]["temperature_c"] == 30.0
     tracks = (tmp_path / "tracks.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in tracks[1:]] == ["0", "1", "2", "3", "4", "5"]
+    # the linked positions for run.h5, as float64 rows in TRACK_ROWS_COLUMNS order (capture first)
+    rows = np.concatenate([e["rows"] for e in received if e["event"] == "rows"])
+    assert rows.shape == (6, len(TRACK_ROWS_COLUMNS)) and rows[:, 0].tolist() == [1.0] * 6
+    assert rows[:, 1].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
 
 
 def _free_port() -> int:
@@ -163,9 +172,20 @@ def test_linker_finishes_a_capture_whose_last_features_come_after_the_next_began
     features("r/1", 3)  # a slow worker's last frame of capture 1
     results = []
     while events.poll(1000):
-        event = loads(events.recv())
+        event = event_of(events.recv())
         if event["event"] == "result":
             results.append(event)
             break
     assert [(r["run_id"], r["frames_processed"]) for r in results] == [("r/1", 4)]
     assert list(linker.runs) == ["r/2"] and linker.runs["r/2"].order.next_seq == 1
+
+
+def test_rows_events_round_trip_and_malformed_ones_are_refused():
+    rows = np.array([[1, 7, 3, 10.5, 20.25, 812.0], [1, 8, 3, 11.0, 20.5, 790.5]])
+    event = decode_rows(encode_rows("r/1", "nta/tracks", rows))
+    assert (event["event"], event["run_id"], event["dataset"]) == ("rows", "r/1", "nta/tracks")
+    assert np.array_equal(event["rows"], rows)
+    for bad in (ROWS_PREFIX + b"no header", ROWS_PREFIX + b'{"event": "rows"}\n',
+                encode_rows("r/1", "nta/tracks", rows)[:-3]):
+        with pytest.raises(ValueError):
+            decode_rows(bad)

@@ -16,7 +16,7 @@ undoing the byte planes is ``np.frombuffer(b, np.uint8).reshape(2, -1).T.copy().
 
 Why not FFV1 (which the daemon used first): on a slow 2-core machine FFV1 took ~95 ms of CPU
 for one 1280 x 1024 16-bit frame, three cores' worth at 30 frames/s, so a loaded machine lost
-most of the video. Zstandard (level 1) on byte planes takes ~8.5 ms for the same frame and
+most of the video. Zstandard (level 1) on byte planes takes ~5 ms for the same frame and
 stores it as small (3.4x smaller than raw for the simulated camera, as FFV1); decoding takes
 ~7 ms instead of ~20.
 """
@@ -60,17 +60,29 @@ def _header(width: int, height: int, dtype: np.dtype, frame_rate_hz: float, fram
     return struct.pack("<II", SKIPPABLE_MAGIC, HEADER_BYTES) + text.ljust(HEADER_BYTES)
 
 
-def to_byte_planes(frame: np.ndarray) -> np.ndarray:
-    """The frame's bytes as planes: every pixel's byte 0, then every pixel's byte 1, ..."""
+def to_byte_planes(frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The frame's bytes as planes (uint8 or little-endian uint16 frames): every pixel's low
+    byte, then every pixel's high byte; into ``out`` (uint8, the frame's size in bytes) if given.
+    Two vectorised casts: a byte-wise transpose of the same bytes takes three times as long."""
+    flat = frame.reshape(-1)
     if frame.dtype.itemsize == 1:
-        return np.ascontiguousarray(frame)
-    return np.ascontiguousarray(frame.view(np.uint8).reshape(-1, frame.dtype.itemsize).T)
+        return flat
+    if out is None:
+        out = np.empty(flat.size * 2, np.uint8)
+    np.copyto(out[:flat.size], flat, casting="unsafe")  # the low byte (a cast keeps it)
+    np.right_shift(flat, 8, out=out[flat.size:], casting="unsafe")
+    return out
 
 
 def from_byte_planes(data: bytes | bytearray | memoryview, height: int, width: int, dtype: np.dtype) -> np.ndarray:
     """The frame whose byte planes are ``data`` (the inverse of :func:`to_byte_planes`)."""
     planes = np.frombuffer(data, np.uint8).reshape(dtype.itemsize, height * width)
-    return np.ascontiguousarray(planes.T).view(dtype).reshape(height, width)
+    if dtype.itemsize == 1:
+        return planes[0].reshape(height, width).copy()
+    frame = planes[1].astype(dtype)
+    frame <<= 8
+    frame |= planes[0]
+    return frame.reshape(height, width)
 
 
 class RawVideoWriter:
@@ -87,12 +99,13 @@ class RawVideoWriter:
         except OSError as exc:
             raise ExoacqError(f"{self.path}: cannot write the video ({exc.strerror})", code="bad_video") from None
         self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+        self._planes = np.empty(self.width * self.height * self.dtype.itemsize, np.uint8)
 
     def write(self, frame: np.ndarray) -> None:
         """Append one frame (``height x width`` of the writer's type); OSError if the disk refuses it."""
         if frame.shape != (self.height, self.width) or frame.dtype.newbyteorder("<") != self.dtype:
             raise ValueError(f"a {frame.dtype} {frame.shape} frame in a {self.dtype} ({self.height}, {self.width}) video")
-        self._file.write(self._compressor.compress(to_byte_planes(frame.astype(self.dtype, copy=False))))
+        self._file.write(self._compressor.compress(to_byte_planes(frame.astype(self.dtype, copy=False), self._planes)))
         self.frames += 1
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from exoacq.methods import MethodService, RunStatus, make_safe
 from exoacq.nta.acquisition import NTAAcquisition, Run
 from exoacq.nta.distribution import HISTOGRAM_BIN_NM
 from exoacq.nta.pipeline import TrackingPipeline
-from exoacq.nta.tracker import LIVE_PREFIX
+from exoacq.nta.tracker import LIVE_PREFIX, ROWS_PREFIX, decode_rows
 from exoacq.nta.result_document import build_result
 from exoacq.nta.supervision import TrackerReplay, frames_lost, mark_degraded, with_tracker_losses
 
@@ -165,7 +165,14 @@ class NTAService(MethodService):
             if message.startswith(LIVE_PREFIX):  # features for viewers: published as they came, unparsed
                 self._publish_features(message)
                 continue
-            event = loads(message)
+            if message.startswith(ROWS_PREFIX):  # linked positions: a JSON line, then float64 rows
+                try:
+                    event = decode_rows(message)
+                except ValueError as exc:
+                    log.error("tracking core: %s", exc)
+                    continue
+            else:
+                event = loads(message)
             if self.tracking.on_event(event):
                 if event.get("event") == "ready" and self.tracking.restarts["linker"]:
                     self._resume_captures()

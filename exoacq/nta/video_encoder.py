@@ -7,7 +7,7 @@ prints one JSON line: ``{"written": n, "error": null}`` (or the reason it stoppe
 status 1, 2 if the file could not be opened).
 
 Why a process: compressing is the costliest thing the daemon does with a frame after
-detection (~8.5 ms of CPU for a 1280 x 1024 16-bit frame on a slow core, a quarter of a core at
+detection (~5 ms of CPU for a 1280 x 1024 16-bit frame on a slow core, 15 % of a core at
 30 frames/s; FFV1, used first, took ~95 ms). Here it runs at the lowest CPU priority (Linux
 SCHED_IDLE, else nice 19): it compresses with the CPU the acquisition, the tracking core and the
 operator's live view leave, and never holds the daemon's GIL. What it cannot keep up with waits

@@ -62,6 +62,21 @@ def capture_folder(run_directory: Path | str, capture: int, captures: int) -> Pa
     return run_directory / f"capture-{capture}" if captures > 1 else run_directory
 
 
+#: Linux fcntl(2): set a pipe's capacity (bytes; at most /proc/sys/fs/pipe-max-size, 1 MiB by default).
+_F_SETPIPE_SZ = 1031
+
+
+def _widen_pipe(pipe, frame_bytes: int) -> None:
+    """Up to a frame's worth of pipe buffer (a default pipe holds 64 kB: a 1280 x 1024 16-bit frame
+    crossed it in 40 writes and as many wake-ups of the encoder); left as it is where refused."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, min(frame_bytes, 1 << 20))
+    except (ImportError, OSError):
+        pass
+
+
 @dataclass
 class VideoRecorder:
     """Keeps one capture's frames: :meth:`offer` from the acquisition thread (never blocks),
@@ -96,6 +111,7 @@ class VideoRecorder:
             [sys.executable, "-m", "exoacq.nta.video_encoder", str(self.video_path), str(self.width),
              str(self.height), self.dtype.str, repr(float(self.frame_rate_hz))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        _widen_pipe(self._encoder.stdin, self.width * self.height * self.dtype.itemsize)
         self._queue = queue.Queue(maxsize=self.queue_frames)
         self._thread = threading.Thread(target=self._feed, name=f"video {self.folder.name}", daemon=True)
         self._thread.start()

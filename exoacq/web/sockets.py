@@ -4,7 +4,7 @@
   bridge.snapshot()}``, then every document the daemon publishes (a browser that falls 256 documents
   behind loses the oldest, never holds up the others: :class:`exoacq.web.bridge.EventSubscription`).
 * ``/ws/live/{instrument}[?max_width=960]``: the browser sends the text ``next`` when it is ready for
-  a frame (once at the start, then after drawing each); each ``next`` gets ONE binary message:
+  a frame (once at the start, then as each frame arrives); each ``next`` gets ONE binary message:
   a uint32 big-endian header length, the header JSON (UTF-8: :meth:`DaemonBridge.next_frame`'s header
   plus ``sent``, time.time() when sent), then the JPEG. A slow browser gets fewer frames, never a
   queue. An unknown instrument or no daemon: one text message ``{"ok": false, "error": {"code",

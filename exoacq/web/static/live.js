@@ -2,9 +2,10 @@
 // features and track tails drawn over them, a viewer-side threshold, the devices and their
 // settings, preview on/off, and the run's NTA progress.
 //
-// Frame protocol: the page sends "next" when it is ready; the server answers with ONE binary
-// message: uint32 big-endian header length, the header (JSON), the JPEG. A slow page therefore
-// gets fewer frames, never a queue.
+// Frame protocol: the page sends "next"; the server answers with ONE binary message: uint32
+// big-endian header length, the header (JSON), the JPEG. The page asks again as soon as a frame
+// arrives, so one frame is on its way while the last is drawn: a slow page gets fewer frames,
+// never a queue.
 import {
   apiGet, apiPost, getStatus, EventStream, el, setChildren, stateBadge, runLink, showError, wsUrl,
   fmt, fmtSci, fmtSig, fmtInt, fmtKeyed, labelOfKey, isNum, histogramChart, shownRange, points, FINAL_STATES,
@@ -139,6 +140,8 @@ function updateCounters(header, latency_ms) {
 // ---------------------------------------------------------------- the frame socket
 
 const decoder = new TextDecoder();
+let drawing = false;   // a frame is being decoded and drawn
+let waiting = null;    // the frame that came meanwhile (at most one: the server sends one per "next")
 let socket = null;
 let reconnect_ms = 500;
 let giveUp = false;
@@ -196,13 +199,23 @@ function connect() {
       setTimeout(() => { if (current.readyState === WebSocket.OPEN) current.send("next"); }, problem ? 1000 : 200);
       return;
     }
-    try {
-      await onFrame(event.data);
-      if (errorNode.textContent.startsWith("live view:")) showError(errorNode, null);
-    } catch (err) {
-      showError(errorNode, `live view: a frame could not be shown (${err.message})`);
-    }
+    // Ask for the next frame at once, so that the server encodes it while this one is decoded and
+    // drawn; a frame that comes while another is being drawn waits (only the newest one).
     if (current.readyState === WebSocket.OPEN) current.send("next");
+    waiting = event.data;
+    if (drawing) return;
+    drawing = true;
+    while (waiting !== null) {
+      const buffer = waiting;
+      waiting = null;
+      try {
+        await onFrame(buffer);
+        if (errorNode.textContent.startsWith("live view:")) showError(errorNode, null);
+      } catch (err) {
+        showError(errorNode, `live view: a frame could not be shown (${err.message})`);
+      }
+    }
+    drawing = false;
   };
   socket.onclose = (event) => {
     const mode = $("live-mode");
@@ -373,9 +386,31 @@ function showProgress(doc) {
   $("live-capture").textContent = isNum(doc.capture) ? `${doc.capture} of ${doc.captures}, ${fmt(doc.elapsed_s, "s")} of ${fmt(doc.duration_s, "s")}` : "—";
 }
 
+// The daemon sends about ten progress documents a second while tracking; redrawing the chart and
+// the figures for each took most of the page's CPU (measured with chromium's profiler on the
+// console bench), so the newest one is drawn at most every PROGRESS_DRAW_MS.
+const PROGRESS_DRAW_MS = 500;
+let newestProgress = null;
+let progressTimer = null;
+let progressDrawn = -Infinity;
+
+function queueProgress(doc) {
+  if (!doc || (doc.instrument && doc.instrument !== instrument)) return;
+  newestProgress = doc;
+  if (progressTimer !== null) return;
+  const wait = Math.max(0, PROGRESS_DRAW_MS - (performance.now() - progressDrawn));
+  progressTimer = setTimeout(() => {
+    progressTimer = null;
+    progressDrawn = performance.now();
+    const newest = newestProgress;
+    newestProgress = null;
+    showProgress(newest);
+  }, wait);
+}
+
 const events = new EventStream();
-events.on("snapshot", (snap) => showProgress(((snap || {}).progress || {})[instrument]));
-events.on("nta.progress", showProgress);
+events.on("snapshot", (snap) => queueProgress(((snap || {}).progress || {})[instrument]));
+events.on("nta.progress", queueProgress);
 events.on("run.state", (doc) => {
   if (doc.instrument !== instrument) return;
   if (FINAL_STATES.has(doc.state)) $("live-progress-run").replaceChildren("run ", runLink(doc.run_id), " ", stateBadge(doc.state));
