@@ -14,7 +14,7 @@ import {
 const root = document.getElementById("live");
 const instrument = root.dataset.instrument;
 const canvas = document.getElementById("live-canvas");
-const ctx = canvas.getContext("2d");
+const ctx = canvas.getContext("2d", { alpha: false });  // opaque: the compositor need not blend it
 const $ = (id) => document.getElementById(id);
 const errorNode = $("live-error");
 const slider = $("threshold-slider");
