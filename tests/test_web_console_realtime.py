@@ -2,7 +2,9 @@
 
 `exoacq bench realtime --console`: the daemon with its simulated camera at the bench's
 default size and rate, `exoacq web` and a headless chromium on /live/nta attached
-throughout a 10 s capture.
+throughout a 10 s capture. The camera plays frames the simulated camera rendered before the
+capture (the bench's default, ``--camera replay``): the host spends on it what it spends on a
+real camera, not the simulator's rendering.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ def test_live_view_keeps_up_and_the_daemon_drops_nothing():
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     settings, console = result["settings"], result["console"]
-    assert (settings["width"], settings["height"]) == (1280, 1024)
+    assert (settings["width"], settings["height"], settings["camera"]) == (1280, 1024, "replay")
+    assert result["replayed"]["frames"] == 300  # 10 s at 30 frames/s
     figures = json.dumps({"frames_dropped": result["frames_dropped"], "console": console})
     assert result["frames_dropped"] == 0, figures
     assert result["frames_published"] >= 0.9 * settings["fps"] * settings["duration_s"], figures

@@ -110,7 +110,7 @@ def bench_realtime(*, width: int = 1280, height: int = 1024, fps: float = 30.0, 
     capture (:func:`render_replay`) and played at the frame rate by the video-file camera, so
     the host spends on the camera what it spends with a real one (a copy of each frame, which
     arrives by DMA); "simulated": the simulated camera renders each frame during the capture
-    (hardware-in-the-loop; at 1280 x 1024 and 30 frames/s its rendering alone takes ~0.65 of a
+    (hardware-in-the-loop; at 1280 x 1024 and 30 frames/s its rendering alone takes ~0.6 of a
     core of the 2-core CI VM, which then has too little left for the console).
 
     Latency of a progress document = its arrival time at a subscriber (a thread

@@ -96,7 +96,7 @@ def add_cli(verbs: dict[str, Any]) -> None:
     b.add_argument("--camera", choices=("replay", "simulated"), default="replay",
                    help="replay (default): the simulated camera's frames rendered before the capture and played "
                         "at the frame rate, costing the host what a real camera does (a copy of each frame); "
-                        "simulated: rendered during the capture (~0.65 of a core at 1280x1024, 30 frames/s)")
+                        "simulated: rendered during the capture (~0.6 of a core at 1280x1024, 30 frames/s)")
     b.add_argument("--console", action="store_true",
                    help="attach the operator's console (exoacq web and a headless chromium on the live page) "
                         "and report what it drew")
