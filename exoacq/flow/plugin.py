@@ -119,9 +119,12 @@ class FlowMethod(Method):
             "method": "flow",
             "description": "simulated nano flow cytometer: 488 nm, side scatter + 2 fluorescence channels, "
                            "read by a Keysight InfiniiVision oscilloscope over VISA",
+            # timeout_s: the scope's twin runs in the daemon's own process and makes each record before
+            # it answers, so a loaded daemon delays it (a real scope answers on its own): 2 s was missed
+            # in test runs with NTA, DLS and flow recording at once on a 2-core machine.
             "devices": {"digitizer": {"driver": "oscilloscope", "simulated": True,
                                       "model": "keysight-infiniivision", "sample_rate_hz": 1e6,
-                                      "memory_depth": 500_000}},
+                                      "memory_depth": 500_000, "timeout_s": 10.0}},
             "settings": {"calibration": SIMULATED_CALIBRATION},
         }
 
