@@ -30,7 +30,7 @@ from scipy.special import erf
 
 from pydantic import Field
 
-from exoacq.devices import Setting
+from exoacq.devices import Setting, ring_overrun
 from exoacq.registry import Driver, DriverOptions
 from exoacq.errors import ConfigError, DeviceError
 from exoacq.physics import (rayleigh_polarizability_factor, stokes_einstein_diffusion_um2_s,
@@ -514,9 +514,8 @@ class SimulatedNTACamera:
             raise ValueError(f"buffer is {buffer.dtype} {buffer.shape}; needs uint16 ({self.height}, {self.width})")
         interval, exposure = 1.0 / self._frame_rate_hz, self._exposure_ms * 1e-3
         if self.realtime:
-            # Frames read out by now but not yet taken; the ring keeps the newest buffer_frames of them.
-            waiting = int((time.monotonic() - (self._t0_mono + self._n * interval + exposure)) // interval) + 1
-            if (missed := max(0, waiting - self.buffer_frames)):
+            ready = self._t0_mono + self._n * interval + exposure
+            if (missed := ring_overrun(time.monotonic(), ready, interval, self.buffer_frames)):
                 self.sample.step(missed * interval)
                 self._n, self.frames_dropped = self._n + missed, self.frames_dropped + missed
         start_unix = self._t0_unix + self._n * interval

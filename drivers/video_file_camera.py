@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from exoacq.devices import Setting
+from exoacq.devices import Setting, ring_overrun
 from exoacq.errors import DeviceError, ExoacqError
 from exoacq.nta.video import Video, open_video
 from exoacq.registry import Driver, DriverOptions
@@ -194,9 +194,8 @@ class VideoFileCamera:
                              f"({self.height}, {self.width})")
         interval, exposure = 1.0 / self.frame_rate_hz, self.exposure_ms * 1e-3
         if self.realtime:
-            # Frames read out by now but not yet taken; the ring keeps the newest buffer_frames of them.
-            waiting = int((time.monotonic() - (self._t0_mono + self._n * interval + exposure)) // interval) + 1
-            for _ in range(max(0, waiting - self.buffer_frames)):
+            ready = self._t0_mono + self._n * interval + exposure
+            for _ in range(ring_overrun(time.monotonic(), ready, interval, self.buffer_frames)):
                 self._next_frame()  # overrun: the frame is lost
                 self._n += 1
                 self.frames_dropped += 1

@@ -76,6 +76,14 @@ class Camera(Device, Protocol):
         ``dtype``) and return its exposure start as a UNIX time in seconds."""
 
 
+def ring_overrun(now_mono: float, next_ready_mono: float, interval_s: float, buffer_frames: int) -> int:
+    """Frames a camera's ring of ``buffer_frames`` buffers has lost by ``now_mono`` when the next
+    frame to take was ready at ``next_ready_mono`` and frames follow every ``interval_s``: those read
+    out by now but not taken, beyond the newest ``buffer_frames`` (0 for a consumer on time)."""
+    waiting = int((now_mono - next_ready_mono) // interval_s) + 1
+    return max(0, waiting - buffer_frames)
+
+
 @runtime_checkable
 class Thermometer(Device, Protocol):
     def temperature_c(self) -> float:

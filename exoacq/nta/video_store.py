@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from exoacq.errors import ExoacqError
-from exoacq.nta.raw_video import check_frame_type, raw_video_frames, read_header
+from exoacq.nta.raw_video import check_frame_type, raw_video_frames
 
 VIDEO_FILE = "video.zst"
 #: The kept video of runs recorded before video.zst (FFV1 in Matroska), read as well.
@@ -241,11 +241,7 @@ def kept_frames(folder: Path | str) -> Iterator[tuple[int, bool, np.ndarray]]:
     in_video = table.loc[table["in_video"] == 1]
     if in_video.empty:  # a capture stopped before its first frame was encoded: nothing to read
         return
-    if path.name == FFV1_VIDEO_FILE:
-        frames = _ffv1_frames(path)
-    else:
-        read_header(path)  # a one-line error at once if the file is not a kept video
-        frames = raw_video_frames(path)
+    frames = _ffv1_frames(path) if path.name == FFV1_VIDEO_FILE else raw_video_frames(path)
     read = 0
     for (number, tracked), frame in zip(zip(in_video["frame_number"].to_numpy(), in_video["tracked"].to_numpy()),
                                         frames):

@@ -116,6 +116,16 @@ def _children(table: dict[int, tuple[int, float]]) -> dict[int, list[int]]:
     return children
 
 
+def _descendants(children: dict[int, list[int]], root: int) -> list[int]:
+    """Every descendant of ``root`` in a :func:`_children` map."""
+    found, stack = [], list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack += children.get(pid, [])
+    return found
+
+
 def cpu_seconds(groups: dict[str, list[int]]) -> dict[str, float]:
     """CPU seconds used so far by each group of processes (each root pid with its descendants);
     a process in several groups counts in the first; "browser": this process's other
@@ -136,14 +146,8 @@ def cpu_seconds(groups: dict[str, list[int]]) -> dict[str, float]:
             total += table[pid][1]
             stack += children.get(pid, [])
         totals[group] = total
-    stack, total = list(children.get(os.getpid(), [])), 0.0
-    while stack:  # the rest of this process's descendants
-        pid = stack.pop()
-        if pid not in seen:
-            seen.add(pid)
-            total += table[pid][1]
-            stack += children.get(pid, [])
-    totals["browser"] = total
+    # the rest of this process's descendants (a group's processes take all their descendants along)
+    totals["browser"] = sum(table[pid][1] for pid in _descendants(children, os.getpid()) if pid not in seen)
     return totals
 
 
@@ -172,16 +176,6 @@ def forgo_raising_priority() -> None:
                     os.strerror(ctypes.get_errno()))
 
 
-def _descendants(root: int) -> list[int]:
-    children = _children(_process_table())
-    found, stack = [], list(children.get(root, []))
-    while stack:
-        pid = stack.pop()
-        found.append(pid)
-        stack += children.get(pid, [])
-    return found
-
-
 def _autogroup(pid: int | str) -> str | None:
     """``/autogroup-N`` of a process (Linux with autogroup scheduling), or None."""
     try:
@@ -199,12 +193,13 @@ def nice_other_sessions(niceness: int) -> int:
     most distributions' kernels) first shares the CPU between sessions, then inside each session by
     nice. Chromium starts in a session of its own (setsid), so the nice 19 of all its threads
     weighed nothing against the daemon's session (on a 2-core VM, the console bench dropped 33 to
-    79 camera frames in 10 s with chromium's session at nice 0, 3 and 8 with it at 19). A session's own nice (``/proc/PID/autogroup``,
-    sched(7)) is what puts it below the daemon's, as the console's processes are meant to be."""
+    79 camera frames in 10 s with chromium's session at nice 0, 3 and 8 with it at 19). A session's
+    own nice (``/proc/PID/autogroup``, sched(7)) is what puts it below the daemon's, as the
+    console's processes are meant to be."""
     if sys.platform != "linux" or (own := _autogroup("self")) is None:
         return 0
     count, done = 0, set()
-    for pid in _descendants(os.getpid()):
+    for pid in _descendants(_children(_process_table()), os.getpid()):
         group = _autogroup(pid)
         if group is None or group == own:
             continue
