@@ -406,22 +406,38 @@ class StreamingTracker:
         more than PILOT_CONVERGENCE (at most PILOT_ITERATIONS times). The iteration only narrows the
         range, and stops where the tracks are the particles' own: a range that covers their steps
         5 SDs out (SEARCH_RANGE_SIGMAS at twice the D) truncates no real step, so it does not collapse.
+        The held frames linked last at the range chosen are this tracker's start (they would link the
+        same again).
         """
         frames, self._pilot = self._pilot, []
         pilot, self._provisional = self._provisional, None  # the held frames, linked at the largest range
-        chosen = self._range_from_tracks(pilot.tracks_table()) or self.params.search_range_px
+        linked_at = pilot.params.search_range_px
+        chosen = round(self._range_from_tracks(pilot.tracks_table()) or self.params.search_range_px, 2)
         for _ in range(PILOT_ITERATIONS):
-            pilot = StreamingTracker(dataclasses.replace(self.params, search_range_px=chosen,
-                                                         auto_search_range=False, min_track_length=None))
-            for number, features in frames:
-                pilot._link(number, features)
+            if chosen != linked_at:
+                pilot = StreamingTracker(dataclasses.replace(self.params, search_range_px=chosen,
+                                                             auto_search_range=False, min_track_length=None))
+                for number, features in frames:
+                    pilot._link(number, features)
+                linked_at = chosen
             narrower = self._range_from_tracks(pilot.tracks_table())
             if narrower is None or narrower > chosen * (1.0 - PILOT_CONVERGENCE):
                 break
-            chosen = narrower
-        self.params = dataclasses.replace(self.params, search_range_px=round(chosen, 2), auto_search_range=False)
-        for number, features in frames:
-            self._link(number, features)
+            chosen = round(narrower, 2)
+        self.params = dataclasses.replace(self.params, search_range_px=chosen, auto_search_range=False)
+        if linked_at == chosen:
+            self._take_links(pilot)
+        else:
+            for number, features in frames:
+                self._link(number, features)
+
+    #: What :meth:`_link` changes: a tracker that linked the same frames at the same range holds them.
+    _LINK_STATE = ("_linker", "_id_offset", "_ids_used", "_last_frame", "_tracks", "_drift", "_rows",
+                   "linking_resets", "_counters", "_labels")
+
+    def _take_links(self, other: "StreamingTracker") -> None:
+        for name in self._LINK_STATE:
+            setattr(self, name, getattr(other, name))
 
     def _range_from_tracks(self, table: pd.DataFrame) -> float | None:
         """The search range the pilot's tracks ask for (see :meth:`_choose_search_range`), within

@@ -238,20 +238,28 @@ def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]
 
 
 def analyze_with_progress(args: argparse.Namespace, outputs: list[Path | None]) -> tuple[dict, Any, list[str]]:
-    """Open and analyse ``args.video`` (progress on stderr); output folders are checked first."""
-    from exoacq.nta.offline import StderrProgress, analyze_video
-    from exoacq.nta.video import open_video
+    """Open and analyse ``args.video`` (progress on stderr); output folders are checked first.
+
+    Decoding starts before the analysis is imported (numba, trackpy, pandas, scipy: ~2 s of one
+    core), so that on a multi-core machine the first frames are decoded meanwhile."""
+    from exoacq.nta.video import open_video, start_decoding
 
     for output in outputs:  # before a long analysis, not after it
         if output is not None and not output.resolve().parent.is_dir():
             raise ExoacqError(f"cannot write {output}: no folder {output.resolve().parent}")
     video = open_video(args.video)
-    params, warnings = analysis_parameters(args, video)
-    progress = StderrProgress()
+    frames = start_decoding(video)
     try:
-        summary = analyze_video(video, params, progress=progress)
+        from exoacq.nta.offline import StderrProgress, analyze_video
+
+        params, warnings = analysis_parameters(args, video)
+        progress = StderrProgress()
+        try:
+            summary = analyze_video(video, params, progress=progress, frames=frames)
+        finally:
+            progress.close()
     finally:
-        progress.close()
+        frames.close()
     return summary, params, warnings
 
 

@@ -33,13 +33,15 @@ import sys
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import numpy as np
 
 from exoacq.client import StatusLine
 from exoacq.errors import ExoacqError
 from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features
 from exoacq.nta.threshold import SAMPLE_FRAMES as THRESHOLD_FRAMES  # as the daemon's runs
-from exoacq.nta.video import Video, read_ahead, read_ahead_frames
+from exoacq.nta.video import Video, start_decoding
 
 #: Progress is reported every this many frames.
 CHUNK_FRAMES = 32
@@ -72,19 +74,20 @@ def import_in_background(modules: tuple[str, ...] = BACKGROUND_MODULES) -> threa
 
 def analyze_video(video: Video, params: TrackingParameters, *, threads: int | None = None,
                   progress: Callable[[int, int | None], None] | None = None,
-                  overlap_decoding: bool = True) -> dict[str, Any]:
+                  overlap_decoding: bool = True, frames: Iterator[np.ndarray] | None = None) -> dict[str, Any]:
     """Track every frame of ``video``; return the result summary (as ``nta.result``'s core fields).
 
     A threshold not given (``params.minmass`` None) is chosen from the first THRESHOLD_FRAMES
     frames' noise, and the camera's clip level from their pixel type (exoacq.nta.analysis.with_threshold),
     as the daemon does. ``overlap_decoding=False`` decodes in the
-    calling thread, alternating with the rest (the same results, to the bit).
+    calling thread, alternating with the rest (the same results, to the bit). ``frames``: the video's
+    frames being decoded already (:func:`exoacq.nta.video.start_decoding`, started before the
+    analysis's imports); closed here.
     """
     workers = threads or os.cpu_count() or 1
     importing = import_in_background()
-    frames = video.frames()
-    if overlap_decoding:
-        frames = read_ahead(frames, read_ahead_frames(video.width, video.height))
+    if frames is None:
+        frames = start_decoding(video) if overlap_decoding else video.frames()
     in_flight: deque[Future] = deque()
     done = 0
     try:

@@ -6,7 +6,9 @@ one channel (luma, ITU-R BT.601, as OpenCV's BGR2GRAY).
 """
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,8 +23,13 @@ FRAME_SUFFIXES = (".png", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: Decoded frames that may wait for the analysis (:func:`read_ahead`), at most this many bytes of them ...
 READ_AHEAD_BYTES = 128 * 2**20
-#: ... and at most this many (64 frames of 640 x 480 x 8 bits: 20 MB).
-READ_AHEAD_FRAMES = 64
+#: ... and at most this many (256 frames of 640 x 480 x 8 bits: 79 MB). The decoder starts before the
+#: analysis's imports (exoacq.nta.cli) and fills this while they run.
+READ_AHEAD_FRAMES = 256
+#: The decoder's CPU priority (nice, Linux, per thread; FFmpeg's decoding threads inherit it): on a
+#: machine with fewer idle cores than work, the linker (one thread, in frame order, the pipeline's
+#: serial part) comes first; decoding runs ahead in what CPU is left.
+DECODER_NICENESS = 10
 
 
 def to_gray(frame: np.ndarray) -> np.ndarray:
@@ -91,57 +98,101 @@ class Video:
         self.frame_count = read
 
 
-def read_ahead(frames: Iterator[np.ndarray], max_frames: int = READ_AHEAD_FRAMES) -> Iterator[np.ndarray]:
+class ReadAhead(Iterator[np.ndarray]):
     """``frames``, decoded in a thread of their own up to ``max_frames`` ahead of the caller.
 
-    Decoding (OpenCV/FFmpeg, which release the GIL; FFV1 takes ~5 ms of CPU per 640 x 480
+    Decoding (OpenCV/FFmpeg, which release the GIL; FFV1 takes ~5-10 ms of CPU per 640 x 480
     8-bit frame) then overlaps the work on earlier frames instead of alternating with it (a
-    producer-consumer pipeline through a bounded queue). The same frames come out in the
-    same order; an error of the decoder (an ExoacqError: truncated file, unreadable image)
-    is raised here, in the caller's thread, after the frames before it. Closing the iterator
-    (or leaving the loop on an error) stops the decoder and releases the file.
+    producer-consumer pipeline through a bounded queue). The decoder starts at once, before the
+    first frame is asked for. The same frames come out in the same order; an error of the
+    decoder (an ExoacqError: truncated file, unreadable image) is raised here, in the caller's
+    thread, after the frames before it. ``close()`` (or leaving a loop over it on an error) stops
+    the decoder and releases the file. ``niceness``: the decoding thread lowers its CPU
+    priority by this much first (Linux; the threads the codec starts inherit it), see
+    DECODER_NICENESS.
     """
-    if max_frames < 1:
-        raise ValueError(f"max_frames = {max_frames}: must be >= 1")
-    waiting: queue.Queue = queue.Queue(max_frames)
-    stop = threading.Event()
-    end = object()
 
-    def put(item: object) -> bool:
-        while not stop.is_set():
+    _END = object()
+
+    def __init__(self, frames: Iterator[np.ndarray], max_frames: int = READ_AHEAD_FRAMES, *,
+                 niceness: int | None = None):
+        if max_frames < 1:
+            raise ValueError(f"max_frames = {max_frames}: must be >= 1")
+        self._frames, self._niceness = frames, niceness
+        self._waiting: queue.Queue = queue.Queue(max_frames)
+        self._stop = threading.Event()
+        self._done = False
+        self._decoder = threading.Thread(target=self._decode, name="video-decoder", daemon=True)
+        self._decoder.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
             try:
-                waiting.put(item, timeout=0.05)
+                self._waiting.put(item, timeout=0.05)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def decode() -> None:
+    def _decode(self) -> None:
+        if self._niceness:
+            lower_thread_priority(self._niceness)
         try:
-            for frame in frames:
-                if not put(frame):
+            for frame in self._frames:
+                if not self._put(frame):
                     return
-            put(end)
+            self._put(self._END)
         except BaseException as exc:  # raised again in the caller's thread
-            put(exc)
+            self._put(exc)
         finally:
-            close = getattr(frames, "close", None)
+            close = getattr(self._frames, "close", None)
             if close is not None:
                 close()
 
-    decoder = threading.Thread(target=decode, name="video-decoder", daemon=True)
-    decoder.start()
+    def __next__(self) -> np.ndarray:
+        if self._done:
+            raise StopIteration
+        item = self._waiting.get()
+        if item is self._END:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop the decoder (it releases the file) and wait for it."""
+        self._done = True
+        self._stop.set()
+        self._decoder.join()
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+def read_ahead(frames: Iterator[np.ndarray], max_frames: int = READ_AHEAD_FRAMES, *,
+               niceness: int | None = None) -> ReadAhead:
+    """``frames`` decoded ahead in a thread of their own (:class:`ReadAhead`), started now."""
+    return ReadAhead(frames, max_frames, niceness=niceness)
+
+
+def lower_thread_priority(niceness: int) -> None:
+    """Lower the calling thread's CPU priority by ``niceness`` (Linux: threads are scheduled as tasks of
+    their own, and the threads it then starts inherit their creator's nice; elsewhere nothing)."""
+    if sys.platform != "linux" or niceness <= 0:
+        return
+    tid = threading.get_native_id()
     try:
-        while True:
-            item = waiting.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        decoder.join()
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + niceness, 19))
+    except OSError:  # a sandbox that forbids it: decoding at the same priority is only slower here
+        pass
+
+
+def start_decoding(video: "Video") -> Iterator[np.ndarray]:
+    """The frames of ``video``, decoded ahead in a thread of their own at a lower CPU priority
+    (:func:`read_ahead`, DECODER_NICENESS); close the iterator when done with it."""
+    return read_ahead(video.frames(), read_ahead_frames(video.width, video.height), niceness=DECODER_NICENESS)
 
 
 def read_ahead_frames(width: int, height: int, bytes_per_pixel: int = 2) -> int:
