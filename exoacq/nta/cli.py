@@ -241,7 +241,7 @@ def analyze_with_progress(args: argparse.Namespace, outputs: list[Path | None]) 
     """Open and analyse ``args.video`` (progress on stderr); output folders are checked first.
 
     Decoding starts before the analysis is imported (numba, trackpy, pandas, scipy: ~2 s of one
-    core), so that on a multi-core machine the first frames are decoded meanwhile."""
+    core), so that the first frames are decoded on the other cores meanwhile."""
     from exoacq.nta.video import open_video, start_decoding
 
     for output in outputs:  # before a long analysis, not after it

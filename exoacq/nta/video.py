@@ -6,9 +6,7 @@ one channel (luma, ITU-R BT.601, as OpenCV's BGR2GRAY).
 """
 from __future__ import annotations
 
-import os
 import queue
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,10 +24,6 @@ READ_AHEAD_BYTES = 128 * 2**20
 #: ... and at most this many (256 frames of 640 x 480 x 8 bits: 79 MB). The decoder starts before the
 #: analysis's imports (exoacq.nta.cli) and fills this while they run.
 READ_AHEAD_FRAMES = 256
-#: The decoder's CPU priority (nice, Linux, per thread; FFmpeg's decoding threads inherit it): on a
-#: machine with fewer idle cores than work, the linker (one thread, in frame order, the pipeline's
-#: serial part) comes first; decoding runs ahead in what CPU is left.
-DECODER_NICENESS = 10
 
 
 def to_gray(frame: np.ndarray) -> np.ndarray:
@@ -107,18 +101,15 @@ class ReadAhead(Iterator[np.ndarray]):
     first frame is asked for. The same frames come out in the same order; an error of the
     decoder (an ExoacqError: truncated file, unreadable image) is raised here, in the caller's
     thread, after the frames before it. ``close()`` (or leaving a loop over it on an error) stops
-    the decoder and releases the file. ``niceness``: the decoding thread lowers its CPU
-    priority by this much first (Linux; the threads the codec starts inherit it), see
-    DECODER_NICENESS.
+    the decoder and releases the file.
     """
 
     _END = object()
 
-    def __init__(self, frames: Iterator[np.ndarray], max_frames: int = READ_AHEAD_FRAMES, *,
-                 niceness: int | None = None):
+    def __init__(self, frames: Iterator[np.ndarray], max_frames: int = READ_AHEAD_FRAMES):
         if max_frames < 1:
             raise ValueError(f"max_frames = {max_frames}: must be >= 1")
-        self._frames, self._niceness = frames, niceness
+        self._frames = frames
         self._waiting: queue.Queue = queue.Queue(max_frames)
         self._stop = threading.Event()
         self._done = False
@@ -135,8 +126,6 @@ class ReadAhead(Iterator[np.ndarray]):
         return False
 
     def _decode(self) -> None:
-        if self._niceness:
-            lower_thread_priority(self._niceness)
         try:
             for frame in self._frames:
                 if not self._put(frame):
@@ -171,28 +160,15 @@ class ReadAhead(Iterator[np.ndarray]):
         self._stop.set()
 
 
-def read_ahead(frames: Iterator[np.ndarray], max_frames: int = READ_AHEAD_FRAMES, *,
-               niceness: int | None = None) -> ReadAhead:
+def read_ahead(frames: Iterator[np.ndarray], max_frames: int = READ_AHEAD_FRAMES) -> ReadAhead:
     """``frames`` decoded ahead in a thread of their own (:class:`ReadAhead`), started now."""
-    return ReadAhead(frames, max_frames, niceness=niceness)
-
-
-def lower_thread_priority(niceness: int) -> None:
-    """Lower the calling thread's CPU priority by ``niceness`` (Linux: threads are scheduled as tasks of
-    their own, and the threads it then starts inherit their creator's nice; elsewhere nothing)."""
-    if sys.platform != "linux" or niceness <= 0:
-        return
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + niceness, 19))
-    except OSError:  # a sandbox that forbids it: decoding at the same priority is only slower here
-        pass
+    return ReadAhead(frames, max_frames)
 
 
 def start_decoding(video: "Video") -> Iterator[np.ndarray]:
-    """The frames of ``video``, decoded ahead in a thread of their own at a lower CPU priority
-    (:func:`read_ahead`, DECODER_NICENESS); close the iterator when done with it."""
-    return read_ahead(video.frames(), read_ahead_frames(video.width, video.height), niceness=DECODER_NICENESS)
+    """The frames of ``video``, decoded ahead in a thread of their own (:func:`read_ahead`); close
+    the iterator when done with it."""
+    return read_ahead(video.frames(), read_ahead_frames(video.width, video.height))
 
 
 def read_ahead_frames(width: int, height: int, bytes_per_pixel: int = 2) -> int:
