@@ -39,8 +39,8 @@ demo: install
 # Tests that assert live acquisition keeps up (marker realtime) then run alone: a second test
 # process competing for the cores would make a simulated camera miss frames.
 test: install
-	$(BIN)/python -m pytest -ra -n 2 --dist loadfile -m "not realtime"; parallel=$$?; \
-	$(BIN)/python -m pytest -ra -m realtime; alone=$$?; \
+	$(BIN)/python -m pytest -ra --durations=25 -n 2 --dist loadfile -m "not realtime"; parallel=$$?; \
+	$(BIN)/python -m pytest -ra --durations=10 -m realtime; alone=$$?; \
 	test $$parallel -eq 0 -a $$alone -eq 0
 
 clean:
