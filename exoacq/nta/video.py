@@ -156,8 +156,10 @@ class ReadAhead(Iterator[np.ndarray]):
         self._stop.set()
         self._decoder.join()
 
-    def __del__(self) -> None:
-        self._stop.set()
+    def __del__(self) -> None:  # dropped unclosed (a loop left early): the decoder stops within 50 ms
+        stop = getattr(self, "_stop", None)  # None when __init__ refused its arguments
+        if stop is not None:
+            stop.set()
 
 
 def read_ahead(frames: Iterator[np.ndarray], max_frames: int = READ_AHEAD_FRAMES) -> ReadAhead:
