@@ -167,7 +167,7 @@ def read_ahead(frames: Iterator[np.ndarray], max_frames: int = READ_AHEAD_FRAMES
     return ReadAhead(frames, max_frames)
 
 
-def start_decoding(video: "Video") -> Iterator[np.ndarray]:
+def start_decoding(video: Video) -> ReadAhead:
     """The frames of ``video``, decoded ahead in a thread of their own (:func:`read_ahead`); close
     the iterator when done with it."""
     return read_ahead(video.frames(), read_ahead_frames(video.width, video.height))

@@ -137,14 +137,11 @@ def cpu_seconds(groups: dict[str, list[int]]) -> dict[str, float]:
     seen: set[int] = set()
     totals: dict[str, float] = {}
     for group, roots in groups.items():
-        stack, total = [p for p in roots if p in table], 0.0
-        while stack:
-            pid = stack.pop()
-            if pid in seen:
-                continue
-            seen.add(pid)
-            total += table[pid][1]
-            stack += children.get(pid, [])
+        total = 0.0
+        for pid in (p for root in roots if root in table for p in (root, *_descendants(children, root))):
+            if pid not in seen:
+                seen.add(pid)
+                total += table[pid][1]
         totals[group] = total
     # the rest of this process's descendants (a group's processes take all their descendants along)
     totals["browser"] = sum(table[pid][1] for pid in _descendants(children, os.getpid()) if pid not in seen)
