@@ -130,8 +130,48 @@ def test_stationary_and_saturated_tracks_are_recognised():
     assert len(stationary) == 1 and not stationary["used"].any()  # the hot pixel, and nothing else
     assert (table["saturated_fraction"] > 0).sum() >= 1 and table["max_mass_unsaturated"].max() == 500.0
     summary = tracker.summary()
-    assert summary["rejected_tracks"] == {"stationary": 1} and summary["saturated_tracks"] >= 1
+    assert summary["rejected_tracks"] == {"stationary": 1, "dim": 0} and summary["saturated_tracks"] >= 1
     assert summary["size_nm"]["d50"] == pytest.approx(100.0, rel=0.05)  # 30 tracks: the median, not the mean
+
+
+def test_the_link_threshold_lies_below_the_threshold_and_not_below_the_noise_floor():
+    chosen = {"minmass": 150.0, "rule": "noise", "noise_floor_mass": 100.0}
+    assert _params(minmass=150.0, threshold=chosen).link_minmass == pytest.approx(100.0)  # 150 / 1.5
+    assert _params(minmass=225.0, threshold=chosen).link_minmass == pytest.approx(150.0)  # raised x 1.5
+    assert _params(minmass=100.0, threshold=chosen).link_minmass == pytest.approx(100.0)  # lowered to the floor
+    assert _params(minmass=80.0, threshold=chosen).link_minmass == pytest.approx(80.0)  # below it: no lower
+    assert _params(minmass=300.0).link_minmass == 300.0  # a threshold given: no floor measured, no hysteresis
+    assert _params(minmass=150.0, threshold=chosen).locate_options()["minmass"] == pytest.approx(100.0)
+
+
+def test_tracks_continue_through_features_below_the_threshold_and_dim_tracks_are_not_sized():
+    """A particle whose feature dims below the threshold for a frame (a streak, a noisy pixel) keeps its track;
+    the frame's count and the size distribution hold only what reaches the threshold."""
+    chosen = {"minmass": 150.0, "rule": "noise", "noise_floor_mass": 100.0}
+    tracker = StreamingTracker(_params(minmass=150.0, threshold=chosen))
+    rng = np.random.default_rng(8)
+    for f, features in enumerate(_frames(60, rng)):
+        mass = features["mass"].copy()
+        mass[f % 29] = 120.0  # each frame one particle's feature dims below the threshold, above the link level
+        mass[29] = 110.0  # one particle is dim throughout (far from the sheet's centre)
+        tracker.add_frame(f, features | {"mass": mass})
+    # 31 features linked (30 particles and a stuck one); the dimmed one and the dim particle are not counted
+    assert tracker.features_per_frame == [29] * 60
+    table = tracker.tracks_table()
+    assert len(table) == 31 and (table["length_frames"] == 60).all()  # no track broke
+    dim = table.loc[table["rejected"] == "dim"]
+    assert len(dim) == 1 and dim["mean_mass"].iloc[0] == 110.0 and not dim["used"].any()
+    summary = tracker.summary()
+    assert summary["rejected_tracks"] == {"stationary": 1, "dim": 1}
+    assert summary["tracks"]["used"] == 29 and summary["threshold"]["link_minmass"] == pytest.approx(100.0)
+
+
+def test_rejected_tracks_stay_out_of_the_size_distribution():
+    tracker = StreamingTracker(_params())
+    _feed(tracker, 60, np.random.default_rng(9))  # 30 particles and a hot pixel
+    table, summary = tracker.tracks_table(), tracker.summary()
+    assert summary["rejected_tracks"]["stationary"] == 1
+    assert summary["tracks"]["used"] == int(table["used"].sum()) == len(table) - 1  # all but the hot pixel
 
 
 def test_trackers_linking_side_by_side_do_not_share_particle_ids():

@@ -147,7 +147,7 @@ def test_calibrate_writes_a_calibration_that_analyze_uses(video, tmp_path):
     proc, _ = analyze(str(video), *ANALYSIS, "--calibration", str(cal), "--pixel-size-um", "0.2")
     assert proc.returncode == 2 and "measured with pixel_size_um = 0.166" in proc.stderr
     proc, doc = analyze(str(video), *ANALYSIS, "--calibration", str(cal), "--minmass", "300", "--json")
-    assert proc.returncode == 0 and doc["threshold"] == {"minmass": 300.0, "rule": "fixed"}
+    assert proc.returncode == 0 and doc["threshold"] == {"minmass": 300.0, "rule": "fixed", "link_minmass": 300.0}
 
 
 def test_real_video_diffusion_is_that_of_one_micron_latex():

@@ -201,10 +201,12 @@ def test_the_baseline_uses_the_threshold_exoacq_chose():
 
     from exoacq.nta.bench import baseline_minmass
 
-    params = SimpleNamespace(minmass=300.0)
-    assert baseline_minmass({"threshold": {"minmass": 187.5, "rule": "noise"}}, params) == 187.5
-    assert baseline_minmass({"threshold": {"minmass": None}}, params) == 300.0
-    assert baseline_minmass({}, params) == 300.0
+    params = SimpleNamespace(minmass=300.0, link_minmass=300.0)
+    chosen = {"minmass": 187.5, "rule": "noise", "link_minmass": 125.0}
+    assert baseline_minmass({"threshold": chosen}, params) == (187.5, 125.0)
+    assert baseline_minmass({"threshold": {"minmass": 187.5, "rule": "fixed"}}, params) == (187.5, 187.5)
+    assert baseline_minmass({"threshold": {"minmass": None}}, params) == (300.0, 300.0)
+    assert baseline_minmass({}, params) == (300.0, 300.0)
 
 
 def test_bench_arguments_give_back_the_analysis_options():

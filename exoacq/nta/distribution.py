@@ -1,7 +1,8 @@
 """The size distribution of a sample from its tracks: the steps from per-track sums to reported numbers.
 
 1. Tracks: every track of at least ``min_track_length`` points (given, or
-   chosen from the data: :func:`auto_min_track_length`).
+   chosen from the data: :func:`auto_min_track_length`) that is not rejected
+   (stationary, or dim: its mean feature mass below the threshold).
 2. Localisation error: the median of the tracks' sigma^2 by the covariance
    estimator (Vestergaard, Blainey & Flyvbjerg 2014), with the motion-blur
    coefficient of the exposure (robust to a minority of noisy tracks).
@@ -133,7 +134,8 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
     (concentration = features per frame / V_cal x ratio); else 1.
     """
     warnings: list[str] = []
-    stepped = table.loc[(table["n_pairs"] > 0) & (table["sum_sq_um2"] > 0)]
+    particle = table["rejected"] == "" if "rejected" in table.columns else True  # not stationary, not dim
+    stepped = table.loc[(table["n_pairs"] > 0) & (table["sum_sq_um2"] > 0) & particle]
     # In an order of their own content, not of the linker's particle ids (which depend on the order in
     # which workers returned frames): the same tracks then give the same sums to the last bit.
     order = [c for c in ("first_frame", "length_frames", "sum_sq_um2", "n_pairs") if c in stepped.columns]

@@ -72,8 +72,8 @@ def combine_captures(captures: list[dict[str, Any]]) -> dict[str, Any]:
         # chosen once for the run (from the noise of its first frames), or given
         "threshold": per_capture[0].get("threshold"),
         "blur": _combined_blur([c.get("blur") for c in per_capture]),
-        "rejected_tracks": {"stationary": sum((c.get("rejected_tracks") or {}).get("stationary", 0)
-                                              for c in per_capture)},
+        "rejected_tracks": {why: sum((c.get("rejected_tracks") or {}).get(why, 0) for c in per_capture)
+                            for why in ("stationary", "dim")},
         "saturated_tracks": sum(c.get("saturated_tracks", 0) for c in per_capture),
         "histogram": histogram,
         "temperature_c": stats["temperature_c"]["average"],

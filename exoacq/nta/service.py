@@ -139,11 +139,12 @@ class NTAService(MethodService):
                         params = with_threshold(params, first)
                     continue
                 features = locate_features(frame, **params.locate_options())
-                counts.append(len(features["x"]))
+                seen = np.asarray(features["mass"], float) >= params.minmass  # detected: at the threshold
+                counts.append(int(np.count_nonzero(seen)))
                 header = {"run_id": None, "instrument": self.instrument.name, "preview": True,
                           "frame_number": frame_number, "timestamp": timestamp, "exposure_ms": camera.exposure_ms,
                           "minmass": params.minmass,
-                          "features": {k: np.round(np.asarray(features[k]), 2).tolist()
+                          "features": {k: np.round(np.asarray(features[k])[seen], 2).tolist()
                                        for k in ("x", "y", "mass") if k in features}}
                 engine.send_live(header, frame)
                 frame_number += 1

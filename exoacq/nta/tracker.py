@@ -226,12 +226,13 @@ class Linker:
         self.maybe_finish(run)
 
     def send_live(self, run: _Run) -> None:
-        """The newest linked frame's features (x, y, mass; 2 decimals) and the tails of the tracks in it
+        """The newest linked frame's features at the threshold (x, y, mass; 2 decimals) and the tails of the tracks in it
         (StreamingTracker.tails), for viewers; the daemon publishes them on its frames socket."""
         frame_number, timestamp, cols = run.last_linked
         run.last_linked = None  # each frame once
         run_id, _, capture = run.run_id.partition("/")
-        features = {k: np.round(np.asarray(cols[k], float), 2).tolist() for k in ("x", "y", "mass")}
+        seen = np.asarray(cols["mass"], float) >= (run.tracker.params.minmass or 0.0)  # detected: at the threshold
+        features = {k: np.round(np.asarray(cols[k], float)[seen], 2).tolist() for k in ("x", "y", "mass")}
         # LIVE_PREFIX, then the rest of the viewers' document: the daemon forwards it without parsing it
         try:
             body = json.dumps({"run_id": run_id, "capture": int(capture or 1), "frame_number": int(frame_number),
