@@ -113,6 +113,20 @@ def test_monodisperse_tracks_give_their_size_with_the_automatic_track_length():
         assert result["size_nm"][key] == pytest.approx(200.0, rel=0.03)
 
 
+def test_a_distribution_is_smoothed_in_ln_d_keeping_its_mass_and_mode():
+    grid = distribution.diameter_grid_nm(np.array([]), T_C, ETA)
+    spike = np.zeros_like(grid)
+    spike[np.argmin(abs(grid - 100.0))] = 1.0
+    smoothed = sizing.smooth_distribution(grid, spike, 0.1)
+    ln = np.log(grid)
+    mean_ln = smoothed @ ln
+    assert smoothed.sum() == pytest.approx(1.0) and math.exp(mean_ln) == pytest.approx(100.0, rel=0.02)
+    assert math.sqrt(smoothed @ (ln - mean_ln) ** 2) == pytest.approx(0.1, rel=0.02)
+    assert sizing.distribution_statistics(grid, smoothed)["mode"] == pytest.approx(100.0, rel=0.03)
+    assert np.array_equal(sizing.smooth_distribution(grid, 2 * spike, 0.0), spike)
+    assert np.array_equal(sizing.smooth_distribution(grid, spike, None), spike)
+
+
 def test_too_few_tracks_say_so():
     rng = np.random.default_rng(14)
     result = size_distribution(synthetic_tracks(rng, np.full(20, 100.0)), min_track_length=10)

@@ -440,13 +440,27 @@ def _em(f: np.ndarray, w: np.ndarray, tolerance_nats: float, max_iterations: int
     return p, False, gap, max_iterations
 
 
+def smoothing_kernel(grid, ln_sd: float) -> np.ndarray:
+    """K[i, j]: a Gaussian bump of SD ``ln_sd`` in ln(d) centred on grid[j], normalised over i."""
+    ln = np.log(np.asarray(grid, float))
+    kernel = np.exp(-0.5 * ((ln[:, None] - ln[None, :]) / ln_sd) ** 2)
+    return kernel / kernel.sum(axis=0, keepdims=True)
+
+
+def smooth_distribution(grid, probability, ln_sd: float | None) -> np.ndarray:
+    """``probability`` on ``grid`` convolved with a Gaussian of SD ``ln_sd`` in ln(d) (unchanged for 0 or None),
+    renormalised: e.g. an ML distribution (a few spikes) smoothed by the width its likelihood allows
+    (:attr:`SizeDistribution.mode_smoothing_ln_sd`), for its mode and histograms."""
+    p = np.asarray(probability, float)
+    if not ln_sd:
+        return p / p.sum()
+    out = smoothing_kernel(grid, ln_sd) @ p
+    return out / out.sum()
+
+
 def _fit(f, w, grid, smoothing_ln_sd, method, tolerance_nats, max_iterations):
     """ML of p = K pi, K Gaussian bumps of SD smoothing_ln_sd in ln(d) (identity for 0)."""
-    kernel = None
-    if smoothing_ln_sd > 0:
-        ln = np.log(grid)
-        kernel = np.exp(-0.5 * ((ln[:, None] - ln[None, :]) / smoothing_ln_sd) ** 2)
-        kernel /= kernel.sum(axis=0, keepdims=True)
+    kernel = smoothing_kernel(grid, smoothing_ln_sd) if smoothing_ln_sd > 0 else None
     solver = {"newton": _newton, "em": _em}[method]
     pi, converged, gap, iterations = solver(f if kernel is None else f @ kernel, w, tolerance_nats, max_iterations)
     p = pi if kernel is None else kernel @ pi
