@@ -134,10 +134,10 @@ def test_stationary_and_saturated_tracks_are_recognised():
     assert summary["size_nm"]["d50"] == pytest.approx(100.0, rel=0.05)  # 30 tracks: the median, not the mean
 
 
-def test_the_link_threshold_lies_below_the_threshold_and_not_below_the_noise_floor():
+def test_features_join_tracks_down_to_the_noise_floor():
     chosen = {"minmass": 150.0, "rule": "noise", "noise_floor_mass": 100.0}
-    assert _params(minmass=150.0, threshold=chosen).link_minmass == pytest.approx(100.0)  # 150 / 1.5
-    assert _params(minmass=225.0, threshold=chosen).link_minmass == pytest.approx(150.0)  # raised x 1.5
+    assert _params(minmass=150.0, threshold=chosen).link_minmass == pytest.approx(100.0)  # the floor
+    assert _params(minmass=225.0, threshold=chosen).link_minmass == pytest.approx(100.0)  # raised x 1.5
     assert _params(minmass=100.0, threshold=chosen).link_minmass == pytest.approx(100.0)  # lowered to the floor
     assert _params(minmass=80.0, threshold=chosen).link_minmass == pytest.approx(80.0)  # below it: no lower
     assert _params(minmass=300.0).link_minmass == 300.0  # a threshold given: no floor measured, no hysteresis

@@ -64,14 +64,6 @@ PILOT_MIN_TRACKS = 20
 #: PILOT_MIN_TRACKS of them): dense dim features link by chance at a wide range and would widen it further.
 PILOT_BRIGHTNESS = 1.5
 MIN_SEARCH_RANGE_PX = 3.0
-#: Features down to the threshold / TRACK_HYSTERESIS (never below the video's measured noise floor) join tracks;
-#: a track is a particle when its mean feature mass reaches the threshold (hysteresis, as in Canny edges). A
-#: particle's feature dims for a frame when it moves during the exposure (a streak leaves the detector's
-#: disc, and its band-pass) or passes a noisy pixel: thresholded frame by frame, its tracks broke there, and
-#: the surviving steps were the small ones (EMCCD simulator, 40 ms exposure, threshold x 1.5: 100 nm read
-#: +23 %, 60 nm +64 %; with the hysteresis +8 % and +15 %). Concentrations still count the features at the
-#: threshold.
-TRACK_HYSTERESIS = 1.5
 #: The pilot links its frames again at the range it chose while their tracks ask for one narrower by more than
 #: this fraction, at most PILOT_ITERATIONS times (StreamingTracker._choose_search_range). Smaller changes are
 #: within the range's own margin (it covers twice the D95: sqrt(2) wider than that D's steps need) and the
@@ -155,13 +147,22 @@ class TrackingParameters:
 
     @property
     def link_minmass(self) -> float | None:
-        """The mass down to which features join tracks: ``minmass`` / TRACK_HYSTERESIS, not below the noise
-        floor measured on the video (``threshold["noise_floor_mass"]``); ``minmass`` itself when no floor was
-        measured (a threshold given)."""
+        """The mass down to which features join tracks: the noise floor measured on the video
+        (``threshold["noise_floor_mass"]``) when it is below ``minmass``, else ``minmass`` (also when no floor
+        was measured: a threshold given).
+
+        Hysteresis (as in Canny's edges): a track is a particle when its mean feature mass reaches
+        ``minmass`` (else it is rejected as "dim"), but its features may dim down to the floor. A particle's
+        feature dims for a frame when it moves during the exposure (the streak leaves the detector's disc and
+        its band-pass) or passes a noisy pixel; thresholded frame by frame at ``minmass``, its track broke
+        there and the surviving steps were the small ones (EMCCD simulator, 60 nm, 40 ms exposure, one 40 s
+        capture: +15 % at the automatic threshold, +64 % at 1.5 x; linked down to the floor +2 % and +10 %).
+        Concentrations and live features count only the features at ``minmass``.
+        """
         floor = (self.threshold or {}).get("noise_floor_mass")
         if self.minmass is None or floor is None:
             return self.minmass
-        return min(self.minmass, max(float(floor), self.minmass / TRACK_HYSTERESIS))
+        return min(self.minmass, float(floor))
 
     def locate_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`locate_features` (features down to :attr:`link_minmass`)."""
@@ -356,7 +357,8 @@ def rejection(t: TrackSums, pids: np.ndarray, n_steps: np.ndarray, pixel_size_um
               minmass: float | None = None) -> np.ndarray:
     """Why each track is not a particle ("" if it is one): "stationary" (see STATIONARY_SPREAD_STEPS), or
     "dim": its mean feature mass is below ``minmass`` (linked through features down to the noise floor,
-    TRACK_HYSTERESIS, but not a particle detected at the threshold: noise, or a particle far from the sheet).
+    :attr:`TrackingParameters.link_minmass`, but not a particle detected at the threshold: noise, or a particle
+    far from the sheet).
 
     The test is scale-free (a ratio of lengths that a diffusing particle keeps whatever its D), so it
     prefers no size. Raw positions and steps: a stuck feature stays put while the sample drifts past it.
@@ -727,7 +729,7 @@ class StreamingTracker:
                                             & (table["length_frames"] >= (min_track_length or 0))).sum())},
             "saturated_tracks": int((table["saturated_fraction"] > 0).sum()),
             "blur": None if distribution is None else distribution.get("blur"),
-            # link_minmass: features down to it join tracks (TRACK_HYSTERESIS)
+            # link_minmass: features down to it join tracks (TrackingParameters.link_minmass)
             "threshold": (dict(p.threshold) if p.threshold else {"minmass": p.minmass, "rule": "fixed"})
             | {"link_minmass": p.link_minmass},
             "drift_um_s": self._drift.velocity_um_s(p.frame_rate_hz),

@@ -334,7 +334,7 @@ def _time_command(video_path: Path, command_args: list[str]) -> tuple[float, dic
 def _trackpy_pipeline(video_path: Path, params, minmass: float, link_minmass: float, search_range_px: float,
                       min_length: int) -> tuple[Any, Any]:
     """The plain trackpy pipeline, decoding included: (features, imsd). Features down to ``link_minmass``
-    are linked; tracks whose mean mass reaches ``minmass`` are kept (exoacq.nta.analysis.TRACK_HYSTERESIS)."""
+    are linked; tracks whose mean mass reaches ``minmass`` are kept (exoacq.nta.analysis, link_minmass)."""
     import trackpy as tp
 
     from exoacq.nta.video import open_video
