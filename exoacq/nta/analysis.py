@@ -620,8 +620,9 @@ class StreamingTracker:
 
     def tails(self, frame_number: int, points: int = TAIL_POINTS) -> list[list[float]]:
         """The live tracks' tails for viewers: each track that has a feature at the threshold in frame
-        ``frame_number`` (the newest linked one) and at least 2 points, its last <= ``points`` positions, oldest first, as
-        [x0, y0, x1, y1, ...] (px, 2 decimals). While the pilot holds the frames: the provisional tracks'.
+        ``frame_number`` (the newest linked one) and at least 2 points, its last <= ``points`` positions,
+        oldest first, as [x0, y0, x1, y1, ...] (px, 2 decimals). While the pilot holds the frames: the
+        provisional tracks'.
         Reads only the last ``points`` frames' rows (no per-track history is kept for it)."""
         if self._provisional is not None:
             return self._provisional.tails(frame_number, points)
@@ -726,7 +727,8 @@ class StreamingTracker:
             # dim: tracks long enough to be sized whose mean feature mass is below the threshold
             "rejected_tracks": {"stationary": int((table["rejected"] == "stationary").sum()),
                                 "dim": int(((table["rejected"] == "dim")
-                                            & (table["length_frames"] >= (min_track_length or 0))).sum())},
+                                            & (table["length_frames"] >= (min_track_length or self.min_track_length())))
+                                        .sum())},
             "saturated_tracks": int((table["saturated_fraction"] > 0).sum()),
             "blur": None if distribution is None else distribution.get("blur"),
             # link_minmass: features down to it join tracks (TrackingParameters.link_minmass)

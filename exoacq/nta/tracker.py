@@ -226,8 +226,8 @@ class Linker:
         self.maybe_finish(run)
 
     def send_live(self, run: _Run) -> None:
-        """The newest linked frame's features at the threshold (x, y, mass; 2 decimals) and the tails of the tracks in it
-        (StreamingTracker.tails), for viewers; the daemon publishes them on its frames socket."""
+        """The newest linked frame's features at the threshold (x, y, mass; 2 decimals) and the tails of the tracks
+        in it (StreamingTracker.tails), for viewers; the daemon publishes them on its frames socket."""
         frame_number, timestamp, cols = run.last_linked
         run.last_linked = None  # each frame once
         run_id, _, capture = run.run_id.partition("/")
