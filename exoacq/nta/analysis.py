@@ -211,11 +211,11 @@ def with_threshold(params: "TrackingParameters", frames: list[np.ndarray]) -> "T
     return dataclasses.replace(params, **changes) if changes else params
 
 
-def count_above(features: Mapping[str, Any], minmass: float | None) -> int:
-    """How many of a frame's features reach ``minmass`` (all of them when it is None)."""
-    if minmass is None:
-        return len(features["x"])
-    return int(np.count_nonzero(np.asarray(features["mass"], float) >= minmass))
+def at_threshold(mass, minmass: float | None) -> np.ndarray:
+    """Which features are detected: their mass reaches ``minmass`` (all of them when it is None). Features
+    below it, down to :attr:`TrackingParameters.link_minmass`, are linked but neither counted nor shown."""
+    mass = np.asarray(mass, float)
+    return np.ones(mass.shape, bool) if minmass is None else mass >= minmass
 
 
 def search_range_px(min_diameter_nm: float, temperature_c: float, viscosity_mpa_s: float,
@@ -404,7 +404,7 @@ class StreamingTracker:
     def add_frame(self, frame_number: int, features: Mapping[str, Any]) -> None:
         """Link one frame's features (a DataFrame or a mapping of arrays with y, x, mass in px). Features
         below ``minmass`` (down to :attr:`TrackingParameters.link_minmass`) are linked but not counted."""
-        self.features_per_frame.append(count_above(features, self.params.minmass))
+        self.features_per_frame.append(int(np.count_nonzero(at_threshold(features["mass"], self.params.minmass))))
         if self.params.auto_search_range:  # pilot: hold the first frames until the range is chosen
             held = {k: np.asarray(features[k], float) for k in ("y", "x", "mass", "raw_max") if k in features}
             self._pilot.append((frame_number, held))
@@ -632,7 +632,7 @@ class StreamingTracker:
         rows = np.concatenate(recent)
         # the tracks whose feature in this frame reaches the threshold (the features viewers are shown)
         last = recent[-1]
-        shown = last[last[:, 4] >= (self.params.minmass or 0.0), 1]
+        shown = last[at_threshold(last[:, 4], self.params.minmass), 1]
         # a track is continuous (no memory): its rows in these frames are its last positions
         rows = rows[(rows[:, 0] > frame_number - points) & np.isin(rows[:, 1], shown)]
         rows = rows[np.lexsort((rows[:, 0], rows[:, 1]))]  # by particle, then frame

@@ -116,7 +116,7 @@ class NTAService(MethodService):
 
     def preview(self, stop: threading.Event) -> None:
         """Laser on, frames to the live socket, each frame's features located and reported; nothing kept."""
-        from exoacq.nta.analysis import locate_features, with_threshold
+        from exoacq.nta.analysis import at_threshold, locate_features, with_threshold
         from exoacq.nta.threshold import SAMPLE_FRAMES as THRESHOLD_FRAMES
 
         engine, camera = self.engine, self.engine.camera
@@ -139,7 +139,7 @@ class NTAService(MethodService):
                         params = with_threshold(params, first)
                     continue
                 features = locate_features(frame, **params.locate_options())
-                seen = np.asarray(features["mass"], float) >= params.minmass  # detected: at the threshold
+                seen = at_threshold(features["mass"], params.minmass)
                 counts.append(int(np.count_nonzero(seen)))
                 header = {"run_id": None, "instrument": self.instrument.name, "preview": True,
                           "frame_number": frame_number, "timestamp": timestamp, "exposure_ms": camera.exposure_ms,

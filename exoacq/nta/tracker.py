@@ -37,7 +37,7 @@ import numpy as np
 import zmq
 
 from exoacq.bus import dumps, loads
-from exoacq.nta.analysis import StreamingTracker, TrackingParameters, warm_up_linker
+from exoacq.nta.analysis import StreamingTracker, TrackingParameters, at_threshold, warm_up_linker
 from exoacq.nta.frame_order import FrameOrder
 from exoacq.physics import water_viscosity_iapws_mpa_s
 
@@ -231,7 +231,7 @@ class Linker:
         frame_number, timestamp, cols = run.last_linked
         run.last_linked = None  # each frame once
         run_id, _, capture = run.run_id.partition("/")
-        seen = np.asarray(cols["mass"], float) >= (run.tracker.params.minmass or 0.0)  # detected: at the threshold
+        seen = at_threshold(cols["mass"], run.tracker.params.minmass)
         features = {k: np.round(np.asarray(cols[k], float)[seen], 2).tolist() for k in ("x", "y", "mass")}
         # LIVE_PREFIX, then the rest of the viewers' document: the daemon forwards it without parsing it
         try:
