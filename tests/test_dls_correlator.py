@@ -256,6 +256,7 @@ def test_bench_correlator_reports_both_and_agrees():
     """Correctness of the benchmark document only; the speed figures are reported, not asserted."""
     result = bench_correlator(duration_s=0.01, repeats=1)
     assert result["exoacq"]["photons_per_s"] > 0 and result["multipletau"]["photons_per_s"] > 0
+    assert result["simulator"]["realtime_factor"] > 0 and result["simulator"]["photons_per_s"] > 0
     assert result["max_rel_diff"] < 1e-6 and result["lags_compared"] > 100
     assert result["photons"] == pytest.approx(5e4, rel=0.2)
     assert result["settings"]["base_lag_s"] == 25e-9 and result["machine"]["cpus"] >= 1

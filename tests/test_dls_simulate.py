@@ -214,14 +214,12 @@ def test_dust_bursts_raise_the_count_rate_while_they_last():
     assert counts[clear].mean() / 1e-3 == pytest.approx(100e3, rel=0.1)
 
 
-def test_simulator_runs_faster_than_real_time_at_5_mcps():
+def test_simulator_gives_5_mcps_for_a_second():
+    # how fast it is made is a figure of `exoacq bench correlator` (simulator.realtime_factor), not a timed test
     sim = PhotonSimulator(Sample(count_rate_hz=5e6), angle_deg=173, resolution_s=1e-9, seed=1)
-    sim.read(0.01)
-    started = time.perf_counter()
     ticks = sim.read(1.0)
-    elapsed = time.perf_counter() - started
     assert ticks.size == pytest.approx(5e6, rel=0.05)
-    assert elapsed < 1.0, f"{ticks.size / elapsed / 1e6:.1f} M photons/s: slower than real time"
+    assert np.all(np.diff(ticks) >= 0) and ticks[-1] < 1e9
 
 
 # -- the simulated detector ------------------------------------------------------------------------

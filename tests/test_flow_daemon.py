@@ -284,4 +284,5 @@ def test_bench_flow_reports_both_figures_as_json():
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(proc.stdout)
     assert figures["samples_per_s"] > 0 and figures["events_per_s"] > 0
+    assert figures["simulator_realtime_factor"] > 0 and figures["scatter_inversions_per_s"] > 0
     assert figures["targets"] == {"samples_per_s": 200e6, "events_per_s": 2e6}

@@ -3,7 +3,6 @@ an independent coated-sphere formulation, Rayleigh's law and full-sphere integra
 from __future__ import annotations
 
 import math
-import time
 
 import miepython
 import numpy as np
@@ -187,7 +186,7 @@ def test_quadrature_converged_for_large_beads():
     assert coarse[0] == pytest.approx(fine[0], rel=1e-6)
 
 
-def test_scatter_table_round_trip_and_speed():
+def test_scatter_table_round_trip():
     table = ScatterTable(ev(), wavelength_nm=WAVELENGTH_NM, medium_refractive_index=WATER, collection=SIDE)
     d = np.array([30.0, 50.0, 87.0, 120.0, 200.0, 350.0])
     exact = cross_section(d, ev())
@@ -195,10 +194,7 @@ def test_scatter_table_round_trip_and_speed():
     np.testing.assert_allclose(table.diameter_nm(exact), d, rtol=1e-3)
     assert np.isnan(table.diameter_nm([0.0, -1.0, 1e-12, 1e12])).all()
     assert np.isnan(table.cross_section_nm2([5.0, 5000.0])).all()
-    values = np.random.default_rng(1).lognormal(0.0, 2.0, 2_000_000)
-    start = time.perf_counter()
-    table.diameter_nm(values)
-    assert time.perf_counter() - start < 0.5
+    # its speed is a figure of `exoacq bench flow` (scatter_inversions_per_s), not a timed test
 
 
 def test_scatter_table_monotone_branch_ends_before_first_mie_oscillation():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -215,14 +214,11 @@ def test_mesf_ladder_lands_at_gain_times_mesf():
     assert len(blank) > 50 and (blank["FL1_peak_counts"] == 0).all()
 
 
-def test_one_second_of_trace_is_fast():
+def test_one_second_of_trace():
+    # how fast it is made is a figure of `exoacq bench flow` (simulator_realtime_factor), not a timed test
     sim = FlowSimulator(ev_sample() + silica_beads(), dilution=100, seed=9)
-    sim.traces(1000)                                      # compile / load the kernel
-    start = time.perf_counter()
     trace, truth = sim.traces(int(CY.sample_rate_hz))
-    elapsed = time.perf_counter() - start
     assert trace.shape == (3, 1_000_000) and len(truth) > 3000
-    assert elapsed < 1.0, elapsed
 
 
 def test_bad_input_is_a_one_line_config_error():

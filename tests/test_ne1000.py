@@ -359,7 +359,7 @@ def test_silent_pump_times_out(silent_port: str) -> None:
         pump.connect()
     elapsed = time.monotonic() - start
     assert str(caught.value) == f"pump: did not answer 'VER' within 0.2 s on port {silent_port}"
-    assert 0.15 < elapsed < 0.6
+    assert 0.15 < elapsed < 0.9   # the 0.2 s asked for, not the 1 s default (loose for a loaded machine)
     with pytest.raises(DeviceError, match="not connected"):
         pump.firmware()
 

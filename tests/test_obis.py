@@ -220,7 +220,7 @@ def test_silent_port_times_out(silent_port: str) -> None:
     elapsed = time.monotonic() - start
     assert str(caught.value) == (f"laser: did not answer 'SYST:COMM:HAND ON' within 0.2 s "
                                  f"on port {silent_port}")
-    assert 0.15 < elapsed < 0.6
+    assert 0.15 < elapsed < 0.9   # the 0.2 s asked for, not the 1 s default (loose for a loaded machine)
     with pytest.raises(DeviceError, match="not connected"):
         laser.identify()
 

@@ -441,7 +441,7 @@ def test_temperature_wait_aborts_promptly(tec_sim) -> None:
     lines: list[str] = []
     step = TemperatureStep(set_c=30.0, timeout_s=900.0)
     assert not run_device_step(step, {"temperature-controller": tec}, abort=abort, report=lines.append)
-    assert time.monotonic() - fired[0] < 0.5
+    assert time.monotonic() - fired[0] < 2.0   # not the 900 s wait (bound loose for a loaded CI machine)
     assert lines[-1] == "temperature: wait aborted"
 
 
@@ -527,11 +527,11 @@ def test_wait_step_and_abort() -> None:
     abort = threading.Event()
     started = time.monotonic()
     assert run_device_step(WaitStep(seconds=0.2), {}, abort=abort)
-    assert 0.2 <= time.monotonic() - started < 0.5
+    assert 0.2 <= time.monotonic() - started < 2.0
     threading.Timer(0.1, abort.set).start()
     started = time.monotonic()
     assert not run_device_step(WaitStep(seconds=30.0), {}, abort=abort)
-    assert time.monotonic() - started < 0.4
+    assert time.monotonic() - started < 2.0   # aborted, not the 30 s
 
 
 def test_missing_device_and_method_steps() -> None:

@@ -248,7 +248,7 @@ def test_silent_controller_times_out(sim: TED4015Simulator) -> None:
     elapsed = time.monotonic() - start
     assert str(caught.value) == (f"temperature controller: did not answer '*IDN?' within 0.2 s "
                                  f"on {sim.address}")
-    assert 0.15 < elapsed < 0.6
+    assert 0.15 < elapsed < 0.9   # the 0.2 s asked for, not the 1 s default (loose for a loaded machine)
     assert sim.transcript == [("rx", "*IDN?")]
     with pytest.raises(DeviceError, match="not connected"):
         tec.identify()
@@ -324,7 +324,7 @@ def test_unplugged_controller(sim: TED4015Simulator, tec: TED4015) -> None:
     start = time.monotonic()
     tec.close()
     tec.close()
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 0.75 * tec.timeout_s   # no wait for a reply that cannot come
     with pytest.raises(DeviceError) as caught:
         TED4015(sim.address, timeout_s=0.3).connect()
     assert str(caught.value) == (f"temperature controller: VISA I/O failed on {sim.address} "
@@ -348,7 +348,7 @@ def test_close_on_dead_connection_does_not_raise(sim: TED4015Simulator, tec: TED
     start = time.monotonic()
     tec.close()
     tec.close()
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 0.75 * tec.timeout_s   # no wait for a reply that cannot come
 
 
 def test_unopenable_resources_are_one_line_errors() -> None:
