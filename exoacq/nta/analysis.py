@@ -722,8 +722,7 @@ class StreamingTracker:
             "link_search_range_px": None if p.auto_search_range else p.search_range_px,
             "detection": None if distribution is None or "peak_mass_100nm" not in distribution else {
                 "peak_mass_100nm": distribution["peak_mass_100nm"],
-                "mean_relative_depth": distribution["mean_relative_depth"], "volume_ratio": volume_ratio,
-                "tracks_too_shallow": distribution["tracks_too_shallow"]},
+                "mean_relative_depth": distribution["mean_relative_depth"], "volume_ratio": volume_ratio},
             "frames_analysed": frames,
             # dim: tracks long enough to be sized whose mean feature mass is below the threshold
             "rejected_tracks": {"stationary": int((table["rejected"] == "stationary").sum()),

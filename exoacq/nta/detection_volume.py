@@ -4,9 +4,7 @@ Scatter grows as d^6 for particles well below the wavelength (Rayleigh), so in a
 Gaussian light sheet larger particles stay above the detection threshold further
 from the sheet's centre: the detected population over-represents them. The
 functions here estimate the brightness scale from the tracks, the detection
-depth of each size, and divide it out of a detected number distribution
-(:func:`correct_for_detection_volume`) or weight each detected track by the
-inverse of its own expected depth (:func:`correct_tracks_for_detection_volume`).
+depth of each size, and divide it out of a detected number distribution.
 """
 from __future__ import annotations
 
@@ -49,37 +47,6 @@ def correct_for_detection_volume(probability, detection_weight) -> np.ndarray:
     if not corrected.sum() > 0:
         raise ValueError("no detected probability where the detection weight is positive")
     return corrected / corrected.sum()
-
-
-def correct_tracks_for_detection_volume(track_posterior, track_weight, detection_weight,
-                                        min_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Number distribution of the sample from its detected tracks, each counted by the inverse of its own
-    expected detection weight (Horvitz & Thompson 1952, J. Am. Stat. Assoc. 47:663): (distribution on the
-    grid, which tracks count).
-
-    Track i, with posterior r_ij over the grid (exoacq.nta.sizing.SizeDistribution.track_posterior) and
-    weight v_i, has the expected weight w_i = sum_j r_ij w(d_j); the sample is
-    p_j = sum_i (v_i / w_i) r_ij, renormalised. Where each track's size is known this is
-    :func:`correct_for_detection_volume`. Where it is not, dividing the detected distribution by a steep
-    w(d) would move the weight that the track noise spreads over neighbouring sizes (a monodisperse
-    sample's ML distribution has a few spikes ~ a resolution apart: the mean then moves by about
-    -d ln w / d ln d x their ln-variance); here a track keeps its own posterior shape and only its count
-    changes, so the spread a sample of one size is given does not move its mean. Tracks whose expected
-    weight is below ``min_weight`` are left out (counted as not detectable: dividing by a small, uncertain
-    weight would let them dominate).
-    """
-    r = np.asarray(track_posterior, float)
-    v = np.asarray(track_weight, float)
-    w = np.asarray(detection_weight, float)
-    if r.ndim != 2 or r.shape[1] != w.shape[0] or v.shape != (r.shape[0],) or np.any(w < 0) or np.any(v < 0):
-        raise ValueError("track_posterior [track, grid], track_weight [track], detection_weight [grid], all >= 0")
-    expected = r @ w
-    counts = (expected > 0) & (expected >= min_weight)
-    if not np.any(counts & (v > 0)):
-        raise ValueError("no track with a positive expected detection weight")
-    scale = np.divide(v, expected, out=np.zeros_like(v), where=counts)
-    corrected = scale @ r
-    return corrected / corrected.sum(), counts
 
 
 def reference_peak_mass(max_mass, track_ln_diameter, *, reference_diameter_nm: float = 100.0,

@@ -36,11 +36,10 @@ HISTOGRAM_BIN_NM = 5.0
 #: Automatic minimum track length: the per-track CVE's relative SD at most this.
 AUTO_TRACK_RELATIVE_SD = 0.5
 AUTO_TRACK_BOUNDS = (5, 50)
-#: Tracks whose expected detection depth is below this fraction of the deepest detected size are left out of the
-#: sample's distribution (just above the threshold the correction divides by a small, steep, uncertain depth).
-#: Capping their correction at 1 / 0.2 instead was tried on the dim 2:1 100 + 150 nm mixture: no better on either
-#: simulator, and the mean then moved 5.6 % between thresholds x 1 and x 0.67 (2.5 % left out). Leaving none
-#: out (0) read the EMCCD simulator's 100 nm beads at 3e8 /mL (40 ms, one capture) -55 % at threshold x 0.67.
+#: Sizes whose detection depth is below this fraction of the deepest detected size are left out of the sample's
+#: distribution (just above the threshold the correction divides by a small, steep, uncertain depth). Capping
+#: their correction at 1 / 0.2 instead was tried on the dim 2:1 100 + 150 nm mixture: no better on either
+#: simulator, and the mean then moved 5.6 % between thresholds x 1 and x 0.67 (2.5 % left out).
 MIN_RELATIVE_DEPTH = 0.2
 GRID_LIMITS_NM = (5.0, 50_000.0)
 GRID_STEP_LN = 0.027
@@ -199,22 +198,14 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
             grid, sheet_half_width_um=1.0, reference_diameter_nm=100.0,
             peak_over_threshold_at_reference=peak / minmass, scattering_exponent=scattering_exponent)
         seen = depth[p_detected > 1e-6 * p_detected.max()]
-        track_depth = detected.track_posterior @ depth
-        if not seen.max() > 0 or not np.any(track_depth >= MIN_RELATIVE_DEPTH * seen.max()):
+        if not seen.max() > 0:
             warnings.append(f"the tracks' brightest features ({peak:.3g} at 100 nm) are not above minmass "
                             f"({minmass:g}): no detection-volume correction")
         else:
-            # Each track counted by 1 / its expected depth (Horvitz-Thompson), not the detected distribution
-            # divided by the depth size by size. Near the threshold the depth is steep (d ln depth / d ln d =
-            # 3 / ln(peak / threshold), ~ 4.6 at 1.9) and the ML distribution of a monodisperse sample has a
-            # few spikes a resolution apart: divided size by size, they moved its mean (EMCCD simulator, 100 nm
-            # beads, 40 ms, threshold x 1.5: +7.2 % with the smallest sizes left out, -5.4 % with none left out;
-            # track by track +0.8 %, and -1.2 % at the automatic threshold, where the division read -2.6 %).
-            p, counted = detection_volume.correct_tracks_for_detection_volume(
-                detected.track_posterior, detected.track_weight, depth, MIN_RELATIVE_DEPTH * seen.max())
+            depth = np.where(depth >= MIN_RELATIVE_DEPTH * seen.max(), depth, 0.0)
+            p = detection_volume.correct_for_detection_volume(p_detected, depth)
             mean_depth = float(p @ depth)
-            out |= {"peak_mass_100nm": peak, "mean_relative_depth": mean_depth,
-                    "tracks_too_shallow": int(np.count_nonzero(~counted))}
+            out |= {"peak_mass_100nm": peak, "mean_relative_depth": mean_depth}
             if calibration_relative_depth:
                 out["volume_ratio"] = calibration_relative_depth / mean_depth
     # The mode (and histograms): the ML distribution smoothed by the widest kernel within the likelihood bound

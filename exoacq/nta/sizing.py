@@ -356,9 +356,6 @@ class SizeDistribution:
     ``mode_probability``: the smoothed distribution the mode comes from.
     ``track_ln_diameter``: per input track, the posterior mean of ln(d / nm)
     under ``probability`` (NaN for tracks without a step).
-    ``track_posterior`` [track, grid] and ``track_weight``: for the tracks with a step, in input order, each
-    track's posterior under the tracks' ML distribution and its weight; ``probability`` is their
-    weighted sum (:func:`spread_tracks`), so the tracks can be re-weighted (e.g. by their detection depth).
     """
 
     diameter_nm: np.ndarray
@@ -374,8 +371,6 @@ class SizeDistribution:
     mode_smoothing_ln_sd: float | None
     mode_probability: np.ndarray
     track_ln_diameter: np.ndarray
-    track_posterior: np.ndarray
-    track_weight: np.ndarray
 
 
 def default_diameter_grid_nm(low_nm: float = 10.0, high_nm: float = 2000.0, points: int = 200) -> np.ndarray:
@@ -577,12 +572,11 @@ def deconvolve_size_distribution(
     ln_d = np.full(keep.shape, np.nan)
     ln_d[keep] = posterior @ np.log(grid)
     if track_weights is not None:  # tracks' distribution -> that of their points, each track's points by its posterior
-        p, mode_p = spread_tracks(w, posterior), spread_tracks(w, _posterior(f, mode_p))
+        p, mode_p = _spread(w, posterior), _spread(w, _posterior(f, mode_p))
     if reason is None:
         statistics = distribution_statistics(grid, p) | {"mode": distribution_statistics(grid, mode_p)["mode"]}
     return SizeDistribution(grid, p, statistics, reason, int(n.size), iterations, converged, gap,
-                            log_likelihood + float(row_max.sum()), width, mode_width, mode_p / mode_p.sum(), ln_d,
-                            posterior, w)
+                            log_likelihood + float(row_max.sum()), width, mode_width, mode_p / mode_p.sum(), ln_d)
 
 
 def _posterior(f: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -591,7 +585,7 @@ def _posterior(f: np.ndarray, p: np.ndarray) -> np.ndarray:
     return posterior / posterior.sum(axis=1, keepdims=True)
 
 
-def spread_tracks(w: np.ndarray, posterior: np.ndarray) -> np.ndarray:
+def _spread(w: np.ndarray, posterior: np.ndarray) -> np.ndarray:
     """sum_i w_i r_ij / sum_i w_i: each track's weight spread over the sizes by its posterior."""
     out = w @ posterior
     return out / out.sum()
