@@ -164,6 +164,7 @@ def test_tracks_continue_through_features_below_the_threshold_and_dim_tracks_are
     summary = tracker.summary()
     assert summary["rejected_tracks"] == {"stationary": 1, "dim": 1}
     assert summary["tracks"]["used"] == 29 and summary["threshold"]["link_minmass"] == pytest.approx(100.0)
+    assert summary["tracks"]["total"] == 31 and summary["tracks"]["below_threshold"] == 1
 
 
 def test_rejected_tracks_stay_out_of_the_size_distribution():

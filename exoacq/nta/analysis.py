@@ -713,7 +713,11 @@ class StreamingTracker:
             "concentration_per_ml": concentration,
             "particles_per_frame": ppf,
             "crowding_correction": crowding if math.isfinite(crowding) else None,
-            "tracks": {"total": int(len(table)), "used": int(len(used)), "min_length_frames": min_track_length},
+            # below_threshold: tracks whose mean feature mass is under the threshold (noise, particles far from the
+            # sheet, linked down to the noise floor: TrackingParameters.link_minmass), of any length: part of total,
+            # never sized
+            "tracks": {"total": int(len(table)), "used": int(len(used)), "min_length_frames": min_track_length,
+                       "below_threshold": int((table["rejected"] == "dim").sum())},
             "diffusion_um2_s": {"mean": float(diffusion.mean()) if diffusion.size else None,
                                 "median": float(np.median(diffusion)) if diffusion.size else None},
             # step covariances beyond lag 1 (errors lasting several frames) and the D they add to every CVE
