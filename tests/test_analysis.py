@@ -5,13 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exoacq.nta.analysis import (
-    StreamingTracker,
-    TrackingParameters,
-    diameters_nm,
-    search_range_px,
-    size_statistics,
-)
+from exoacq.nta.analysis import StreamingTracker, diameters_nm, size_statistics
+from exoacq.nta.parameters import TrackingParameters, search_range_px
 from exoacq.physics import stokes_einstein_diffusion_um2_s, water_viscosity_iapws_mpa_s
 
 ETA_25 = water_viscosity_iapws_mpa_s(25.0)
@@ -59,7 +54,7 @@ def test_linking_follows_particles_and_summary_reports_counts():
     tracker = StreamingTracker(params())
     feed_tracks(tracker, 25, 60, 100.0, rng)
     summary = tracker.summary()
-    assert summary["tracks"] == {"total": 25, "used": 25, "min_length_frames": 10}
+    assert summary["tracks"] == {"total": 25, "used": 25, "min_length_frames": 10, "below_threshold": 0}
     assert summary["particles_per_frame"] == 25.0
     assert summary["frames_analysed"] == 60
     assert summary["concentration_per_ml"] is None
@@ -127,7 +122,7 @@ def test_summary_of_a_run_without_tracks():
     tracker = StreamingTracker(params())
     tracker.add_frame(0, pd.DataFrame({"y": [], "x": [], "mass": []}))
     summary = tracker.summary()
-    assert summary["tracks"] == {"total": 0, "used": 0, "min_length_frames": 10}
+    assert summary["tracks"] == {"total": 0, "used": 0, "min_length_frames": 10, "below_threshold": 0}
     assert summary["size_nm"]["mean"] is None and summary["diffusion_um2_s"]["mean"] is None
     assert summary["particles_per_frame"] == 0.0
     assert tracker.tracks_table().empty and tracker.positions_table().empty

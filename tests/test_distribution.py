@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 
 from exoacq.nta import distribution, sizing
-from exoacq.nta.analysis import StreamingTracker, TrackingParameters
+from exoacq.nta.analysis import StreamingTracker
+from exoacq.nta.parameters import TrackingParameters
 from exoacq.physics import stokes_einstein_diffusion_um2_s, water_viscosity_iapws_mpa_s
 
 DT, T_C = 1.0 / 25.0, 25.0

@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from exoacq.drivers.simulated_nta import CAMERA_DRIVER, SampleComponent, make_simulated_nta
 from exoacq.errors import DeviceError, ExoacqError
-from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features
+from exoacq.nta.analysis import StreamingTracker
+from exoacq.nta.parameters import TrackingParameters, locate_features
 from exoacq.nta.blank import (apply_blank, attach_blank, blank_document, blank_problem, format_blank,
                               histogram_statistics)
 from exoacq.nta.calibration import load_nta_calibration

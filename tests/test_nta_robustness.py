@@ -11,7 +11,8 @@ import pytest
 
 from conftest import TESTDATA, run_cli
 from exoacq.nta import analysis
-from exoacq.nta.analysis import StreamingTracker, TrackingParameters, saturation_level, with_threshold
+from exoacq.nta.analysis import StreamingTracker
+from exoacq.nta.parameters import TrackingParameters, saturation_level, with_threshold
 from exoacq.nta.detect import locate_fast
 from exoacq.nta.sizing import (BLUR_UNRESOLVED, estimate_blur, robust_localisation_variance_um2,
                                step_correlation_correction_um2_s, track_step_sums)

@@ -28,7 +28,7 @@ def video(tmp_path_factory):
 
 
 def params_for(video_path, minmass=250.0):
-    from exoacq.nta.analysis import TrackingParameters
+    from exoacq.nta.parameters import TrackingParameters
     from exoacq.nta.video import open_video
 
     video = open_video(video_path)

@@ -15,7 +15,7 @@ from conftest import run_cli
 from exoacq.bus import ControlClient, loads
 from exoacq.nta.bench import simulated_instrument_toml
 from exoacq.demo import start_daemon, stop_daemon
-from exoacq.nta.analysis import TrackingParameters
+from exoacq.nta.parameters import TrackingParameters
 from exoacq.nta.tracker import ROWS_PREFIX, TRACK_ROWS_COLUMNS, Linker, decode_rows, encode_rows
 
 # realtime: these assert that live tracking keeps up with no dropped frame (they run alone, see Makefile)
@@ -69,7 +69,7 @@ def test_linker_orders_features_from_several_workers(tmp_path, linker):
     result = received[-1]
     assert result["event"] == "result" and result["frames_processed"] == 6
     # one particle moving 1 px per frame: one track of six points, linked in frame order
-    assert result["summary"]["tracks"] == {"total": 1, "used": 1, "min_length_frames": 3}
+    assert result["summary"]["tracks"] == {"total": 1, "used": 1, "min_length_frames": 3, "below_threshold": 0}
     assert result["tracking"]["temperature_c"] == 30.0
     tracks = (tmp_path / "tracks.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in tracks[1:]] == ["0", "1", "2", "3", "4", "5"]

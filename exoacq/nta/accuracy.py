@@ -34,7 +34,8 @@ from typing import Any, Callable
 import numpy as np
 
 from exoacq.nta.accuracy_sources import SIMULATORS, Component, Recording
-from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features, with_threshold
+from exoacq.nta.analysis import StreamingTracker
+from exoacq.nta.parameters import TrackingParameters, locate_features, with_threshold
 from exoacq.nta.results import combine_captures
 from exoacq.nta.threshold import SAMPLE_FRAMES
 

@@ -20,7 +20,7 @@ import zmq
 from exoacq.bus import send_frame
 from exoacq.errors import DeviceError, ProtocolError
 from exoacq.methods import Run as CoreRun
-from exoacq.nta.analysis import TrackingParameters, with_threshold
+from exoacq.nta.parameters import TrackingParameters, with_threshold
 from exoacq.nta.threshold import SAMPLE_FRAMES as THRESHOLD_FRAMES
 from exoacq.nta.video_store import VideoRecorder
 

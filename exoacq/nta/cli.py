@@ -185,7 +185,7 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
 def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]]:
     """TrackingParameters for an offline analysis from the command line; with warnings."""
     from exoacq.nta.calibration import check_optics, load_nta_calibration
-    from exoacq.nta.analysis import TrackingParameters
+    from exoacq.nta.parameters import TrackingParameters
 
     warnings = []
     fps = args.fps or video.fps

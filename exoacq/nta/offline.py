@@ -40,7 +40,8 @@ import numpy as np
 
 from exoacq.client import StatusLine
 from exoacq.errors import ExoacqError
-from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features
+from exoacq.nta.analysis import StreamingTracker
+from exoacq.nta.parameters import TrackingParameters, locate_features
 from exoacq.nta.threshold import SAMPLE_FRAMES as THRESHOLD_FRAMES  # as the daemon's runs
 from exoacq.nta.video import Video, start_decoding
 
@@ -79,7 +80,7 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
     """Track every frame of ``video``; return the result summary (as ``nta.result``'s core fields).
 
     A threshold not given (``params.minmass`` None) is chosen from the first THRESHOLD_FRAMES
-    frames' noise, and the camera's clip level from their pixel type (exoacq.nta.analysis.with_threshold),
+    frames' noise, and the camera's clip level from their pixel type (exoacq.nta.parameters.with_threshold),
     as the daemon does. ``overlap_decoding=False`` decodes in the
     calling thread, alternating with the rest (the same results, to the bit). ``frames``: the video's
     frames being decoded already (:func:`exoacq.nta.video.start_decoding`, started before the
@@ -95,7 +96,7 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
         first = list(itertools.islice(frames, THRESHOLD_FRAMES))
         if not first:
             raise ExoacqError(f"{video.path}: no frames to analyse")
-        from exoacq.nta.analysis import with_threshold  # the threshold (unless given) and the clip level
+        from exoacq.nta.parameters import with_threshold  # the threshold (unless given) and the clip level
         params = with_threshold(params, first)
         tracker = StreamingTracker(params)
         options = params.locate_options()

@@ -4,7 +4,7 @@ A lab changes a setting (the detection threshold, the minimum track length)
 or a calibration and analyses the raw data it kept, as NanoSight and ZetaView
 users re-process their recorded videos. Each capture's video
 (:mod:`exoacq.nta.video_store`) goes through the tracking core's own code:
-the same detector (:func:`exoacq.nta.analysis.locate_features`), the same
+the same detector (:func:`exoacq.nta.parameters.locate_features`), the same
 :class:`StreamingTracker` fed the frames the live tracking core received (a
 frame the live core dropped is skipped: it ended the tracks there too), the
 capture's measured mean temperature set before the summary as the live linker
@@ -28,7 +28,8 @@ from typing import Any
 
 from exoacq.bus import dumps, loads
 from exoacq.errors import ConfigError, ExoacqError
-from exoacq.nta.analysis import StreamingTracker, TrackingParameters, locate_features, search_range_px
+from exoacq.nta.analysis import StreamingTracker
+from exoacq.nta.parameters import TrackingParameters, locate_features, search_range_px
 from exoacq.nta.result_document import build_result
 from exoacq.nta.tracker import write_tracks
 from exoacq.nta.video_store import FRAMES_FILE, capture_folder, kept_frames, kept_video_path

@@ -116,7 +116,7 @@ class NTAService(MethodService):
 
     def preview(self, stop: threading.Event) -> None:
         """Laser on, frames to the live socket, each frame's features located and reported; nothing kept."""
-        from exoacq.nta.analysis import at_threshold, locate_features, with_threshold
+        from exoacq.nta.parameters import at_threshold, locate_features, with_threshold
         from exoacq.nta.threshold import SAMPLE_FRAMES as THRESHOLD_FRAMES
 
         engine, camera = self.engine, self.engine.camera

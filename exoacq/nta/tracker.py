@@ -37,7 +37,8 @@ import numpy as np
 import zmq
 
 from exoacq.bus import dumps, loads
-from exoacq.nta.analysis import StreamingTracker, TrackingParameters, at_threshold, warm_up_linker
+from exoacq.nta.analysis import StreamingTracker, warm_up_linker
+from exoacq.nta.parameters import TrackingParameters, at_threshold
 from exoacq.nta.frame_order import FrameOrder
 from exoacq.physics import water_viscosity_iapws_mpa_s
 
