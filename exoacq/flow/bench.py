@@ -24,6 +24,16 @@ TARGET_SAMPLES_PER_S = 200e6
 TARGET_EVENTS_PER_S = 2e6
 
 
+def _median_s(run, repeats: int) -> tuple[float, list[float]]:
+    """Median wall time (s) of ``repeats`` calls of ``run``, and every time."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), times
+
+
 def bench_simulator(seconds: float = 1.0, repeats: int = 3) -> dict[str, Any]:
     """Seconds of simulated trace per wall second (median of ``repeats``), after a warm-up."""
     from exoacq.flow.simulate import FlowSimulator
@@ -31,12 +41,8 @@ def bench_simulator(seconds: float = 1.0, repeats: int = 3) -> dict[str, Any]:
     sim = FlowSimulator(ev_sample() + silica_beads(), dilution=100, seed=9)
     n = int(round(seconds * sim.cytometer.sample_rate_hz))
     sim.traces(1000)                                     # load the kernel
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sim.traces(n)
-        times.append(time.perf_counter() - t0)
-    return {"trace_s": seconds, "times_s": times, "realtime_factor": seconds / float(np.median(times))}
+    median, times = _median_s(lambda: sim.traces(n), repeats)
+    return {"trace_s": seconds, "times_s": times, "realtime_factor": seconds / median}
 
 
 def bench_scatter_inversion(n_values: int = 2_000_000, repeats: int = 3) -> dict[str, Any]:
@@ -45,12 +51,8 @@ def bench_scatter_inversion(n_values: int = 2_000_000, repeats: int = 3) -> dict
     table = ScatterTable(ev(), wavelength_nm=488.0, medium_refractive_index=1.333, collection=Collection())
     values = np.random.default_rng(1).lognormal(0.0, 2.0, n_values)
     table.diameter_nm(values[:1000])
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        table.diameter_nm(values)
-        times.append(time.perf_counter() - t0)
-    return {"n_values": n_values, "times_s": times, "per_s": n_values / float(np.median(times))}
+    median, times = _median_s(lambda: table.diameter_nm(values), repeats)
+    return {"n_values": n_values, "times_s": times, "per_s": n_values / median}
 
 
 def bench_flow(seconds: float = 1.0, n_events: int = 2_000_000) -> dict[str, Any]:

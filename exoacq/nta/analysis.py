@@ -528,6 +528,7 @@ class StreamingTracker:
         if not running and diffusion.size:  # errors lasting several frames (compressed video): what the CVE misses
             correlation = self.step_correlation(used["particle"].to_numpy())
             diffusion = diffusion + correlation.diffusion_correction_um2_s
+        dim = table["rejected"] == "dim"
         result = {
             "size_nm": sizes,
             "size_nm_detected": size_detected,
@@ -538,7 +539,7 @@ class StreamingTracker:
             # sheet, linked down to the noise floor: TrackingParameters.link_minmass), of any length: part of total,
             # never sized
             "tracks": {"total": int(len(table)), "used": int(len(used)), "min_length_frames": min_track_length,
-                       "below_threshold": int((table["rejected"] == "dim").sum())},
+                       "below_threshold": int(dim.sum())},
             "diffusion_um2_s": {"mean": float(diffusion.mean()) if diffusion.size else None,
                                 "median": float(np.median(diffusion)) if diffusion.size else None},
             # step covariances beyond lag 1 (errors lasting several frames) and the D they add to every CVE
@@ -551,9 +552,8 @@ class StreamingTracker:
             "frames_analysed": frames,
             # dim: tracks long enough to be sized whose mean feature mass is below the threshold
             "rejected_tracks": {"stationary": int((table["rejected"] == "stationary").sum()),
-                                "dim": int(((table["rejected"] == "dim")
-                                            & (table["length_frames"] >= (min_track_length or self.min_track_length())))
-                                        .sum())},
+                                "dim": int((dim & (table["length_frames"]
+                                                   >= (min_track_length or self.min_track_length()))).sum())},
             "saturated_tracks": int((table["saturated_fraction"] > 0).sum()),
             "blur": None if distribution is None else distribution.get("blur"),
             # link_minmass: features down to it join tracks (TrackingParameters.link_minmass)
