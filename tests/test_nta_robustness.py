@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from exoacq.nta.parameters import TrackingParameters, saturation_level, with_thr
 from exoacq.nta.detect import locate_fast
 from exoacq.nta.sizing import (BLUR_UNRESOLVED, estimate_blur, robust_localisation_variance_um2,
                                step_correlation_correction_um2_s, track_step_sums)
-from exoacq.nta.threshold import NOISE_MARGIN, mass_exceeded, noise_threshold, pixel_noise_sd
+from exoacq.nta.threshold import NOISE_MARGIN, mass_exceeded, median_of_integers, noise_threshold, pixel_noise_sd
 from exoacq.physics import stokes_einstein_diffusion_um2_s, water_viscosity_iapws_mpa_s
 
 ETA_25 = water_viscosity_iapws_mpa_s(25.0)
@@ -45,6 +46,24 @@ def test_the_threshold_holds_the_false_detections_it_states(dtype, sd, backgroun
     # the threshold follows the noise (at 8 bits not in proportion: the band-pass drops what is below a count)
     louder = noise_threshold([_noise((240, 320), 2 * sd, background, dtype, s) for s in range(8)], diameter_px=11)
     assert louder.minmass > 1.3 * chosen.minmass
+
+
+def test_counted_medians_are_numpys_to_the_bit():
+    """The noise is measured with medians found by counting integer frames (median_of_integers): they must be
+    np.median's, and the noise SD the same as from the frame in floating point, whatever the frame holds."""
+    rng = np.random.default_rng(3)
+    for k in range(24):
+        dtype = (np.uint8, np.uint16, np.int16)[k % 3]
+        info = np.iinfo(dtype)
+        shape = ((3, 3), (4, 7), (120, 90), (480, 640))[k % 4]  # odd and even pixel counts
+        frame = rng.normal((3, 40, 300)[k % 3], (0.0, 0.3, 2.0, 30.0)[k % 4], shape)
+        frame += (rng.random(shape) < 0.01) * rng.integers(-40000, 40000)  # hot and dead pixels
+        frame = np.clip(np.rint(frame), info.min, info.max).astype(dtype)
+        assert median_of_integers(frame) == np.median(frame)
+        assert median_of_integers(frame[1:, :]) == np.median(frame[1:, :])
+        quantisation = 1.0 / math.sqrt(12.0)  # an integer frame's noise is at least its quantisation's
+        assert pixel_noise_sd(frame) == max(pixel_noise_sd(frame.astype(np.float64)), quantisation)
+    assert median_of_integers(np.array([2**40, -(2**40), 5])) == 5.0  # too wide to count: np.median's way
 
 
 def test_mass_exceeded_extrapolates_an_exponential_tail():

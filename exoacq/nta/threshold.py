@@ -63,6 +63,22 @@ class Threshold:
                 "noise_sd_counts": self.noise_sd_counts, "background_counts": self.background_counts}
 
 
+def median_of_integers(values: np.ndarray) -> float:
+    """``np.median`` of integer values (the mean of the two middle ones for an even count), exactly, by
+    counting: ~10 x faster than sorting on a camera frame. Values spread wider than 4 x their number
+    (where counting would not pay) go to ``np.median``."""
+    v = np.asarray(values).ravel()
+    if v.size == 0 or not np.issubdtype(v.dtype, np.integer):
+        return float(np.median(v))
+    low, high = int(v.min()), int(v.max())
+    if high - low > 4 * v.size + 65536:
+        return float(np.median(v))
+    cumulative = np.cumsum(np.bincount((v - low).astype(np.intp, copy=False), minlength=high - low + 1))
+    lower = int(np.searchsorted(cumulative, (v.size - 1) // 2 + 1))  # sorted positions (n-1)//2 and n//2
+    upper = int(np.searchsorted(cumulative, v.size // 2 + 1))
+    return low + (lower + upper) / 2
+
+
 def pixel_noise_sd(frame: np.ndarray) -> float:
     """Robust SD of the pixel noise (counts): MAD of the residual from the four-neighbour mean / sqrt(5/4).
 
@@ -71,20 +87,29 @@ def pixel_noise_sd(frame: np.ndarray) -> float:
     (the quantisation noise itself).
     """
     raw = np.asarray(frame)
-    # integer frames of <= 16 bits: every value below (residual, its median, the deviations and their
-    # median: quarter counts below 2**19) is exact in float32, which halves the work
-    exact32 = np.issubdtype(raw.dtype, np.integer) and raw.dtype.itemsize <= 2
-    f = raw.astype(np.float32 if exact32 else np.float64)
-    if f.ndim != 2 or min(f.shape) < 3:
+    if raw.ndim != 2 or min(raw.shape) < 3:
         raise ValueError("need a 2-D frame of at least 3 x 3 pixels")
-    c = f[1:-1, 1:-1]
-    residual = (c - 0.25 * (f[:-2, 1:-1] + f[2:, 1:-1] + f[1:-1, :-2] + f[1:-1, 2:])).ravel()
-    deviation = np.abs(residual - np.median(residual))
-    sd = 1.4826 * float(np.median(deviation))
+    integer = np.issubdtype(raw.dtype, np.integer)
+    if integer and raw.dtype.itemsize <= 2:
+        # frames of <= 16 bits: the residual in quarter counts and its deviations in eighths are integers
+        # (below 2**21), so their medians are counted exactly (median_of_integers)
+        f = raw.astype(np.int32)
+        quarters = (4 * f[1:-1, 1:-1] - (f[:-2, 1:-1] + f[2:, 1:-1] + f[1:-1, :-2] + f[1:-1, 2:])).ravel()
+        eighths = np.abs(2 * quarters - round(2 * median_of_integers(quarters)))
+        sd = 1.4826 * median_of_integers(eighths) / 8.0
+        deviation = eighths
+        scale = 8.0
+    else:
+        f = raw.astype(np.float64)
+        c = f[1:-1, 1:-1]
+        residual = (c - 0.25 * (f[:-2, 1:-1] + f[2:, 1:-1] + f[1:-1, :-2] + f[1:-1, 2:])).ravel()
+        deviation = np.abs(residual - np.median(residual))
+        sd = 1.4826 * float(np.median(deviation))
+        scale = 1.0
     if sd == 0.0:
-        inner = np.sort(deviation)[: max(1, deviation.size // 2)].astype(np.float64)
+        inner = np.sort(deviation)[: max(1, deviation.size // 2)].astype(np.float64) / scale
         sd = float(np.sqrt(np.mean(inner ** 2))) / 0.2299  # RMS of |N(0,1)| below its median: 0.2299
-    quantisation = 1.0 / math.sqrt(12.0) if np.issubdtype(raw.dtype, np.integer) else 0.0
+    quantisation = 1.0 / math.sqrt(12.0) if integer else 0.0
     return max(sd / math.sqrt(1.25), quantisation)
 
 
@@ -133,7 +158,7 @@ def noise_threshold(frames: list[np.ndarray], *, diameter_px: int, invert: bool 
     sample = [np.asarray(f) for f in frames[:SAMPLE_FRAMES]]
     sd = float(np.median([pixel_noise_sd(f) for f in sample]))
     first = sample[0]
-    background = float(np.median([np.median(f) for f in sample]))
+    background = float(np.median([median_of_integers(f) for f in sample]))
     count = max(NOISE_FRAMES, math.ceil(NOISE_FRAMES * 640 * 480 / first.size))
     masses = [locate_fast(noise, diameter_px, 0.0, invert=invert)["mass"].to_numpy()
               for noise in _noise_frames(first.shape, first.dtype, background, sd, count, seed)]
