@@ -28,6 +28,8 @@ from typing import Any, Iterator
 
 import event_model
 
+#: A run's event-model documents, beside its other files (one [name, document] pair per line).
+BLUESKY_FILE = "bluesky.jsonl"
 #: Key-name suffixes and their units, longest first.
 UNITS = (("_um2_s", "um^2/s"), ("_ul_min", "uL/min"), ("_per_ml", "1/mL"), ("_mpa_s", "mPa*s"), ("_per_s", "1/s"),
          ("_um_s", "um/s"), ("_nm", "nm"), ("_um", "um"), ("_ms", "ms"), ("_hz", "Hz"), ("_mw", "mW"),
