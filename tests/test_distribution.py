@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exoacq.nta import distribution, sizing
+from exoacq.nta import distribution, sizing, steps
 from exoacq.nta.analysis import StreamingTracker
 from exoacq.nta.parameters import TrackingParameters
 from exoacq.physics import stokes_einstein_diffusion_um2_s, water_viscosity_iapws_mpa_s
@@ -35,7 +35,7 @@ def synthetic_tracks(rng, diameters_nm, sigma_um=0.040) -> pd.DataFrame:
         diff = stokes_einstein_diffusion_um2_s(d, T_C, ETA)
         xy = np.cumsum(rng.normal(0.0, math.sqrt(2 * diff * DT), (2, n_points)), axis=1)
         xy += rng.normal(0.0, sigma_um, xy.shape)
-        n, s, c, m = sizing.track_step_sums(xy[0], xy[1])
+        n, s, c, m = steps.track_step_sums(xy[0], xy[1])
         peak = PEAK_100NM * (d / 100.0) ** 6
         z_max = math.sqrt(math.log(peak / MINMASS) / 2.0)  # in units of the sheet half-width
         # the brightest feature: the closest approach to the sheet centre of a particle wandering
@@ -47,7 +47,7 @@ def synthetic_tracks(rng, diameters_nm, sigma_um=0.040) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=columns)
     if table.empty:
         return table.assign(diffusion_um2_s=[])
-    table["diffusion_um2_s"] = sizing.cve_diffusion_um2_s(table["n_steps"], table["sum_sq_um2"],
+    table["diffusion_um2_s"] = steps.cve_diffusion_um2_s(table["n_steps"], table["sum_sq_um2"],
                                                           table["sum_cross_um2"], table["n_pairs"], DT)
     return table
 

@@ -15,8 +15,8 @@ from exoacq.nta import analysis
 from exoacq.nta.analysis import StreamingTracker
 from exoacq.nta.parameters import TrackingParameters, saturation_level, with_threshold
 from exoacq.nta.detect import locate_fast
-from exoacq.nta.sizing import (BLUR_UNRESOLVED, estimate_blur, robust_localisation_variance_um2,
-                               step_correlation_correction_um2_s, track_step_sums)
+from exoacq.nta.steps import (BLUR_UNRESOLVED, estimate_blur, robust_localisation_variance_um2,
+                              step_correlation_correction_um2_s, track_step_sums)
 from exoacq.nta.threshold import NOISE_MARGIN, mass_exceeded, median_of_integers, noise_threshold, pixel_noise_sd
 from exoacq.physics import stokes_einstein_diffusion_um2_s, water_viscosity_iapws_mpa_s
 

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import pytest
 
-from exoacq.nta import detection_volume, sizing
+from exoacq.nta import detection_volume, sizing, steps
 from exoacq.physics import (
     stokes_einstein_diameter_nm,
     stokes_einstein_diffusion_um2_s,
@@ -34,7 +34,7 @@ DT = 1.0 / 30.0
 EXPOSURE = 0.5 * DT
 SIGMA_UM = 0.030
 SUBSTEPS = 10
-R = sizing.blur_coefficient(EXPOSURE, DT)
+R = steps.blur_coefficient(EXPOSURE, DT)
 R_SIMULATED = EXPOSURE * (1.0 - 1.0 / SUBSTEPS**2) / (6.0 * DT)
 
 
@@ -55,8 +55,8 @@ def simulate_sums(rng, diameter_nm, n_points, sigma_um=SIGMA_UM, chunk=1500):
         waits[0] = DT - (SUBSTEPS - 1) * h  # from the last instant of one exposure to the first of the next
         waits = np.tile(waits, frames)
         waits[0] = 0.0
-        steps = rng.normal(size=(tracks, 2, frames * SUBSTEPS)) * np.sqrt(2.0 * diff[:, None, None] * waits)
-        positions = np.cumsum(steps, axis=2).reshape(tracks, 2, frames, SUBSTEPS).mean(axis=3)
+        increments = rng.normal(size=(tracks, 2, frames * SUBSTEPS)) * np.sqrt(2.0 * diff[:, None, None] * waits)
+        positions = np.cumsum(increments, axis=2).reshape(tracks, 2, frames, SUBSTEPS).mean(axis=3)
         positions += rng.normal(0.0, sigma_um, positions.shape)
         d = np.diff(positions, axis=2)
         k = np.arange(frames - 1)
@@ -70,7 +70,7 @@ def simulate_sums(rng, diameter_nm, n_points, sigma_um=SIGMA_UM, chunk=1500):
 
 def deconvolve(sums, **options):
     n, s, c, m = sums
-    sigma2 = sizing.pooled_localisation_variance_um2(n, s, c, m, R)
+    sigma2 = steps.pooled_localisation_variance_um2(n, s, c, m, R)
     return sizing.deconvolve_size_distribution(
         n, s, frame_interval_s=DT, exposure_s=EXPOSURE, temperature_c=TEMPERATURE_C,
         localisation_variance_um2=sigma2, **options)
@@ -85,12 +85,12 @@ def naive_diameters_nm(sums):
 def test_step_sums_of_one_track():
     rng = np.random.default_rng(5)
     x, y = np.cumsum(rng.normal(size=(2, 12)), axis=1)
-    n, s, c, m = sizing.track_step_sums(x, y)
+    n, s, c, m = steps.track_step_sums(x, y)
     dx, dy = np.diff(x), np.diff(y)
     assert (n, m) == (11, 10)
     assert s == pytest.approx(np.sum(dx**2 + dy**2))
     assert c == pytest.approx(np.sum(dx[:-1] * dx[1:] + dy[:-1] * dy[1:]))
-    assert sizing.track_step_sums([1.0, 2.0], [0.0, 0.0]) == (1, 1.0, 0.0, 0)
+    assert steps.track_step_sums([1.0, 2.0], [0.0, 0.0]) == (1, 1.0, 0.0, 0)
 
 
 @pytest.mark.parametrize("diameter_nm, sigma_um", [(100.0, SIGMA_UM), (400.0, 0.100)])
@@ -106,9 +106,9 @@ def test_cve_is_unbiased_where_the_plain_msd_is_not(diameter_nm, sigma_um):
     sums = simulate_sums(rng, diameter_nm, nta_lengths(rng, 10000), sigma_um=sigma_um)
     n, s, c, m = sums
     true_d = stokes_einstein_diffusion_um2_s(diameter_nm, TEMPERATURE_C, ETA)
-    cve = sizing.cve_diffusion_um2_s(n, s, c, m, DT)
+    cve = steps.cve_diffusion_um2_s(n, s, c, m, DT)
     pooled_cve = np.average(cve, weights=m)  # per-track CVE is unbiased: any fixed weights keep it so
-    variance = sizing.cve_variance_um4_s2(true_d, sigma_um**2, n, DT, R_SIMULATED)
+    variance = steps.cve_variance_um4_s2(true_d, sigma_um**2, n, DT, R_SIMULATED)
     standard_error = math.sqrt(np.sum(m**2 * variance)) / m.sum()
     plain_msd = s.sum() / (4.0 * n.sum() * DT)
     blur_corrected_msd = s.sum() / (4.0 * n.sum() * (DT - EXPOSURE / 3.0))
@@ -116,7 +116,7 @@ def test_cve_is_unbiased_where_the_plain_msd_is_not(diameter_nm, sigma_um):
           f"(SE {standard_error / true_d:.4f}), "
           f"plain MSD/D = {plain_msd / true_d:.4f}, blur-corrected MSD/D = {blur_corrected_msd / true_d:.4f}")
     assert pooled_cve == pytest.approx(true_d, rel=0.02)
-    sigma2 = sizing.pooled_localisation_variance_um2(n, s, c, m, R_SIMULATED)
+    sigma2 = steps.pooled_localisation_variance_um2(n, s, c, m, R_SIMULATED)
     print(f"  sigma^2 = {sigma2:.5f} um^2 (true {sigma_um**2:.5f})")
     if diameter_nm == 100.0:  # blur dominates: -17 %, partly offset by sigma^2
         assert plain_msd / true_d - 1.0 < -0.10
@@ -125,17 +125,17 @@ def test_cve_is_unbiased_where_the_plain_msd_is_not(diameter_nm, sigma_um):
         assert sigma2 == pytest.approx(sigma_um**2, rel=0.1)
 
 
-@pytest.mark.parametrize("steps", [3, 10, 30])
-def test_cve_variance_matches_the_spread_of_single_track_estimates(steps):
+@pytest.mark.parametrize("n_steps", [3, 10, 30])
+def test_cve_variance_matches_the_spread_of_single_track_estimates(n_steps):
     """20,000 tracks of one length: the sample variance has a relative SE of ~1-2 %; 6 % allowed."""
-    rng = np.random.default_rng(steps)
-    n, s, c, m = simulate_sums(rng, 100.0, np.full(20000, steps + 1))
+    rng = np.random.default_rng(n_steps)
+    n, s, c, m = simulate_sums(rng, 100.0, np.full(20000, n_steps + 1))
     true_d = stokes_einstein_diffusion_um2_s(100.0, TEMPERATURE_C, ETA)
-    cve = sizing.cve_diffusion_um2_s(n, s, c, m, DT)
-    predicted = sizing.cve_variance_um4_s2(true_d, SIGMA_UM**2, steps, DT, R_SIMULATED)
+    cve = steps.cve_diffusion_um2_s(n, s, c, m, DT)
+    predicted = steps.cve_variance_um4_s2(true_d, SIGMA_UM**2, n_steps, DT, R_SIMULATED)
     eps = SIGMA_UM**2 / (true_d * DT) - 2 * R_SIMULATED
-    vbf = true_d**2 * ((6 + 4 * eps + 2 * eps**2) / steps + 4 * (1 + eps) ** 2 / steps**2) / 2
-    print(f"\n{steps} steps: var(CVE) {cve.var():.3f}, exact formula {float(predicted):.3f}, VBF 2014 {vbf:.3f}")
+    vbf = true_d**2 * ((6 + 4 * eps + 2 * eps**2) / n_steps + 4 * (1 + eps) ** 2 / n_steps**2) / 2
+    print(f"\n{n_steps} steps: var(CVE) {cve.var():.3f}, exact formula {float(predicted):.3f}, VBF 2014 {vbf:.3f}")
     assert cve.mean() == pytest.approx(true_d, rel=0.01)
     assert cve.var() == pytest.approx(float(predicted), rel=0.06)
 
@@ -255,13 +255,13 @@ def test_edge_cases():
                    localisation_variance_um2=SIGMA_UM**2)
     empty = np.array([])
     with pytest.raises(ValueError, match="no tracks"):
-        sizing.cve_diffusion_um2_s(empty, empty, empty, empty, DT)
+        steps.cve_diffusion_um2_s(empty, empty, empty, empty, DT)
     with pytest.raises(ValueError, match="no tracks"):
-        sizing.pooled_localisation_variance_um2(empty, empty, empty, empty, R)
+        steps.pooled_localisation_variance_um2(empty, empty, empty, empty, R)
     with pytest.raises(ValueError, match="no tracks"):
         sizing.deconvolve_size_distribution(empty, empty, **options)
     with pytest.raises(ValueError, match="same length|one length"):
-        sizing.cve_diffusion_um2_s([3, 4], [1.0], [0.1], [2], DT)
+        steps.cve_diffusion_um2_s([3, 4], [1.0], [0.1], [2], DT)
 
     # one track: a distribution, but no statistics, and the reason why
     one = sizing.deconvolve_size_distribution([12], [2.0], **options)
@@ -269,13 +269,13 @@ def test_edge_cases():
     assert one.probability.sum() == pytest.approx(1.0)
 
     # tracks of 2 points: one step, no pair -> no CVE, no sigma^2, but usable by the deconvolution
-    n, s, c, m = np.array([sizing.track_step_sums([0.0, 0.5], [0.0, 0.3])] * 20, float).T
-    assert np.all(np.isnan(sizing.cve_diffusion_um2_s(n, s, c, m, DT)))
+    n, s, c, m = np.array([steps.track_step_sums([0.0, 0.5], [0.0, 0.3])] * 20, float).T
+    assert np.all(np.isnan(steps.cve_diffusion_um2_s(n, s, c, m, DT)))
     with pytest.raises(ValueError, match="3 points"):
-        sizing.pooled_localisation_variance_um2(n, s, c, m, R)
+        steps.pooled_localisation_variance_um2(n, s, c, m, R)
     two_points = sizing.deconvolve_size_distribution(n, s, **options)
     assert two_points.statistics is not None and two_points.n_tracks == 20
-    assert np.isnan(sizing.cve_variance_um4_s2(4.9, 0.001, 1, DT, R))
+    assert np.isnan(steps.cve_variance_um4_s2(4.9, 0.001, 1, DT, R))
 
     # tracks of 1 point: no step at all
     with pytest.raises(ValueError, match=">= 2 points"):
@@ -283,7 +283,7 @@ def test_edge_cases():
     with pytest.raises(ValueError, match="sum_sq_um2 <= 0"):
         sizing.deconvolve_size_distribution([3], [0.0], **options)
     with pytest.raises(ValueError, match="exposure"):
-        sizing.blur_coefficient(0.05, DT)
+        steps.blur_coefficient(0.05, DT)
     with pytest.raises(ValueError, match="detection weight"):
         detection_volume.correct_for_detection_volume(np.array([0.5, 0.5, 0.0]), np.array([0.0, 0.0, 1.0]))
     with pytest.raises(ValueError, match="probabilities"):
@@ -315,14 +315,14 @@ def test_robust_localisation_variance_limits_a_minority_of_noisy_tracks():
     it stays within 1e-3 um^2 of sigma^2 = 9e-4 um^2: 2 x 1e-3 is 0.7 % of a."""
     rng = np.random.default_rng(21)
     good = simulate_sums(rng, 100.0, nta_lengths(rng, 4000))
-    assert sizing.robust_localisation_variance_um2(*good, R) == pytest.approx(SIGMA_UM**2, abs=1e-3)
+    assert steps.robust_localisation_variance_um2(*good, R) == pytest.approx(SIGMA_UM**2, abs=1e-3)
     noisy = simulate_sums(rng, 100.0, nta_lengths(rng, 800), sigma_um=0.300)
     both = np.hstack([good, noisy])
-    pooled = sizing.pooled_localisation_variance_um2(*both, R)
+    pooled = steps.pooled_localisation_variance_um2(*both, R)
     assert pooled > 0.013  # 2 sigma^2 ~ 10 % of a
-    assert sizing.robust_localisation_variance_um2(*both, R) < 0.6 * pooled
+    assert steps.robust_localisation_variance_um2(*both, R) < 0.6 * pooled
     # below what the tracks resolve, the median can come out negative: reported as 0
-    assert sizing.robust_localisation_variance_um2([10, 10], [1.0, 1.0], [1.0, 1.0], [9, 9], 0.0) == 0.0
+    assert steps.robust_localisation_variance_um2([10, 10], [1.0, 1.0], [1.0, 1.0], [9, 9], 0.0) == 0.0
 
 
 def test_track_weights_spread_each_track_by_its_posterior():
@@ -334,7 +334,7 @@ def test_track_weights_spread_each_track_by_its_posterior():
     short, long_ = np.minimum(5 + rng.geometric(1.0 / 8.0, 600), 25), rng.integers(40, 61, 100)
     sums = np.hstack([simulate_sums(rng, 100.0, short), simulate_sums(rng, 150.0, long_)])
     points = np.r_[short, long_].astype(float)
-    sigma2 = sizing.pooled_localisation_variance_um2(*sums, R)
+    sigma2 = steps.pooled_localisation_variance_um2(*sums, R)
     options = dict(frame_interval_s=DT, exposure_s=EXPOSURE, temperature_c=TEMPERATURE_C,
                    localisation_variance_um2=sigma2, tolerance_nats=1e-4)
     tracks = sizing.deconvolve_size_distribution(sums[0], sums[1], **options)

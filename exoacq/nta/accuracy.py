@@ -4,7 +4,7 @@
 (exoacq.nta.accuracy_sources: exoacq's own camera and an independently written EMCCD
 one) and analyses them as a user would, at default settings: the detection threshold
 chosen from each video's noise (exoacq.nta.threshold), the motion blur measured from
-the tracks (exoacq.nta.sizing.estimate_blur; the exposure is never given). Each video is
+the tracks (exoacq.nta.steps.estimate_blur; the exposure is never given). Each video is
 also analysed with the automatic threshold lowered and raised 1.5 x, which must not move
 the sizes. Reported per case: the errors of mean, mode, D50 and concentration, and the
 largest change of the mean over the thresholds.

@@ -15,7 +15,7 @@ Camera levels, as an operator sets them:
   150 nm ones (8 x to 11 x brighter) reach saturation in the sheet's centre.
 
 Exposures: ``short`` (2 ms: hardly any motion blur) and ``whole`` (the whole 40 ms frame
-interval at 25 frames/s). The analysis is never told which (exoacq.nta.sizing.estimate_blur).
+interval at 25 frames/s). The analysis is never told which (exoacq.nta.steps.estimate_blur).
 """
 from __future__ import annotations
 

@@ -14,11 +14,11 @@ Methods:
   tracks ask for settles (a fixed point free of the mislinks of a wide range
   in a dense field: :meth:`StreamingTracker._choose_search_range`);
 * per track, O(1) running sums: steps, squared steps, products of consecutive
-  steps (for the covariance-based D of exoacq.nta.sizing), masses; the
+  steps (for the covariance-based D of exoacq.nta.steps), masses; the
   ensemble flow drift is removed from them at the end; the reported D adds
   what the ensemble's step covariances beyond lag 1 carry (position errors
   lasting several frames, as in compressed video:
-  exoacq.nta.sizing.step_correlation_correction_um2_s);
+  exoacq.nta.steps.step_correlation_correction_um2_s);
 * the reported size distribution: exoacq.nta.distribution (deconvolution over
   track lengths, detection-depth correction). The per-track diameter of the
   blur-corrected MSD, <r^2> = 4 D (dt - t_E / 3) (Savin & Doyle 2005, Biophys.
@@ -37,7 +37,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from exoacq.nta import sizing
+from exoacq.nta import steps
 from exoacq.nta.distribution import HISTOGRAM_BIN_NM, number_histogram, size_distribution
 from exoacq.nta.parameters import SEARCH_RANGE_SIGMAS, TrackingParameters, at_threshold, locate_features, trackpy
 from exoacq.nta.track_sums import EnsembleDrift, TrackSums
@@ -379,7 +379,7 @@ class StreamingTracker:
     def tracks_table(self) -> pd.DataFrame:
         """One row per track: length, step sums (drift removed), masses, D and diameter, and whether it is used.
 
-        ``diffusion_um2_s`` is the covariance-based estimate (CVE, exoacq.nta.sizing;
+        ``diffusion_um2_s`` is the covariance-based estimate (CVE, exoacq.nta.steps;
         NaN below 3 points), ``diameter_nm`` the per-track Stokes-Einstein diameter of
         the blur-corrected MSD (a diagnostic: distributions come from the deconvolution).
         """
@@ -393,7 +393,7 @@ class StreamingTracker:
         sum_sq, sum_cross = self._drift.corrected_sums(v, t, pids)
         rejected = rejection(t, pids, n_steps, p.pixel_size_um, p.minmass)
         used = (n_points >= self.min_track_length()) & (n_steps >= 2) & (sum_sq > 0) & (rejected == "")
-        cve = (sizing.cve_diffusion_um2_s(n_steps, np.maximum(sum_sq, 0.0), sum_cross, n_pairs, p.frame_interval_s)
+        cve = (steps.cve_diffusion_um2_s(n_steps, np.maximum(sum_sq, 0.0), sum_cross, n_pairs, p.frame_interval_s)
                if len(pids) else np.empty(0))
         mean_mass = t.sum_mass[pids] / np.maximum(n_points, 1)
         d_msd = diffusion_um2_s(n_steps, sum_sq, p)
@@ -416,9 +416,9 @@ class StreamingTracker:
             "used": used,
         })
 
-    def step_correlation(self, particles: np.ndarray) -> sizing.StepCorrelation:
+    def step_correlation(self, particles: np.ndarray) -> steps.StepCorrelation:
         """The step covariances of these tracks beyond lag 1 and the D they add to each track's CVE
-        (exoacq.nta.sizing.step_correlation_correction_um2_s), from their linked positions, drift removed."""
+        (exoacq.nta.steps.step_correlation_correction_um2_s), from their linked positions, drift removed."""
         rows = np.concatenate(self._rows) if self._rows else np.empty((0, 5))
         rows = rows[np.isin(rows[:, 1], np.asarray(particles, float))]
         rows = rows[np.lexsort((rows[:, 0], rows[:, 1]))]  # by particle, then frame
@@ -430,7 +430,7 @@ class StreamingTracker:
             drift = self._drift.cumulative_um[frame + 1] - self._drift.cumulative_um[frame]
         dx = (rows[step + 1, 2] - rows[step, 2]) * p.pixel_size_um - drift[:, 0]
         dy = (rows[step + 1, 3] - rows[step, 3]) * p.pixel_size_um - drift[:, 1]
-        return sizing.step_correlation_correction_um2_s(rows[step, 1], dx, dy, p.frame_interval_s)
+        return steps.step_correlation_correction_um2_s(rows[step, 1], dx, dy, p.frame_interval_s)
 
     def positions_since(self, linked_frames: int) -> tuple[np.ndarray, int]:
         """Rows (frame, particle, x_px, y_px, mass) of the frames linked after the first ``linked_frames``

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from exoacq.nta import detection_volume, sizing
+from exoacq.nta import detection_volume, sizing, steps
 from exoacq.physics import stokes_einstein_diameter_nm
 
 #: Tracks needed for a size distribution worth reporting without comment.
@@ -57,8 +57,8 @@ def auto_min_track_length(reduced_localisation_error: float) -> int:
     more of the linking mistakes. Clipped to 5-50 points.
     """
     eps = reduced_localisation_error if math.isfinite(reduced_localisation_error) else 0.0
-    steps = (6.0 + 4.0 * eps + 2.0 * eps * eps) / (2.0 * AUTO_TRACK_RELATIVE_SD ** 2)
-    return int(np.clip(math.ceil(steps) + 1, *AUTO_TRACK_BOUNDS))
+    needed_steps = (6.0 + 4.0 * eps + 2.0 * eps * eps) / (2.0 * AUTO_TRACK_RELATIVE_SD ** 2)
+    return int(np.clip(math.ceil(needed_steps) + 1, *AUTO_TRACK_BOUNDS))
 
 
 def diameter_grid_nm(diffusion_um2_s: np.ndarray, temperature_c: float, viscosity_mpa_s: float) -> np.ndarray:
@@ -77,7 +77,7 @@ def diameter_grid_nm(diffusion_um2_s: np.ndarray, temperature_c: float, viscosit
 
 
 def _step_sums(tracks: pd.DataFrame) -> list[np.ndarray]:
-    """(n_steps, sum_sq_um2, sum_cross_um2, n_pairs) of a tracks table, as exoacq.nta.sizing takes them."""
+    """(n_steps, sum_sq_um2, sum_cross_um2, n_pairs) of a tracks table, as exoacq.nta.steps takes them."""
     return [tracks[c].to_numpy(float) for c in ("n_steps", "sum_sq_um2", "sum_cross_um2", "n_pairs")]
 
 
@@ -148,33 +148,33 @@ def size_distribution(table: pd.DataFrame, *, frame_interval_s: float, exposure_
         return out
     def blur_and_sigma2(tracks: pd.DataFrame) -> tuple[float, float]:
         """R and sigma^2: the exposure's R and the tracks' robust sigma^2 (>= 0) when the exposure is known;
-        else both from the tracks' step covariance against their D (exoacq.nta.sizing.estimate_blur)."""
+        else both from the tracks' step covariance against their D (exoacq.nta.steps.estimate_blur)."""
         if exposure_s is not None:
-            blur = sizing.blur_coefficient(exposure_s, frame_interval_s)
+            blur = steps.blur_coefficient(exposure_s, frame_interval_s)
             out["blur"] = {"coefficient": blur, "standard_error": 0.0, "source": "exposure",
                            "exposure_fraction": 6.0 * blur}
-            return blur, sizing.robust_localisation_variance_um2(*_step_sums(tracks), blur)
-        estimate = sizing.estimate_blur(*_step_sums(tracks))
+            return blur, steps.robust_localisation_variance_um2(*_step_sums(tracks), blur)
+        estimate = steps.estimate_blur(*_step_sums(tracks))
         out["blur"] = {"coefficient": estimate.blur, "standard_error": estimate.standard_error,
                        "source": estimate.source, "tracks": estimate.tracks,
                        "exposure_fraction": estimate.exposure_fraction}
         return estimate.blur, estimate.localisation_variance_um2
 
     judged = stepped.loc[stepped["length_frames"] >= (min_track_length or BLUR_MIN_POINTS)]
-    blur, sigma2 = blur_and_sigma2(judged if len(judged) >= sizing.MIN_TRACKS_FOR_STATISTICS else stepped)
+    blur, sigma2 = blur_and_sigma2(judged if len(judged) >= steps.MIN_TRACKS_FOR_STATISTICS else stepped)
     if min_track_length is None:
-        d_mean = float(np.mean(sizing.cve_diffusion_um2_s(*_step_sums(stepped), frame_interval_s)))
+        d_mean = float(np.mean(steps.cve_diffusion_um2_s(*_step_sums(stepped), frame_interval_s)))
         eps = max(sigma2, 0.0) / (d_mean * frame_interval_s) - 2.0 * blur if d_mean > 0 else math.nan
         min_track_length = auto_min_track_length(eps)
     used = stepped.loc[stepped["length_frames"] >= min_track_length]
-    if len(used) >= sizing.MIN_TRACKS_FOR_STATISTICS:  # R and sigma^2 of the tracks that are sized
+    if len(used) >= steps.MIN_TRACKS_FOR_STATISTICS:  # R and sigma^2 of the tracks that are sized
         blur, sigma2 = blur_and_sigma2(used)
     out |= {"min_track_length": int(min_track_length), "used": used, "tracks_used": int(len(used)),
             "localisation_nm": math.sqrt(max(sigma2, 0.0)) * 1e3}
     if len(used) < MIN_TRACKS_FOR_DISTRIBUTION:
         warnings.append(f"only {len(used)} tracks of >= {min_track_length} frames were sized; "
                         f"a size distribution needs >= {MIN_TRACKS_FOR_DISTRIBUTION}")
-        if len(used) < sizing.MIN_TRACKS_FOR_STATISTICS:
+        if len(used) < steps.MIN_TRACKS_FOR_STATISTICS:
             return out
     detected = sizing.deconvolve_size_distribution(
         used["n_steps"], used["sum_sq_um2"], frame_interval_s=frame_interval_s, exposure_s=exposure_s, blur=blur,

@@ -29,7 +29,7 @@ class TrackingParameters:
     """Everything the tracking core needs to turn frames into sizes; units in names."""
 
     frame_rate_hz: float
-    #: None: not known; the motion blur is then measured from the tracks (exoacq.nta.sizing.estimate_blur).
+    #: None: not known; the motion blur is then measured from the tracks (exoacq.nta.steps.estimate_blur).
     exposure_ms: float | None
     pixel_size_um: float
     temperature_c: float

@@ -3,7 +3,7 @@
 Everything the size analysis needs from a track is kept in O(1) per feature, in
 arrays indexed by particle id: first and last frame, last position, points,
 one-frame steps and their sums (plain, squared, products of consecutive steps
-for the covariance-based D of exoacq.nta.sizing), and masses. The sample's
+for the covariance-based D of exoacq.nta.steps), and masses. The sample's
 drift is the mean step of all tracked particles, frame by frame; it is removed
 from each track's sums at the end, over the track's own frames.
 """
