@@ -135,6 +135,12 @@ def decode_frame(parts: list) -> tuple[dict[str, Any], np.ndarray]:
     return header, frame.reshape(header["shape"])
 
 
+def connectable(address: str) -> str:
+    """An address a local client can connect to: a wildcard bind (``*`` or 0.0.0.0, also as ZeroMQ's
+    LAST_ENDPOINT reports it) becomes loopback."""
+    return address.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
+
+
 def connect(socket: zmq.Socket, address: str, what: str = "endpoint") -> None:
     """``socket.connect(address)``; an address ZeroMQ cannot parse is a one-line ExoacqError
     (the socket is closed), not a ZMQError traceback."""

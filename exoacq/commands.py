@@ -16,7 +16,7 @@ from typing import Any
 
 from exoacq import __version__
 from exoacq.bluesky import BLUESKY_FILE, read_jsonl
-from exoacq.bus import STATUS_SCHEMA
+from exoacq.bus import STATUS_SCHEMA, connectable
 from exoacq.errors import ExoacqError, ProtocolError
 from exoacq.methods import RunStatus
 from exoacq.reprocessing import is_version
@@ -47,7 +47,7 @@ class ControlCommands:
             "pid": os.getpid(),
             "uptime_s": time.time() - self._started,
             "data_dir": str(self.store.data_dir),
-            "endpoints": {name: _connectable(getattr(d, name)) for name in ("control", "results", "frames")},
+            "endpoints": {name: connectable(getattr(d, name)) for name in ("control", "results", "frames")},
             "metrics": self.metrics.url,
             "ready": all(r.service.ready for r in self.runners.values()),
             "simulated": all(r.instrument.simulated for r in self.runners.values()),
@@ -262,8 +262,3 @@ class ControlCommands:
             raise ExoacqError(f"run {run_id} has no event-model documents (it never started, or was recorded "
                               "before exoacq kept them)", code="no_documents")
         return [[name, doc] for name, doc in read_jsonl(path)]
-
-
-def _connectable(address: str) -> str:
-    """An address a local client can connect to (a wildcard bind becomes loopback)."""
-    return address.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")

@@ -65,7 +65,7 @@ LIVE_FRAMES = "inproc://live-frames"
 
 class Daemon(ControlCommands):
     """The daemon: sockets, main loop, run states and documents; the control requests it answers are
-    :class:`exoacq.commands.ControlCommands`'."""
+    :class:`exoacq.commands.ControlCommands`."""
 
     def __init__(self, config: Config):
         if not config.instruments:

@@ -41,7 +41,6 @@ calibrated scatter (diameter, with the stated EV model of the calibration) and f
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -480,6 +479,7 @@ def bench_analysis(n_events: int = 2_000_000, repeats: int = 3, seed: int = 1) -
     """Events per second through calibration (diameter, 2 x MESF), threshold gates and the statistics
     (size, 2 markers against an unstained control, concentration, swarm) on one core: median of
     ``repeats`` timed runs after a warm-up. Synthetic EV events: log-normal 40-300 nm."""
+    from exoacq.flow.bench import median_time_s
     from exoacq.flow.calibration import FlowCalibration, FluorescenceCalibration, ScatterCalibration
     from exoacq.flow.gating import GateSet, parse_threshold
     from exoacq.flow.scatter import Collection, ev
@@ -510,13 +510,8 @@ def bench_analysis(n_events: int = 2_000_000, repeats: int = 3, seed: int = 1) -
     def run() -> dict:
         return analyze(sample, calibration=calibration, gates=gates, markers={"CD63": "FL1-H", "CD81": "FL2-H"},
                        controls=controls, trigger_threshold_au=threshold)
-    run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - t0)
-    seconds = float(np.median(times))
+    result = run()  # the warm-up; the timed runs give the same result
+    seconds, times = median_time_s(run, repeats)
     n_processed = n_events + len(controls.unstained.events)
     return {"events_per_s": n_processed / seconds, "n_events": n_processed, "seconds": seconds,
             "times_s": times, "gated": result["events"]["gated"], "median_nm": result["size_nm"]["median"]}

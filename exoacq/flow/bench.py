@@ -24,8 +24,8 @@ TARGET_SAMPLES_PER_S = 200e6
 TARGET_EVENTS_PER_S = 2e6
 
 
-def _median_s(run, repeats: int) -> tuple[float, list[float]]:
-    """Median wall time (s) of ``repeats`` calls of ``run``, and every time."""
+def median_time_s(run, repeats: int) -> tuple[float, list[float]]:
+    """Median wall time (s) of ``repeats`` calls of ``run``, and every time (the flow benches' timing)."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -41,7 +41,7 @@ def bench_simulator(seconds: float = 1.0, repeats: int = 3) -> dict[str, Any]:
     sim = FlowSimulator(ev_sample() + silica_beads(), dilution=100, seed=9)
     n = int(round(seconds * sim.cytometer.sample_rate_hz))
     sim.traces(1000)                                     # load the kernel
-    median, times = _median_s(lambda: sim.traces(n), repeats)
+    median, times = median_time_s(lambda: sim.traces(n), repeats)
     return {"trace_s": seconds, "times_s": times, "realtime_factor": seconds / median}
 
 
@@ -51,7 +51,7 @@ def bench_scatter_inversion(n_values: int = 2_000_000, repeats: int = 3) -> dict
     table = ScatterTable(ev(), wavelength_nm=488.0, medium_refractive_index=1.333, collection=Collection())
     values = np.random.default_rng(1).lognormal(0.0, 2.0, n_values)
     table.diameter_nm(values[:1000])
-    median, times = _median_s(lambda: table.diameter_nm(values), repeats)
+    median, times = median_time_s(lambda: table.diameter_nm(values), repeats)
     return {"n_values": n_values, "times_s": times, "per_s": n_values / median}
 
 

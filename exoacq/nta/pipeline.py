@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from exoacq.bus import dumps
+from exoacq.bus import connectable, dumps
 
 log = logging.getLogger("exoacq.tracking")
 
@@ -69,7 +69,7 @@ class TrackingPipeline:
         """Handle the linker's own events; False for the ones about runs."""
         kind = event.get("event")
         if kind == "ready":
-            self.features_endpoint = event["features"].replace("://0.0.0.0:", "://127.0.0.1:")
+            self.features_endpoint = connectable(event["features"])
             if self.control is not None:
                 self.control.close(linger=0)
             self.control = self.ctx.socket(zmq.PUSH)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from exoacq.bus import loads
+from exoacq.bus import connectable, loads
 from exoacq.errors import ExoacqError
 from exoacq.methods import MethodService, RunStatus, make_safe
 from exoacq.nta.acquisition import NTAAcquisition, Run
@@ -35,10 +35,6 @@ PREVIEW_MAX_FPS = 30.0
 PREVIEW_REPORT_S = 0.5
 #: A run whose tracking core had to be restarted more often than this is failed, not degraded.
 MAX_RESTARTS_PER_RUN = 5
-
-
-def _connectable(address: str) -> str:
-    return address.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
 
 
 class NTAService(MethodService):
@@ -72,7 +68,7 @@ class NTAService(MethodService):
         context.watch(self.events, self._on_tracker_events)
         self.tracking = TrackingPipeline(
             ctx, workers=tracking.workers,
-            frames_endpoint=_connectable(self.worker_frames.getsockopt(zmq.LAST_ENDPOINT).decode()),
+            frames_endpoint=connectable(self.worker_frames.getsockopt(zmq.LAST_ENDPOINT).decode()),
             events_endpoint=f"tcp://127.0.0.1:{events_port}", features_bind=tracking.features, security=security)
         self.engine = NTAAcquisition(instrument, self.settings, self.worker_frames, context.live_frames,
                                      context.emit)
