@@ -19,8 +19,8 @@ TESTDATA = ROOT.parent / "shared" / "testdata"
 
 
 #: The test files that take longest (seconds on one worker of `make test`, 2 cores, measured 2026-12-03), run
-#: first: `make test` passes `--no-loadscope-reorder`, so pytest-xdist hands files to its two workers in this
-#: order, and both end together. By default xdist orders files by their number of tests, which left the soak
+#: first: `make test` passes `--no-loadscope-reorder`, so pytest-xdist hands files to its workers in this
+#: order, and they end together. By default xdist orders files by their number of tests, which left the soak
 #: (one test, 130 s) for the end, alone on one worker, while the other idled.
 LONGEST_FILES = ("test_offline.py",       # 132 s
                  "test_soak.py",          # 131 s
