@@ -130,10 +130,12 @@ class DaemonMetrics:
 
     def stop(self) -> None:
         """Stop serving. The server notices within its 0.5 s poll; that wait runs beside the rest of the
-        daemon's shutdown (a thread of its own) instead of before it."""
+        daemon's shutdown (a thread of its own) instead of before it, and the process does not wait for it at
+        exit (a daemon thread: the server has nothing to finish, and its socket closes with the process)."""
         server, self._server = self._server, None
         if server is not None:
-            threading.Thread(target=lambda: (server.shutdown(), server.server_close()), name="metrics-stop").start()
+            threading.Thread(target=lambda: (server.shutdown(), server.server_close()), name="metrics-stop",
+                             daemon=True).start()
 
     # -- what the main thread reports --------------------------------------------------
     def count_request(self, reply: dict[str, Any]) -> None:

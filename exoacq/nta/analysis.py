@@ -39,7 +39,7 @@ import pandas as pd
 
 from exoacq.nta import steps
 from exoacq.nta.distribution import HISTOGRAM_BIN_NM, number_histogram, size_distribution
-from exoacq.nta.parameters import SEARCH_RANGE_SIGMAS, TrackingParameters, at_threshold, locate_features, trackpy
+from exoacq.nta.parameters import SEARCH_RANGE_SIGMAS, TrackingParameters, at_threshold, trackpy, warm_up_detectors
 from exoacq.nta.track_sums import EnsembleDrift, TrackSums
 from exoacq.physics import BOLTZMANN_J_K, celsius_to_kelvin
 
@@ -72,11 +72,7 @@ RUNNING_HISTOGRAM_MAX_NM = 2000.0
 def warm_up(linker: bool = True) -> None:
     """Compile the numba kernels of both detectors before the first frame needs them; with ``linker``, trackpy's
     numba subnet linker too (:func:`warm_up_linker`; a locate worker does not link)."""
-    rng = np.random.default_rng(0)
-    frame = rng.poisson(20, (64, 64)).astype(np.uint16)
-    frame[30:33, 30:33] += 500
-    for detector in ("fast", "trackpy"):
-        locate_features(frame, diameter_px=7, minmass=100, detector=detector)
+    warm_up_detectors()
     if linker:
         warm_up_linker()
 

@@ -141,6 +141,9 @@ def add_cli(verbs: dict[str, Any]) -> None:
     p.add_argument("--features", required=True, help="the instrument's tracking features endpoint")
     from exoacq.cli_common import add_client_keys
     add_client_keys(p)  # a daemon with CurveZMQ keys: an authorised operator's pair
+    p.add_argument("--detector", choices=("fast", "trackpy"), default=None,
+                   help="compile only this detector before serving (the instrument's settings.detector); "
+                        "default: both")
     p.set_defaults(func=cmd_worker)
 
 
@@ -500,8 +503,8 @@ def cmd_bench_batch(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from exoacq.cli_common import client_keys
-    from exoacq.nta.worker import serve
-    serve(args.frames, args.features, keys=client_keys(args))
+    from exoacq.nta.worker import detectors_to_warm, serve
+    serve(args.frames, args.features, keys=client_keys(args), detectors=detectors_to_warm(args.detector))
     return 0
 
 

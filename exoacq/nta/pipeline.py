@@ -27,8 +27,10 @@ log = logging.getLogger("exoacq.tracking")
 
 class TrackingPipeline:
     def __init__(self, ctx: zmq.Context, *, workers: int, frames_endpoint: str, events_endpoint: str,
-                 features_bind: str, security: Any = None):
+                 features_bind: str, security: Any = None, detector: str | None = None):
         self.ctx = ctx
+        #: The instrument's detector: the workers started here compile only it before they say hello.
+        self.detector = detector
         #: With CurveZMQ keys (exoacq.security): the processes get ``--keys-dir`` and serve/connect with CURVE.
         self.security = security
         self._process_args = security.process_args() if security is not None else []
@@ -58,7 +60,8 @@ class TrackingPipeline:
         self.linker = self._spawn("exoacq.nta.tracker", "--events", self.events_endpoint, "--bind", self.features_bind)
 
     def _start_worker(self) -> subprocess.Popen:
-        return self._spawn("exoacq.nta.worker", "--frames", self.frames_endpoint, "--features", self.features_endpoint)
+        return self._spawn("exoacq.nta.worker", "--frames", self.frames_endpoint, "--features", self.features_endpoint,
+                           *(["--detector", self.detector] if self.detector else []))
 
     @property
     def ready(self) -> bool:
@@ -138,11 +141,15 @@ class TrackingPipeline:
         self.workers = []
 
     def stop(self) -> None:
-        self._stop_workers()
-        if self.linker is not None and self.linker.poll() is None:
-            if not self.send("shutdown", {}):
-                self.linker.terminate()
-            _wait_or_kill(self.linker)
+        """Stop the workers and the linker together: each takes a few tenths of a second to end."""
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.terminate()
+        if self.linker is not None and self.linker.poll() is None and not self.send("shutdown", {}):
+            self.linker.terminate()
+        for process in [*self.workers, *([] if self.linker is None else [self.linker])]:
+            _wait_or_kill(process)
+        self.workers = []
         if self.control is not None:
             self.control.close(linger=0)
 

@@ -69,7 +69,8 @@ class NTAService(MethodService):
         self.tracking = TrackingPipeline(
             ctx, workers=tracking.workers,
             frames_endpoint=connectable(self.worker_frames.getsockopt(zmq.LAST_ENDPOINT).decode()),
-            events_endpoint=f"tcp://127.0.0.1:{events_port}", features_bind=tracking.features, security=security)
+            events_endpoint=f"tcp://127.0.0.1:{events_port}", features_bind=tracking.features, security=security,
+            detector=self.settings.detector)
         self.engine = NTAAcquisition(instrument, self.settings, self.worker_frames, context.live_frames,
                                      context.emit)
         #: The main thread's PUB to the frames socket: the tracking core's ``features`` for viewers.

@@ -23,15 +23,17 @@ import zmq
 
 from exoacq.bus import FRAME_TOPIC, connect, decode_frame, dumps
 from exoacq.errors import ExoacqError
-from exoacq.nta.analysis import warm_up
-from exoacq.nta.parameters import locate_features
+from exoacq.nta.parameters import DETECTORS, locate_features, warm_up_detectors
 
 #: Feature columns sent to the linker (trackpy names; positions in pixels).
 COLUMNS = ("y", "x", "mass", "size", "signal")
 
 
-def serve(frames_address: str, features_address: str, parent_pid: int | None = None, keys=None) -> None:
-    """``keys``: an :class:`exoacq.security.ClientKeys` when the daemon uses CurveZMQ keys."""
+def serve(frames_address: str, features_address: str, parent_pid: int | None = None, keys=None,
+          detectors: tuple[str, ...] = DETECTORS) -> None:
+    """``keys``: an :class:`exoacq.security.ClientKeys` when the daemon uses CurveZMQ keys. ``detectors``: the
+    ones compiled before the worker says hello (a frame that asks for another is served too, the first one
+    after compiling it)."""
     ctx = zmq.Context()
     frames = ctx.socket(zmq.PULL)
     frames.setsockopt(zmq.RCVHWM, 2)  # a worker holds few frames: the others get the rest
@@ -52,11 +54,11 @@ def serve(frames_address: str, features_address: str, parent_pid: int | None = N
         raise
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    warm_up(linker=False)
+    warm_up_detectors(detectors)
     features.send_multipart([b"hello", dumps({"pid": os.getpid()})])
     try:
         while not stopping:
-            if not frames.poll(250):
+            if not frames.poll(100):  # SIGTERM (stopping) is seen within this (ms)
                 if parent_pid is not None and os.getppid() != parent_pid:
                     return  # the daemon that started us is gone
                 continue
@@ -76,6 +78,17 @@ def serve(frames_address: str, features_address: str, parent_pid: int | None = N
         ctx.term()
 
 
+def add_detector_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--detector", choices=DETECTORS, default=None,
+                        help="compile only this detector before serving (the instrument's settings.detector; the "
+                             "daemon passes it to the workers it starts); default: both. A frame that asks for the "
+                             "other is still served, the first one after compiling it")
+
+
+def detectors_to_warm(detector: str | None) -> tuple[str, ...]:
+    return DETECTORS if detector is None else (detector,)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m exoacq.nta.worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", help="a daemon with CurveZMQ keys: your authorised NAME.key_secret")
     parser.add_argument("--server-key", help="a daemon with CurveZMQ keys: its server.key")
     parser.add_argument("--keys-dir", help="the daemon's own keys directory (workers the daemon starts)")
+    add_detector_option(parser)
     args = parser.parse_args(argv)
     from exoacq.security import DaemonSecurity, load_client_keys
     try:
         keys = (DaemonSecurity.for_process(args.keys_dir).internal_keys() if args.keys_dir
                 else load_client_keys(args.key, args.server_key))
-        serve(args.frames, args.features, args.parent_pid, keys)
+        serve(args.frames, args.features, args.parent_pid, keys, detectors=detectors_to_warm(args.detector))
     except ExoacqError as exc:
         print(f"exoacq worker: error: {exc}", file=sys.stderr)
         return 2
