@@ -39,8 +39,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
-from scipy.optimize import minimize_scalar
-from scipy.signal import find_peaks
 
 from exoacq.errors import ExoacqError
 from exoacq.flow.scatter import (Collection, Particle, ScatterTable, collected_cross_section_nm2,
@@ -263,6 +261,8 @@ def load_calibration(path) -> FlowCalibration:
 def fit_scatter(beads: list[BeadPoint], *, parameter: str, wavelength_nm: float, medium_refractive_index: float,
                 collection_guess: Collection, particle: Particle, fit_geometry: bool = True) -> ScatterCalibration:
     """Fit the gain (and, when the beads allow, the collection half-angle) to bead medians (see the module)."""
+    from scipy.optimize import minimize_scalar  # here, not at the top: a daemon reads calibrations at start
+
     if len(beads) < 2:
         raise ExoacqError(f"fit_scatter({parameter}): need at least 2 bead populations, got {len(beads)}",
                           code="bad_calibration")
@@ -383,6 +383,8 @@ def bead_medians(table: pd.DataFrame, parameter: str, populations: int, *, min_v
 
 def _initial_means(counts: np.ndarray, centres: np.ndarray, populations: int) -> np.ndarray:
     """Start EM at the highest peaks of the smoothed histogram, filled up with quantiles."""
+    from scipy.signal import find_peaks  # here, not at the top: scipy.signal's import takes ~0.5 s
+
     kernel = np.exp(-0.5 * (np.arange(-12, 13) / 4.0) ** 2)
     smooth = np.convolve(counts, kernel / kernel.sum(), mode="same")
     peaks, _ = find_peaks(np.concatenate([[0.0], smooth, [0.0]]), prominence=smooth.max() * 0.01)
