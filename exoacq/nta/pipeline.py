@@ -39,6 +39,8 @@ class TrackingPipeline:
         self.events_endpoint = events_endpoint
         self.features_bind = features_bind
         self.features_endpoint: str | None = None
+        #: The linker has warmed up and serves (its ``ready`` event; ``bound`` came before, with its endpoint).
+        self.linker_ready = False
         self.linker: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
         self.workers_ready: set[int] = set()
@@ -54,8 +56,9 @@ class TrackingPipeline:
                                  "--parent-pid", str(os.getpid())])
 
     def start(self) -> None:
-        """Start the linker; the workers follow once it reports its endpoint (:meth:`on_event`)."""
+        """Start the linker; the workers follow once it reports its endpoint (``bound``, :meth:`on_event`)."""
         self.features_endpoint = None
+        self.linker_ready = False
         self.workers_ready.clear()
         self.linker = self._spawn("exoacq.nta.tracker", "--events", self.events_endpoint, "--bind", self.features_bind)
 
@@ -66,12 +69,13 @@ class TrackingPipeline:
     @property
     def ready(self) -> bool:
         local = {w.pid for w in self.workers}
-        return self.features_endpoint is not None and len(self.workers_ready & local) >= self.n_workers
+        return (self.linker_ready and self.features_endpoint is not None
+                and len(self.workers_ready & local) >= self.n_workers)
 
     def on_event(self, event: dict[str, Any]) -> bool:
         """Handle the linker's own events; False for the ones about runs."""
         kind = event.get("event")
-        if kind == "ready":
+        if kind == "bound":  # its features endpoint, before its own warm-up: the workers start beside it
             self.features_endpoint = connectable(event["features"])
             if self.control is not None:
                 self.control.close(linger=0)
@@ -82,6 +86,9 @@ class TrackingPipeline:
                 self.security.internal_keys().apply(self.control)
             self.control.connect(self.features_endpoint)
             self.workers = [self._start_worker() for _ in range(self.n_workers)]
+            return True
+        if kind == "ready":  # warmed up and serving
+            self.linker_ready = True
             self.has_been_ready |= self.ready
             return True
         if kind == "worker":

@@ -172,7 +172,7 @@ class NTAService(MethodService):
             else:
                 event = loads(message)
             if self.tracking.on_event(event):
-                if event.get("event") == "ready" and self.tracking.restarts["linker"]:
+                if event.get("event") == "bound" and self.tracking.restarts["linker"]:  # its endpoint: replay now
                     self._resume_captures()
                 continue
             run_id = str(event.get("run_id")).partition("/")[0]

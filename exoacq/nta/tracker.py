@@ -6,7 +6,8 @@ PUSHes ``run.begin`` (run_id, tracking parameters, output directory) and
 ``run.end`` (run_id, ``frames_sent``, measured temperature). Workers finish
 frames out of order; the linker puts them back in sequence (``seq``) before
 linking, and finishes a run when all ``frames_sent`` have arrived. It PUSHes
-JSON events to the daemon: ``ready`` (with the bound ``features`` endpoint),
+JSON events to the daemon: ``bound`` (the ``features`` endpoint, as soon as it is bound: the daemon
+starts the workers then, and they start beside the linker's own imports and warm-up), ``ready``,
 ``worker`` (a worker said hello), ``progress`` (every 0.1 s while frames
 arrive), ``live`` (at most 15 times a second: the newest linked frame's features and the live tracks'
 tails, for viewers), ``rows`` (every ROWS_INTERVAL_S: the positions linked since the last
@@ -31,16 +32,21 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
 
 from exoacq.bus import dumps, loads
-from exoacq.nta.analysis import StreamingTracker, warm_up_linker
-from exoacq.nta.parameters import TrackingParameters, at_threshold
 from exoacq.nta.frame_order import FrameOrder
 from exoacq.physics import water_viscosity_iapws_mpa_s
+
+if TYPE_CHECKING:
+    from exoacq.nta.analysis import StreamingTracker
+
+# The analysis (exoacq.nta.analysis, .parameters: pandas, numba, trackpy, scipy; ~1 s of CPU) is imported where it
+# is used, not here: the linker binds its features socket and says so (``bound``) first, so that the daemon's
+# workers start while it imports.
 
 PROGRESS_INTERVAL_S = 0.1
 #: Features of a run whose run.begin has not arrived yet are kept for at most this many frames.
@@ -193,6 +199,9 @@ class Linker:
             self.on_worker_lost(loads(parts[1].bytes))
 
     def on_begin(self, message: dict[str, Any]) -> None:
+        from exoacq.nta.analysis import StreamingTracker
+        from exoacq.nta.parameters import TrackingParameters
+
         params = TrackingParameters(**message["params"])
         run = _Run(message["run_id"], StreamingTracker(params), Path(message["output_dir"]),
                    order=FrameOrder(resumed=bool(message.get("resumed"))))
@@ -229,6 +238,8 @@ class Linker:
     def send_live(self, run: _Run) -> None:
         """The newest linked frame's features at the threshold (x, y, mass; 2 decimals) and the tails of the tracks
         in it (StreamingTracker.tails), for viewers; the daemon publishes them on its frames socket."""
+        from exoacq.nta.parameters import at_threshold
+
         frame_number, timestamp, cols = run.last_linked
         run.last_linked = None  # each frame once
         run_id, _, capture = run.run_id.partition("/")
@@ -321,9 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     parser.add_argument("--keys-dir", default=None, help="the daemon's CurveZMQ keys directory (exoacq.security)")
     args = parser.parse_args(argv)
-    warm_up_linker()  # before "ready": trackpy's numba subnet solver compiled now, not at a run's first crowded frame
     linker = Linker(args.events, args.bind, keys_dir=args.keys_dir)
+    linker.send("bound", pid=os.getpid(), features=linker.endpoint)  # the daemon starts the workers now
     try:
+        from exoacq.nta.analysis import warm_up_linker
+
+        warm_up_linker()  # before "ready": trackpy's numba subnet solver compiled now, not at a run's first crowded frame
         linker.serve(args.parent_pid)
     except KeyboardInterrupt:
         pass
