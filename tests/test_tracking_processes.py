@@ -1,6 +1,7 @@
-"""A locate worker (``python -m exoacq.nta.worker``) over real ZeroMQ sockets on loopback: the detector it
-compiles before saying hello (``--detector``; the daemon passes its instrument's ``settings.detector``) and
-frames that ask for either detector."""
+"""The tracking core's processes on their own, over real ZeroMQ sockets on loopback: a locate worker
+(``python -m exoacq.nta.worker``: the detector it compiles before saying hello, ``--detector``, which the daemon
+passes from its instrument's ``settings.detector``, and frames that ask for either detector) and the linker's
+start (``python -m exoacq.nta.tracker``: its endpoint first, then ready)."""
 from __future__ import annotations
 
 import subprocess
@@ -84,3 +85,27 @@ def test_the_daemon_starts_its_workers_with_its_instruments_detector(tmp_path):
     assert len(argvs) == 2
     for argv in argvs:
         assert argv[argv.index("--detector") + 1] == "trackpy", argv
+
+
+def test_the_linker_gives_its_endpoint_before_its_warm_up_then_says_ready():
+    ctx = zmq.Context()
+    events = ctx.socket(zmq.PULL)
+    events.setsockopt(zmq.LINGER, 0)
+    port = events.bind_to_random_port("tcp://127.0.0.1")
+    linker = subprocess.Popen([sys.executable, "-m", "exoacq.nta.tracker", "--events", f"tcp://127.0.0.1:{port}"])
+    try:
+        received = []
+        while len(received) < 2:
+            assert events.poll(WAIT_MS), f"the linker said only {received}"
+            received.append(loads(events.recv()))
+    finally:
+        linker.terminate()
+        code = linker.wait(timeout=10)
+        events.close()
+        ctx.term()
+    bound, ready = received
+    # bound: at once, so that the daemon starts its workers while the linker imports and compiles
+    assert bound["event"] == "bound" and bound["pid"] == linker.pid
+    assert bound["features"].startswith("tcp://127.0.0.1:")
+    assert ready == {"event": "ready", "pid": linker.pid, "features": bound["features"]}
+    assert code == 0
