@@ -216,7 +216,7 @@ def test_a_cut_video_reads_its_whole_frames_then_says_it_is_cut(tmp_path):
 
 def test_runs_kept_as_ffv1_before_are_still_read(tmp_path):
     """Runs recorded by earlier versions keep video.mkv (FFV1): their frames are read as before."""
-    from exoacq.nta.bench import open_ffv1_writer
+    from exoacq.nta.bench_analyze import open_ffv1_writer
 
     frames = simulated_frames(3, seed=10)
     writer = open_ffv1_writer(tmp_path / "video.mkv", 640, 480, np.dtype(np.uint16), 25.0)

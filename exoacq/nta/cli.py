@@ -115,8 +115,8 @@ def add_cli(verbs: dict[str, Any]) -> None:
                    help="runs of each pipeline (interleaved); the medians are reported (default %(default)s)")
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
 
-    def bench_analyze(args: argparse.Namespace) -> int:  # exoacq.nta.bench, imported when it runs
-        from exoacq.nta.bench import cmd_bench_analyze
+    def bench_analyze(args: argparse.Namespace) -> int:  # exoacq.nta.bench_analyze, imported when it runs
+        from exoacq.nta.bench_analyze import cmd_bench_analyze
         return cmd_bench_analyze(args)
     b.set_defaults(func=bench_analyze, benchmark="analyze")
     b = bench.add_parser("batch", help="`analyze nta --dask`: the same simulated videos on 1 and 2 Dask workers")

@@ -76,7 +76,8 @@ def import_in_background(modules: tuple[str, ...] = BACKGROUND_MODULES) -> threa
 
 def analyze_video(video: Video, params: TrackingParameters, *, threads: int | None = None,
                   progress: Callable[[int, int | None], None] | None = None,
-                  overlap_decoding: bool = True, frames: Iterator[np.ndarray] | None = None) -> dict[str, Any]:
+                  overlap_decoding: bool = True, frames: Iterator[np.ndarray] | None = None,
+                  tracked: Callable[[StreamingTracker], None] | None = None) -> dict[str, Any]:
     """Track every frame of ``video``; return the result summary (as ``nta.result``'s core fields).
 
     A threshold not given (``params.minmass`` None) is chosen from the first THRESHOLD_FRAMES
@@ -84,7 +85,7 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
     as the daemon does. ``overlap_decoding=False`` decodes in the
     calling thread, alternating with the rest (the same results, to the bit). ``frames``: the video's
     frames being decoded already (:func:`exoacq.nta.video.start_decoding`, started before the
-    analysis's imports); closed here.
+    analysis's imports); closed here. ``tracked`` is given the tracker once the summary is made (its tracks).
     """
     workers = threads or os.cpu_count() or 1
     importing = import_in_background()
@@ -135,6 +136,8 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
     summary["warnings"] = video.warnings + summary["warnings"]
     summary["frames_analysed"] = done
     summary["features_per_frame"] = list(tracker.features_per_frame)
+    if tracked is not None:
+        tracked(tracker)
     return summary
 
 
