@@ -212,6 +212,8 @@ def inputs(tmp_path_factory) -> Path:
     cv2.imwritemulti(str(d / "one16.tif"), [(real[0].astype(np.uint16) * 16)])
     np.save(d / "flat.npy", np.zeros((4, 5), np.uint8))
     np.save(d / "empty.npy", np.zeros((0, 96, 128), np.uint8))
+    np.save(d / "tiny.npy", np.random.default_rng(0).integers(0, 255, (30, 2, 2)).astype(np.uint8))
+    np.save(d / "nan.npy", np.full((20, 96, 128), np.nan, np.float32))
     (d / "malformed.toml").write_text("[calibration\nkind = \n")
     (d / "binary.toml").write_bytes(bytes(range(256)))
     shutil.copy(ROOT / "calibrations" / "nta" / "beads-100nm.toml", d / "wrong-kind.toml")
@@ -330,6 +332,8 @@ def nta_cases(d: Path) -> dict[str, dict]:
         "nta-text-npy": _case("frame stack", str(d / "text.npy"), *ok),
         "nta-flat-npy": _case("3 dimensions", str(d / "flat.npy"), *ok),
         "nta-empty-npy": _case("no frames", str(d / "empty.npy"), *ok, "--fps", "25"),
+        "nta-tiny-frames-npy": _case("2 x 2 pixels: too small", str(d / "tiny.npy"), *ok, "--fps", "25"),
+        "nta-nan-npy": _case("nan.npy: the frames hold NaN", str(d / "nan.npy"), *ok, "--fps", "25"),
         "nta-truncated-avi": _case("truncated", str(d / "truncated.avi"), *ok),
         "nta-header-only-avi": _case("truncated|no readable frame|not a video", str(d / "header-only.avi"), *ok),
         # FIX NEEDED (lead, exoacq/nta/cli.py analysis_parameters): a video of fewer frames than a track

@@ -207,6 +207,11 @@ def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]
     if frames is not None and frames < needed:
         raise ExoacqError(f"{video.path}: no frames to analyse" if frames == 0 else
                           f"{video.path}: {frames} frame(s): too few frames to track (a track needs {needed} or more)")
+    side = 2 * args.feature_diameter_px  # a feature's disc, away from the edges the detector leaves out
+    if min(video.width, video.height) < side:
+        raise ExoacqError(f"{video.path}: frames of {video.width} x {video.height} pixels: too small to find "
+                          f"features of {args.feature_diameter_px} px (--feature-diameter-px) in them; "
+                          f"need {side} x {side} or more")
     exposure_ms = args.exposure_ms if args.exposure_ms is not None else getattr(video, "exposure_ms", None)
     if exposure_ms is not None and not 0 <= exposure_ms <= 1000.0 / fps * (1 + 1e-9):
         raise ExoacqError(f"--exposure-ms {exposure_ms:g}: must be from 0 to the frame interval "

@@ -98,7 +98,10 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
         if not first:
             raise ExoacqError(f"{video.path}: no frames to analyse")
         from exoacq.nta.parameters import with_threshold  # the threshold (unless given) and the clip level
-        params = with_threshold(params, first)
+        try:
+            params = with_threshold(params, first)
+        except ExoacqError as exc:  # what is wrong with the frames: said of this video
+            raise ExoacqError(f"{video.path}: {exc}", code=exc.code) from None
         tracker = StreamingTracker(params)
         options = params.locate_options()
         # the first frame in this thread, before the others start: numba loads its cache (and imports) here, once
@@ -130,6 +133,9 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
     if progress and done % CHUNK_FRAMES:
         progress(done, video.frame_count)
     if sum(tracker.features_per_frame) == 0:
+        if not params.minmass:  # the automatic threshold of frames without noise
+            raise ExoacqError(f"{video.path}: no particles found in {done} frames: they show no noise and no "
+                              "feature (uniform frames?)")
         raise ExoacqError(f"{video.path}: no particles found in {done} frames (minmass = {params.minmass:g}; "
                           f"try a lower --minmass{'' if params.invert else ', or --invert for dark particles'})")
     summary = tracker.summary()

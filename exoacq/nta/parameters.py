@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from exoacq.errors import ExoacqError
 from exoacq.nta.detect import locate_fast
 from exoacq.nta.detection_volume import crowding_factor
 from exoacq.nta.threshold import FALSE_DETECTIONS_PER_FRAME, noise_threshold
@@ -146,6 +147,8 @@ def with_threshold(params: "TrackingParameters", frames: list[np.ndarray]) -> "T
     """``params`` with the detection threshold chosen from these (first) frames' noise unless ``minmass`` is
     given, and the camera's saturation level from their pixel type unless given."""
     changes: dict[str, Any] = {}
+    if np.asarray(frames[0]).dtype.kind == "f" and not all(np.isfinite(f).all() for f in frames):
+        raise ExoacqError("the frames hold NaN or infinite pixel values: not a camera's image")
     if params.saturation_counts is None:
         dtype = np.asarray(frames[0]).dtype
         if params.invert and np.issubdtype(dtype, np.integer):  # dark particles: black (0) clips, inverted
