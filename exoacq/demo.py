@@ -133,8 +133,9 @@ def run_demo(duration_s: float = 30.0) -> int:
               + ("" if result["concentration_per_ml"] is None else
                  f", concentration {result['concentration_per_ml']:.3g} particles/mL "
                  f"({100 * (result['concentration_per_ml'] / true_per_ml - 1):+.0f} %)")
-              + f".\nA {duration_s:g} s video holds a few hundred tracks: expect a few % on sizes and ~ 10-20 % on the "
-                "concentration; `exoacq bench accuracy` measures with 5 x 60 s.")
+              + f".\nA {duration_s:g} s video holds a few hundred tracks: expect a few % on sizes and a scatter of "
+                "~ 15 % (1 SD) on the concentration, the count of particles in view renewing slowly; "
+                "`exoacq bench accuracy` measures with 2 x 60 s per sample.")
     if code != 0:
         raise ExoacqError(f"the daemon exited with code {code}; its log: {log_path}")
     return 0
