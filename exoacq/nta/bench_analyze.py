@@ -107,19 +107,25 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
-def _time_command(video_path: Path, command_args: list[str]) -> tuple[float, dict[str, Any]]:
-    """Wall time of ``exoacq analyze nta VIDEO ... --json`` in a new interpreter (imports included)."""
+def _time_process(argv: list[str], what: str) -> tuple[float, dict[str, Any]]:
+    """Wall time of ``argv`` in a new interpreter (its imports included) and the JSON it printed."""
     import subprocess
-    import sys
 
-    argv = [sys.executable, "-m", "exoacq", "analyze", "nta", str(video_path), *command_args, "--json"]
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or ["(no message)"]
-        raise ExoacqError(f"exoacq analyze nta {video_path} failed in the benchmark: {lines[-1]}")
+        raise ExoacqError(f"{what} failed in the benchmark: {lines[-1]}")
     return seconds, json.loads(proc.stdout)
+
+
+def _time_command(video_path: Path, command_args: list[str]) -> tuple[float, dict[str, Any]]:
+    """``exoacq analyze nta VIDEO ... --json`` as a command: its wall time and its result."""
+    import sys
+
+    return _time_process([sys.executable, "-m", "exoacq", "analyze", "nta", str(video_path), *command_args, "--json"],
+                         f"exoacq analyze nta {video_path}")
 
 
 @dataclass(frozen=True)
@@ -174,19 +180,12 @@ def trackpy_spans(kept: Any) -> list[list[int]]:
 
 
 def _time_trackpy_command(video_path: Path, b: Baseline) -> tuple[float, dict[str, Any]]:
-    """Wall time of the trackpy pipeline as a script in a new interpreter (trackpy's import and its numba
-    compilation included, as :func:`_time_command` includes exoacq's), and what it found."""
-    import subprocess
+    """The trackpy pipeline as a script in a new interpreter (trackpy's import and its numba compilation
+    included, as :func:`_time_command` includes exoacq's): its wall time and what it found."""
     import sys
 
-    argv = [sys.executable, "-m", "exoacq.nta.bench_analyze", str(video_path), json.dumps(dataclasses.asdict(b))]
-    t0 = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines() or ["(no message)"]
-        raise ExoacqError(f"the trackpy baseline on {video_path} failed in the benchmark: {lines[-1]}")
-    return seconds, json.loads(proc.stdout)
+    return _time_process([sys.executable, "-m", "exoacq.nta.bench_analyze", str(video_path),
+                          json.dumps(dataclasses.asdict(b))], f"the trackpy baseline on {video_path}")
 
 
 def _bench_case(video_path: Path, params, threads: int | None, command_args: list[str] | None,
