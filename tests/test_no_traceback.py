@@ -336,8 +336,7 @@ def nta_cases(d: Path) -> dict[str, dict]:
         "nta-nan-npy": _case("nan.npy: the frames hold NaN", str(d / "nan.npy"), *ok, "--fps", "25"),
         "nta-truncated-avi": _case("truncated", str(d / "truncated.avi"), *ok),
         "nta-header-only-avi": _case("truncated|no readable frame|not a video", str(d / "header-only.avi"), *ok),
-        # FIX NEEDED (lead, exoacq/nta/cli.py analysis_parameters): a video of fewer frames than a track
-        # needs is refused ("too few frames to track"); today it "succeeds" with no size (exit 0).
+        # a video of fewer frames than a track needs is refused (it once "succeeded" with no size, exit 0)
         "nta-one-frame": _case("too few frames", str(d / "one-frame.avi"), *ok),
         "nta-two-frame": _case("too few frames", str(d / "two-frame.avi"), *ok),
         "nta-black": _case("no particles", str(d / "black.avi"), *ok),
@@ -347,7 +346,7 @@ def nta_cases(d: Path) -> dict[str, dict]:
         "nta-text-folder": _case("no inputs|PNG or TIFF", str(d / "text-folder"), *ok),
         "nta-bad-png-folder": _case("not a readable image", str(d / "bad-png-folder"), *ok, "--fps", "25"),
         "nta-tiff16-black": _case("no particles", str(d / "black16.tif"), *ok, "--fps", "25"),
-        "nta-tiff16-one": _case("too few frames", str(d / "one16.tif"), *ok, "--fps", "25"),  # FIX NEEDED, as above
+        "nta-tiff16-one": _case("too few frames", str(d / "one16.tif"), *ok, "--fps", "25"),  # as above
         "nta-tiff-no-fps": _case("frame rate", str(d / "black16.tif"), *ok),
         "nta-no-pixel-size": _case("pixel-size-um", good),
         "nta-glob-nothing": _case("no file matches", str(d / "nothing-*.avi"), *ok),
@@ -379,12 +378,10 @@ def nta_cases(d: Path) -> dict[str, dict]:
         "pixel-size-um": ["0", "-0.1", "nan", "inf"],
         "temperature-c": ["-5", "0", "100", "nan", "inf", "-inf"],
         "viscosity-mpa-s": ["0", "nan", "inf"],
-        # FIX NEEDED (lead, exoacq/nta/cli.py analysis_parameters): nan passes the range check and ends as an
-        # internal error (ValueError in sizing); the check must be written so that NaN fails it.
+        # nan must fail the range check (it once passed it and ended as an internal error in sizing)
         "exposure-ms": ["100", "-1", "nan", "inf"],
         "feature-diameter-px": ["10", "1", "0", "-3", "2.5"],
-        # FIX NEEDED (lead, exoacq/nta/cli.py analysis_parameters): -5 and -inf are accepted (exit 0); nan and
-        # inf fail late as "no particles found".
+        # refused at once (-5 and -inf were once accepted, nan and inf failed late as "no particles found")
         "minmass": ["-5", "nan", "inf", "-inf"],
         "dilution": ["0", "-1", "nan", "inf"],
         "min-track-length": ["2", "0", "-1"],
@@ -418,7 +415,7 @@ def nta_cases(d: Path) -> dict[str, dict]:
                                                       *beads, *ok, "--bead-concentration-per-ml", "inf"),
         "calibrate-nta-laser-0": _case("laser-power-mw", "calibrate", "nta", good, *beads, *ok,
                                        "--laser-power-mw", "0"),
-        # FIX NEEDED (lead): as nta-exposure-ms-nan
+        # as nta-exposure-ms-nan
         "calibrate-nta-exposure-nan": _case("exposure-ms", "calibrate", "nta", good, *beads,
                                             *ok[:2], "--exposure-ms", "nan"),
         "bench-analyze-missing": _case("no such video", "bench", "analyze", str(d / "missing.avi"), *ok),
@@ -594,9 +591,8 @@ def nta_other_cases(d: Path) -> dict[str, dict]:
                                           "--frames", "2"),
         "bench-locate-frames-0": _case("--frames", "bench", "locate", "--frames", "0"),
         "bench-locate-frames-negative": _case("--frames", "bench", "locate", "--frames=-1"),
-        # FIX NEEDED (lead, exoacq/nta/cli.py add_cli): --width/--height/--workers of bench realtime take
-        # positive_int (exoacq.cli_common); today width 0 ends as "the daemon exited with code 2", workers 0
-        # runs a benchmark that processes no frame (exit 0).
+        # --width/--height/--workers of bench realtime take positive_int (exoacq.cli_common): width 0 once ended
+        # as "the daemon exited with code 2", workers 0 ran a benchmark that processed no frame (exit 0)
         "bench-realtime-width-0": _case("--width", "bench", "realtime", "--width", "0", "--duration", "1"),
         "bench-realtime-workers-0": _case("--workers", "bench", "realtime", "--workers", "0", "--duration", "1"),
         "bench-realtime-fps-inf": _case("--fps", "bench", "realtime", "--fps", "inf", "--duration", "1"),
