@@ -105,8 +105,9 @@ def add_cli(verbs: dict[str, Any]) -> None:
                         "exoacq web's own: a viewer yields to the acquisition; 0: the same priority)")
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
     b.set_defaults(func=cmd_bench, benchmark="realtime")
-    b = bench.add_parser("analyze", help="`exoacq analyze nta` against a plain trackpy pipeline, on the video and "
-                                         "on a lossless FFV1 copy of it")
+    b = bench.add_parser("analyze", help="`exoacq analyze nta` against a plain trackpy pipeline that finds the same "
+                                         "tracks, in the process and as commands, on the video and on a lossless "
+                                         "FFV1 copy of it")
     b.add_argument("video", type=Path)
     add_analysis_options(b)
     b.add_argument("--no-ffv1", dest="ffv1", action="store_false",
