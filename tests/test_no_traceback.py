@@ -333,7 +333,7 @@ def nta_cases(d: Path) -> dict[str, dict]:
         "nta-flat-npy": _case("3 dimensions", str(d / "flat.npy"), *ok),
         "nta-empty-npy": _case("no frames", str(d / "empty.npy"), *ok, "--fps", "25"),
         "nta-tiny-frames-npy": _case("2 x 2 pixels: too small", str(d / "tiny.npy"), *ok, "--fps", "25"),
-        "nta-nan-npy": _case("nan.npy: the frames hold NaN", str(d / "nan.npy"), *ok, "--fps", "25"),
+        "nta-nan-npy": _case("nan.npy: the first frames hold NaN", str(d / "nan.npy"), *ok, "--fps", "25"),
         "nta-truncated-avi": _case("truncated", str(d / "truncated.avi"), *ok),
         "nta-header-only-avi": _case("truncated|no readable frame|not a video", str(d / "header-only.avi"), *ok),
         # a video of fewer frames than a track needs is refused (it once "succeeded" with no size, exit 0)

@@ -170,6 +170,31 @@ def test_a_bad_frame_read_by_the_decoder_thread_is_one_line(video, tmp_path):
     assert errors == [f"exoacq: error: {folder / 'f030.png'}: not a readable image"]
 
 
+def test_a_frame_of_nan_or_inf_is_left_out_and_said(video, tmp_path):
+    """A stack of float frames (a user's processed video) with a corrupt frame: that frame is left out (its
+    tracks end there) and a warning names it; a stack whose first frames are all corrupt is refused."""
+    import numpy as np
+
+    from exoacq.nta.video import open_video
+
+    frames = np.array([f for _, f in zip(range(40), open_video(video).frames())], np.float32)
+    bad = frames.copy()
+    bad[3] = np.nan
+    bad[20, 7, 9] = np.inf
+    np.save(tmp_path / "bad.npy", bad)
+    proc = run_cli("analyze", "nta", str(tmp_path / "bad.npy"), *ANALYSIS, "--fps", "25", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["frames_analysed"] == 38
+    assert ("2 frame(s) hold NaN or infinite pixel values (the first: frame 3): left out of the analysis, "
+            "tracks end at them") in result["warnings"]
+    np.save(tmp_path / "all-bad.npy", np.full((12, 64, 64), np.nan, np.float32))
+    proc = run_cli("analyze", "nta", str(tmp_path / "all-bad.npy"), *ANALYSIS, "--fps", "25")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"exoacq: error: {tmp_path / 'all-bad.npy'}: the first frames "
+                                                    "hold NaN or infinite pixel values: not a camera's image")
+
+
 @pytest.mark.slow
 def test_bench_analyze_reports_the_video_and_its_ffv1_copy(tmp_path):
     small = tmp_path / "small.avi"

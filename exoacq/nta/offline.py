@@ -93,6 +93,7 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
         frames = start_decoding(video) if overlap_decoding else video.frames()
     in_flight: deque[Future] = deque()
     done = 0
+    corrupt: list[int] = []  # frames holding NaN or infinite pixels
     try:
         first = list(itertools.islice(frames, THRESHOLD_FRAMES))
         if not first:
@@ -106,12 +107,16 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
         options = params.locate_options()
         # the first frame in this thread, before the others start: numba loads its cache (and imports) here, once
         detected: Future = Future()
-        detected.set_result(locate_features(first[0], **options))
+        detected.set_result(_locate(first[0], options))
         in_flight.append(detected)
 
         def link_oldest() -> None:
             nonlocal done
-            tracker.add_frame(done, in_flight.popleft().result())
+            features = in_flight.popleft().result()
+            if features is None:  # a corrupt frame: left out (tracks end there), and said
+                corrupt.append(done)
+            else:
+                tracker.add_frame(done, features)
             done += 1
             if progress and done % CHUNK_FRAMES == 0:
                 progress(done, video.frame_count)
@@ -119,7 +124,7 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
         with ThreadPoolExecutor(workers) as pool:
             try:
                 for frame in itertools.chain(first[1:], frames):
-                    in_flight.append(pool.submit(locate_features, frame, **options))
+                    in_flight.append(pool.submit(_locate, frame, options))
                     if len(in_flight) >= IN_FLIGHT_PER_THREAD * workers:
                         link_oldest()
                 while in_flight:
@@ -140,11 +145,21 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
                           f"try a lower --minmass{'' if params.invert else ', or --invert for dark particles'})")
     summary = tracker.summary()
     summary["warnings"] = video.warnings + summary["warnings"]
-    summary["frames_analysed"] = done
+    if corrupt:
+        summary["warnings"].append(f"{len(corrupt)} frame(s) hold NaN or infinite pixel values (the first: frame "
+                                   f"{corrupt[0]}): left out of the analysis, tracks end at them")
+    summary["frames_analysed"] = done - len(corrupt)
     summary["features_per_frame"] = list(tracker.features_per_frame)
     if tracked is not None:
         tracked(tracker)
     return summary
+
+
+def _locate(frame: np.ndarray, options: dict[str, Any]):
+    """The frame's features; None for a frame of floats holding NaN or infinite values (a corrupt frame)."""
+    if frame.dtype.kind == "f" and not np.isfinite(frame).all():
+        return None
+    return locate_features(frame, **options)
 
 
 class StderrProgress(StatusLine):

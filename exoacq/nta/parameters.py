@@ -147,8 +147,10 @@ def with_threshold(params: "TrackingParameters", frames: list[np.ndarray]) -> "T
     """``params`` with the detection threshold chosen from these (first) frames' noise unless ``minmass`` is
     given, and the camera's saturation level from their pixel type unless given."""
     changes: dict[str, Any] = {}
-    if np.asarray(frames[0]).dtype.kind == "f" and not all(np.isfinite(f).all() for f in frames):
-        raise ExoacqError("the frames hold NaN or infinite pixel values: not a camera's image")
+    if np.asarray(frames[0]).dtype.kind == "f":  # frames holding NaN or infinite values are corrupt: not measured
+        frames = [f for f in frames if np.isfinite(f).all()]
+        if not frames:
+            raise ExoacqError("the first frames hold NaN or infinite pixel values: not a camera's image")
     if params.saturation_counts is None:
         dtype = np.asarray(frames[0]).dtype
         if params.invert and np.issubdtype(dtype, np.integer):  # dark particles: black (0) clips, inverted
