@@ -208,6 +208,10 @@ def inputs(tmp_path_factory) -> Path:
     (d / "text-folder" / "notes.txt").write_text("no frames here\n")
     (d / "bad-png-folder").mkdir()
     (d / "bad-png-folder" / "0001.png").write_text("not a png")
+    (d / "mixed-size-folder").mkdir()
+    for i, frame in enumerate(real[:12]):
+        cv2.imwrite(str(d / "mixed-size-folder" / f"{i:04d}.png"), frame if i != 7 else frame[:64, :64])
+    cv2.imwritemulti(str(d / "mixed-depth.tif"), [f.astype(np.uint16) * 16 for f in real[:10]] + [real[10]])
     cv2.imwritemulti(str(d / "black16.tif"), [np.zeros((96, 128), np.uint16)] * 5)
     cv2.imwritemulti(str(d / "one16.tif"), [(real[0].astype(np.uint16) * 16)])
     np.save(d / "flat.npy", np.zeros((4, 5), np.uint8))
@@ -345,6 +349,11 @@ def nta_cases(d: Path) -> dict[str, dict]:
         "nta-empty-folder": _case("no inputs|PNG or TIFF", str(d / "empty-folder"), *ok),
         "nta-text-folder": _case("no inputs|PNG or TIFF", str(d / "text-folder"), *ok),
         "nta-bad-png-folder": _case("not a readable image", str(d / "bad-png-folder"), *ok, "--fps", "25"),
+        "nta-mixed-size-folder": _case("0007.png: a frame of 64 x 64 pixels of uint8, the first 128 x 96 of uint8: "
+                                       "the frames of a video must be alike", str(d / "mixed-size-folder"), *ok,
+                                       "--fps", "25"),
+        "nta-mixed-depth-tiff": _case("page 11: a frame of 128 x 96 pixels of uint8, the first 128 x 96 of uint16",
+                                      str(d / "mixed-depth.tif"), *ok, "--fps", "25"),
         "nta-tiff16-black": _case("no particles", str(d / "black16.tif"), *ok, "--fps", "25"),
         "nta-tiff16-one": _case("too few frames", str(d / "one16.tif"), *ok, "--fps", "25"),  # as above
         "nta-tiff-no-fps": _case("frame rate", str(d / "black16.tif"), *ok),

@@ -51,6 +51,8 @@ class Video:
     _stack: list[np.ndarray] | np.ndarray | None = None
     #: a raw video kept by the daemon (video.zst, exoacq.nta.raw_video)
     _raw: bool = False
+    #: the first frame's pixel type (frames of folders and TIFF pages must all have it)
+    _dtype: np.dtype | None = None
 
     def frames(self) -> Iterator[np.ndarray]:
         if self._raw:
@@ -65,15 +67,19 @@ class Video:
                                   "header announces (truncated or damaged file)")
             self.frame_count = read
             return
-        if self._stack is not None:
+        if isinstance(self._stack, np.ndarray):  # a .npy stack: one shape and type by construction
             yield from (to_gray(np.asarray(f)) for f in self._stack)
+            return
+        if self._stack is not None:  # the pages of a TIFF
+            for page, frame in enumerate(self._stack, start=1):
+                yield self._like_the_first(to_gray(np.asarray(frame)), f"{self.path}: page {page}")
             return
         if self._files is not None:
             for file in self._files:
                 frame = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
                 if frame is None:
                     raise ExoacqError(f"{file}: not a readable image")
-                yield to_gray(frame)
+                yield self._like_the_first(to_gray(frame), str(file))
             return
         capture = _capture(self.path)
         read = 0
@@ -90,6 +96,17 @@ class Video:
             raise ExoacqError(f"{self.path}: the video ends after {read} of the {self.frame_count} frames its "
                               "header announces (truncated or damaged file)")
         self.frame_count = read
+
+
+    def _like_the_first(self, frame: np.ndarray, name: str) -> np.ndarray:
+        """``frame`` if it has the video's size and the first frame's pixel type, else a one-line error."""
+        if self._dtype is None:
+            self._dtype = frame.dtype
+        if frame.shape != (self.height, self.width) or frame.dtype != self._dtype:
+            raise ExoacqError(f"{name}: a frame of {frame.shape[1]} x {frame.shape[0]} pixels of {frame.dtype}, the "
+                              f"first {self.width} x {self.height} of {self._dtype}: the frames of a video must "
+                              "be alike")
+        return frame
 
 
 class ReadAhead(Iterator[np.ndarray]):
