@@ -97,7 +97,6 @@ class Video:
                               "header announces (truncated or damaged file)")
         self.frame_count = read
 
-
     def _like_the_first(self, frame: np.ndarray, name: str) -> np.ndarray:
         """``frame`` if it has the video's size and the first frame's pixel type, else a one-line error."""
         if self._dtype is None:
