@@ -137,18 +137,19 @@ def analyze_video(video: Video, params: TrackingParameters, *, threads: int | No
         importing.join()
     if progress and done % CHUNK_FRAMES:
         progress(done, video.frame_count)
+    analysed = done - len(corrupt)
     if sum(tracker.features_per_frame) == 0:
         if not params.minmass:  # the automatic threshold of frames without noise
-            raise ExoacqError(f"{video.path}: no particles found in {done} frames: they show no noise and no "
+            raise ExoacqError(f"{video.path}: no particles found in {analysed} frames: they show no noise and no "
                               "feature (uniform frames?)")
-        raise ExoacqError(f"{video.path}: no particles found in {done} frames (minmass = {params.minmass:g}; "
+        raise ExoacqError(f"{video.path}: no particles found in {analysed} frames (minmass = {params.minmass:g}; "
                           f"try a lower --minmass{'' if params.invert else ', or --invert for dark particles'})")
     summary = tracker.summary()
     summary["warnings"] = video.warnings + summary["warnings"]
     if corrupt:
         summary["warnings"].append(f"{len(corrupt)} frame(s) hold NaN or infinite pixel values (the first: frame "
                                    f"{corrupt[0]}): left out of the analysis, tracks end at them")
-    summary["frames_analysed"] = done - len(corrupt)
+    summary["frames_analysed"] = analysed
     summary["features_per_frame"] = list(tracker.features_per_frame)
     if tracked is not None:
         tracked(tracker)
