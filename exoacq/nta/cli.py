@@ -16,6 +16,7 @@ from exoacq.batch import BatchMethod, add_batch_options, run_batch_cli, single_i
 from exoacq.cli_common import (add_acquire_options, add_control, positive_float as _positive_float, positive_int,
                                run_acquisition)
 from exoacq.errors import ExoacqError
+from exoacq.nta import DETECTORS
 
 
 def add_cli(verbs: dict[str, Any]) -> None:
@@ -142,7 +143,7 @@ def add_cli(verbs: dict[str, Any]) -> None:
     p.add_argument("--features", required=True, help="the instrument's tracking features endpoint")
     from exoacq.cli_common import add_client_keys
     add_client_keys(p)  # a daemon with CurveZMQ keys: an authorised operator's pair
-    p.add_argument("--detector", choices=("fast", "trackpy"), default=None,
+    p.add_argument("--detector", choices=DETECTORS, default=None,
                    help="compile only this detector before serving (the instrument's settings.detector); "
                         "default: both")
     p.set_defaults(func=cmd_worker)
@@ -183,7 +184,7 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
                         "--min-diameter-nm)")
     p.add_argument("--min-diameter-nm", type=_positive_float, default=30.0,
                    help="smallest expected particle: the largest search range (default %(default)s)")
-    p.add_argument("--detector", choices=["fast", "trackpy"], default="fast")
+    p.add_argument("--detector", choices=DETECTORS, default="fast")
 
 
 def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]]:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from exoacq.errors import ExoacqError
+from exoacq.nta import DETECTORS
 from exoacq.nta.detect import locate_fast
 from exoacq.nta.detection_volume import crowding_factor
 from exoacq.nta.threshold import FALSE_DETECTIONS_PER_FRAME, noise_threshold
@@ -189,10 +190,6 @@ def trackpy():
 
     tp.quiet()
     return tp
-
-
-#: The detectors :func:`locate_features` offers (the NTA settings' ``detector``).
-DETECTORS = ("fast", "trackpy")
 
 
 def warm_up_detectors(detectors: Iterable[str] = DETECTORS) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from exoacq.bus import dumps, loads
 from exoacq.errors import ConfigError, ExoacqError
+from exoacq.nta import DETECTORS
 from exoacq.nta.analysis import StreamingTracker
 from exoacq.nta.parameters import TrackingParameters, locate_features, search_range_px
 from exoacq.nta.result_document import build_result
@@ -36,7 +37,6 @@ from exoacq.nta.video_store import FRAMES_FILE, capture_folder, kept_frames, kep
 
 OVERRIDES = ("minmass", "min_track_length", "feature_diameter_px", "search_range_px", "min_diameter_nm",
              "detector", "calibration", "detection_volume_nl")
-DETECTORS = ("fast", "trackpy")
 
 
 def _number(key: str, value: Any, *, integer: bool = False, minimum: float | None = None,

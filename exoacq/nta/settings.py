@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from exoacq.config import Endpoint
 from exoacq.methods import MethodSettings
+from exoacq.nta import DETECTORS
 from exoacq.registry import DriverOptions
 
 log = logging.getLogger("exoacq.nta")
@@ -85,7 +86,7 @@ class NTASettings(MethodSettings):
     """Tracking parameters; defaults are right for the default simulated camera."""
 
     #: "fast" (exoacq's compiled Crocker-Grier locate) or "trackpy" (trackpy.locate): the same method.
-    detector: Literal["fast", "trackpy"] = "fast"
+    detector: Literal[DETECTORS] = "fast"
     #: trackpy feature diameter, odd, in pixels.
     feature_diameter_px: int = Field(11, ge=3, le=51)
     #: Minimum integrated brightness of a feature (trackpy ``minmass``); None (the default): chosen for each run

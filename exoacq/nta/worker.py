@@ -23,7 +23,8 @@ import zmq
 
 from exoacq.bus import FRAME_TOPIC, connect, decode_frame, dumps
 from exoacq.errors import ExoacqError
-from exoacq.nta.parameters import DETECTORS, locate_features, warm_up_detectors
+from exoacq.nta import DETECTORS
+from exoacq.nta.parameters import locate_features, warm_up_detectors
 
 #: Feature columns sent to the linker (trackpy names; positions in pixels).
 COLUMNS = ("y", "x", "mass", "size", "signal")
