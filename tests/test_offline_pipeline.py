@@ -233,26 +233,21 @@ def test_the_trackpy_baseline_finds_exoacqs_tracks_on_dark_particles(video, tmp_
 
     import numpy as np
 
-    from exoacq.nta.bench_analyze import Baseline, track_spans, trackpy_pipeline, trackpy_spans
+    from exoacq.nta.bench_analyze import Baseline, exoacq_spans, trackpy_pipeline, trackpy_spans
     from exoacq.nta.offline import analyze_video
     from exoacq.nta.video import open_video
 
     dark = np.array([255 - f for _, f in zip(range(60), open_video(video).frames())], np.uint8)
     np.save(tmp_path / "dark.npy", dark)
     params = dataclasses.replace(params_for(video), invert=True, frame_rate_hz=25.0)
-    spans = {}
-
-    def exoacq_spans(tracker):
-        table = tracker.tracks_table()
-        used = table.loc[table["used"].to_numpy(bool)]
-        spans["exoacq"] = track_spans(used["first_frame"], used["length_frames"])
-
-    summary = analyze_video(open_video(tmp_path / "dark.npy"), params, tracked=exoacq_spans)
+    trackers = []
+    summary = analyze_video(open_video(tmp_path / "dark.npy"), params, tracked=trackers.append)
+    exoacq = exoacq_spans(trackers[0])
     baseline = Baseline(params.feature_diameter_px, True, params.pixel_size_um, params.frame_rate_hz,
                         250.0, 250.0, summary["link_search_range_px"], summary["tracks"]["min_length_frames"])
     features, kept, msd = trackpy_pipeline(tmp_path / "dark.npy", baseline)
-    assert len(spans["exoacq"]) == summary["tracks"]["used"] == msd.shape[1] >= 10
-    assert trackpy_spans(kept) == spans["exoacq"]
+    assert len(exoacq) == summary["tracks"]["used"] == msd.shape[1] >= 10
+    assert trackpy_spans(kept) == exoacq
     assert int((features["mass"] >= 250.0).sum()) == pytest.approx(sum(summary["features_per_frame"]), rel=0.002)
 
 

@@ -174,6 +174,13 @@ def track_spans(first_frames: Any, lengths: Any) -> list[list[int]]:
     return sorted([int(f), int(n)] for f, n in zip(first_frames, lengths))
 
 
+def exoacq_spans(tracker: Any) -> list[list[int]]:
+    """The tracks a :class:`exoacq.nta.analysis.StreamingTracker` used (after its summary), as :func:`track_spans`."""
+    table = tracker.tracks_table()
+    used = table.loc[table["used"].to_numpy(bool)]
+    return track_spans(used["first_frame"], used["length_frames"])
+
+
 def trackpy_spans(kept: Any) -> list[list[int]]:
     frames = kept.groupby("particle")["frame"]
     return track_spans(frames.min(), frames.size())
@@ -198,17 +205,13 @@ def _bench_case(video_path: Path, params, threads: int | None, command_args: lis
     cpu: dict[str, list[float]] = {"exoacq": [], "trackpy": []}
     summary: dict[str, Any] = {}
     spans: dict[str, list[list[int]]] = {}
-
-    def exoacq_spans(tracker) -> None:
-        table = tracker.tracks_table()
-        used = table.loc[table["used"].to_numpy(bool)]
-        spans["exoacq"] = track_spans(used["first_frame"], used["length_frames"])
-
+    trackers: list = []  # the analysis's tracker, its tracks compared after the timing
     for _ in range(repeat):
         t0, c0 = time.perf_counter(), time.process_time()
-        summary = analyze_video(open_video(video_path), params, threads=threads, tracked=exoacq_spans)
+        summary = analyze_video(open_video(video_path), params, threads=threads, tracked=trackers.append)
         runs["exoacq_s"].append(time.perf_counter() - t0)
         cpu["exoacq"].append(time.process_time() - c0)
+        spans["exoacq"] = exoacq_spans(trackers.pop())
         # the baseline applies the threshold, link range and track length exoacq chose from the data
         minmass, link_minmass = baseline_minmass(summary, params)
         baseline = Baseline(params.feature_diameter_px, params.invert, params.pixel_size_um, params.frame_rate_hz,
