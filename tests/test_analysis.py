@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exoacq.nta.analysis import StreamingTracker, diameters_nm, size_statistics
+from exoacq.nta.analysis import StreamingTracker
 from exoacq.nta.parameters import TrackingParameters, search_range_px
+from exoacq.nta.track_numbers import diameters_nm, size_statistics
 from exoacq.physics import stokes_einstein_diffusion_um2_s, water_viscosity_iapws_mpa_s
 
 ETA_25 = water_viscosity_iapws_mpa_s(25.0)
@@ -90,7 +91,7 @@ def test_concentration_uses_detection_volume_and_dilution():
 def test_motion_blur_correction():
     # With exposure t_E the one-frame MSD is 4 D (dt - t_E/3): the same steps mean a larger D.
     n, s = np.array([100.0]), np.array([1.0])
-    from exoacq.nta.analysis import diffusion_um2_s
+    from exoacq.nta.track_numbers import diffusion_um2_s
     no_blur = diffusion_um2_s(n, s, params(exposure_ms=0.0))
     blur = diffusion_um2_s(n, s, params(exposure_ms=30.0))
     assert blur[0] / no_blur[0] == pytest.approx(0.040 / (0.040 - 0.010))
