@@ -20,7 +20,7 @@ from exoacq.batch import expand_inputs, single_input, split_dask_argument
 from exoacq.cli import build_parser
 from exoacq.errors import ExoacqError
 from exoacq.nta.bench_batch import max_relative_difference
-from exoacq.nta.cli import VIDEO_SUFFIXES, is_frame_folder
+from exoacq.nta.cli_analyze import VIDEO_SUFFIXES, is_frame_folder
 from exoacq.nta.simulate import write_simulated_video
 
 CALIBRATION = ROOT / "calibrations" / "nta" / "simulated-camera.toml"

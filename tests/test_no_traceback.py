@@ -37,7 +37,8 @@ _DRIVER = r'''
 import importlib, json, os, runpy, sys, time, traceback
 cases, parallel = json.load(sys.stdin)
 for name in ("exoacq.cli", "exoacq.config", "exoacq.bus", "exoacq.client", "exoacq.batch", "exoacq.nta.cli",
-             "exoacq.nta.offline", "exoacq.nta.calibration", "exoacq.nta.export", "exoacq.nta.simulate",
+             "exoacq.nta.cli_analyze", "exoacq.nta.offline", "exoacq.nta.calibration", "exoacq.nta.export",
+             "exoacq.nta.simulate",
              "exoacq.dls.cli", "exoacq.dls.io", "exoacq.dls.analysis", "exoacq.flow.cli", "exoacq.flow.pipeline",
              "exoacq.flow.gating", "exoacq.flow.calibrate", "exoacq.flow.simulated", "scipy.optimize", "flowkit"):
     try:  # an optimisation only: a module moved is imported by the child as it needs it

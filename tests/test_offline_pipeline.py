@@ -268,7 +268,7 @@ def test_bench_arguments_give_back_the_analysis_options():
     import argparse
 
     from exoacq.nta.bench_analyze import analysis_argv
-    from exoacq.nta.cli import add_analysis_options
+    from exoacq.nta.cli_analyze import add_analysis_options
 
     parser = argparse.ArgumentParser()
     add_analysis_options(parser)

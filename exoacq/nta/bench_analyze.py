@@ -77,7 +77,7 @@ def analysis_argv(args: Any) -> list[str]:
     """The analysis options of a parsed command line (``add_analysis_options``) as arguments again."""
     import argparse
 
-    from exoacq.nta.cli import add_analysis_options
+    from exoacq.nta.cli_analyze import add_analysis_options
 
     probe = argparse.ArgumentParser(add_help=False)
     add_analysis_options(probe)
@@ -306,7 +306,7 @@ def bench_analyze(video_path: Path, params, *, threads: int | None = None, ffv1:
 
 def cmd_bench_analyze(args: Any) -> int:
     """``exoacq bench analyze VIDEO [analysis options] [--no-ffv1] [--repeat N]``: JSON on stdout."""
-    from exoacq.nta.cli import analysis_parameters
+    from exoacq.nta.cli_analyze import analysis_parameters
     from exoacq.nta.video import open_video
 
     params, _ = analysis_parameters(args, open_video(require_video(args.video)))

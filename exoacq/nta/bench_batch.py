@@ -36,7 +36,7 @@ def bench_batch(*, videos: int = 8, frames: int = 300, width: int = 640, height:
 
     from exoacq.batch import dask_client, local_workers, run_batch
     from exoacq.nta.bench import machine
-    from exoacq.nta.cli import add_analysis_options, analyse_input, analysis_options
+    from exoacq.nta.cli_analyze import add_analysis_options, analyse_input, analysis_options
     from exoacq.nta.simulate import write_simulated_video
 
     if videos < 1 or frames < 20 or width < 64 or height < 64:

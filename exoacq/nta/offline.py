@@ -21,7 +21,7 @@ Measured (2-core VM, 450 frames of 640 x 480, 8 bits; ``exoacq bench analyze``):
 lossless FFV1 decoding takes 5-6 s of CPU, the rest of the analysis ~3 s, and
 FFmpeg's two frame threads used 1.0-1.7 cores when decoding alone, so on two
 cores the analysis is bound by decoding. ``exoacq analyze nta`` starts decoding
-before it imports this module (exoacq.nta.cli) and passes the frames in
+before it imports this module (exoacq.nta.cli_analyze) and passes the frames in
 (``frames``). Results are the same to the bit with ``overlap_decoding=False``
 (tests/test_offline_pipeline.py).
 """

@@ -22,7 +22,7 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 #: Decoded frames that may wait for the analysis (:func:`read_ahead`), at most this many bytes of them ...
 READ_AHEAD_BYTES = 128 * 2**20
 #: ... and at most this many (256 frames of 640 x 480 x 8 bits: 79 MB). The decoder starts before the
-#: analysis's imports (exoacq.nta.cli) and fills this while they run.
+#: analysis's imports (exoacq.nta.cli_analyze) and fills this while they run.
 READ_AHEAD_FRAMES = 256
 
 
