@@ -22,8 +22,9 @@ from scipy.optimize import brentq
 
 from conftest import TESTDATA
 from exoacq import physics
-from exoacq.dls import analysis, inversion
-from exoacq.dls.analysis import analyze_record, corrected_pdi, cumulants, scattering_vector_per_nm
+from exoacq.dls import analysis, inversion, quality
+from exoacq.dls.analysis import analyze_record
+from exoacq.dls.cumulants import corrected_pdi, cumulants, hydrodynamic_diameter_nm, scattering_vector_per_nm
 from exoacq.dls.record import Correlation, DLSRecord
 
 ALV = TESTDATA / "dls" / "alv-cgs3"
@@ -179,7 +180,7 @@ def test_a_live_curve_with_unfilled_long_lags_is_analysed_up_to_them():
     y = noisy(monodisperse(100.0).g2_minus_1(), 4)[0]
     y[150:] = np.nan  # not yet filled
     c = cumulants(LAGS, y)
-    assert analysis.hydrodynamic_diameter_nm(c["gamma_per_s"], q_per_nm(90.0), TEMPERATURE_C, VISCOSITY) == \
+    assert hydrodynamic_diameter_nm(c["gamma_per_s"], q_per_nm(90.0), TEMPERATURE_C, VISCOSITY) == \
         pytest.approx(100.0, rel=0.02)
     m = analyze_record(record_of(Correlation(90.0, LAGS, y)))["measurements"][0]
     assert m["z_average_nm"] == pytest.approx(100.0, rel=0.02)
@@ -208,12 +209,12 @@ def test_z_average_of_monodisperse_spheres(d_nm, angle_deg):
     pop = monodisperse(d_nm, angle_deg)
     y = pop.g2_minus_1()
     q = q_per_nm(angle_deg)
-    exact = analysis.hydrodynamic_diameter_nm(cumulants(LAGS, y)["gamma_per_s"], q, TEMPERATURE_C, VISCOSITY)
+    exact = hydrodynamic_diameter_nm(cumulants(LAGS, y)["gamma_per_s"], q, TEMPERATURE_C, VISCOSITY)
     assert exact == pytest.approx(d_nm, rel=1e-6)
     for seed in range(3):
         y_n, sd = noisy(y, seed)
         gamma = cumulants(LAGS, y_n, sigma=sd)["gamma_per_s"]
-        z = analysis.hydrodynamic_diameter_nm(gamma, q, TEMPERATURE_C, VISCOSITY)
+        z = hydrodynamic_diameter_nm(gamma, q, TEMPERATURE_C, VISCOSITY)
         assert z == pytest.approx(d_nm, rel=0.02)
 
 
@@ -226,7 +227,7 @@ def test_lognormal_z_average_and_corrected_pdi_noise_free(median_nm, pdi):
     assert pop.pdi == pytest.approx(pdi, abs=1e-6)
     y = pop.g2_minus_1()
     c2 = cumulants(LAGS, y)
-    z = analysis.hydrodynamic_diameter_nm(c2["gamma_per_s"], q_per_nm(90.0), TEMPERATURE_C, VISCOSITY)
+    z = hydrodynamic_diameter_nm(c2["gamma_per_s"], q_per_nm(90.0), TEMPERATURE_C, VISCOSITY)
     assert z == pytest.approx(pop.z_average_nm, rel=0.02)
     corrected = corrected_pdi(LAGS, y)["pdi"]
     assert corrected == pytest.approx(pdi, abs=0.02)
@@ -248,7 +249,7 @@ def test_lognormal_noisy(median_nm, pdi, angle_deg):
     for seed in range(8):
         y_n, sd = noisy(y, seed)
         c2 = cumulants(LAGS, y_n, sigma=sd)
-        z = analysis.hydrodynamic_diameter_nm(c2["gamma_per_s"], q_per_nm(angle_deg), TEMPERATURE_C, VISCOSITY)
+        z = hydrodynamic_diameter_nm(c2["gamma_per_s"], q_per_nm(angle_deg), TEMPERATURE_C, VISCOSITY)
         assert z == pytest.approx(pop.z_average_nm, rel=0.02)
         errors.append(corrected_pdi(LAGS, y_n, sigma=sd)["pdi"] - pdi)
         isos.append(c2["pdi"] - pdi)
@@ -333,7 +334,7 @@ def test_blanks_get_no_correlation_and_no_size(name):
         assert m["quality"]["verdict"] == "no correlation"
         assert m["z_average_nm"] is None and m["pdi"] is None and m["distribution"] is None
         assert m["peaks"] == {"intensity": [], "volume": [], "number": []}
-        assert m["quality"]["snr"] < analysis.MIN_SNR
+        assert m["quality"]["snr"] < quality.MIN_SNR
         assert any(w.startswith("no correlation") for w in m["warnings"])
     assert doc["extrapolated"] is None
     assert "no correlation at any angle: no size" in doc["warnings"]
@@ -342,17 +343,17 @@ def test_blanks_get_no_correlation_and_no_size(name):
 def test_no_correlation_criteria_on_synthetic_curves():
     rng = np.random.default_rng(3)
     noise = rng.normal(0.0, 0.01, LAGS.size)
-    assert not analysis.correlation_check(LAGS, noise)["correlated"]
+    assert not quality.correlation_check(LAGS, noise)["correlated"]
     flat = 0.3 + noise * 0.1  # correlated, but no decay within 1 s
-    c = analysis.correlation_check(LAGS, flat)
+    c = quality.correlation_check(LAGS, flat)
     assert not c["correlated"] and "does not decay" in c["reason"]
     too_fast = 0.9 * np.exp(-2 * 2e7 * LAGS) + noise * 0.1  # gone within 3 channels
-    assert not analysis.correlation_check(LAGS, too_fast)["correlated"]
+    assert not quality.correlation_check(LAGS, too_fast)["correlated"]
     dip = 0.9 * np.exp(-2 * 1e3 * LAGS)
     dip[2] = 0.0  # a decay the first channels do not resolve
-    assert "faster than the correlator" in analysis.correlation_check(LAGS, dip)["reason"]
+    assert "faster than the correlator" in quality.correlation_check(LAGS, dip)["reason"]
     sample = noisy(monodisperse(100.0).g2_minus_1(), 0)[0]
-    ok = analysis.correlation_check(LAGS, sample)
+    ok = quality.correlation_check(LAGS, sample)
     assert ok["correlated"] and ok["reason"] is None and ok["snr"] > 100
 
 
@@ -361,9 +362,9 @@ def test_count_rate_stability_against_speckle_and_shot_noise():
     noise; a dusty one does not."""
     rng = np.random.default_rng(1)
     t = np.arange(1000) * 0.01 + 0.005
-    expected = analysis.count_rate_statistics(t, np.full(t.size, 2e5), intercept=0.9, gamma_per_s=2000.0)
+    expected = quality.count_rate_statistics(t, np.full(t.size, 2e5), intercept=0.9, gamma_per_s=2000.0)
     steady = 2e5 * (1 + rng.normal(0, expected["count_rate_cv_expected"], t.size))
-    s = analysis.count_rate_statistics(t, steady, intercept=0.9, gamma_per_s=2000.0)
+    s = quality.count_rate_statistics(t, steady, intercept=0.9, gamma_per_s=2000.0)
     assert s["count_rate_cv"] == pytest.approx(s["count_rate_cv_expected"], rel=0.15)
     dusty = steady.copy()
     dusty[400:430] *= 4
@@ -373,7 +374,7 @@ def test_count_rate_stability_against_speckle_and_shot_noise():
     assert m["quality"]["verdict"].startswith("warning: ") and "count rate unstable" in m["quality"]["verdict"]
     corr.count_trace_hz = steady
     assert analyze_record(record_of(corr))["measurements"][0]["quality"]["verdict"] == "ok"
-    assert analysis.count_rate_statistics(None, None) is None
+    assert quality.count_rate_statistics(None, None) is None
 
 
 def test_subrun_dust_rejection():
@@ -387,7 +388,7 @@ def test_subrun_dust_rejection():
     t = np.arange(100) * 1.2 + 0.6  # 120 s, 10 sub-runs of 12 s
     rate = np.full(t.size, 3e5) * (1 + np.random.default_rng(0).normal(0, 0.01, t.size))
     rate[70:80] *= 1.6
-    cls = analysis.classify_subruns(LAGS, runs, count_trace_time_s=t, count_trace_hz=rate)
+    cls = quality.classify_subruns(LAGS, runs, count_trace_time_s=t, count_trace_hz=rate)
     assert cls["used"] == [0, 1, 2, 4, 5, 6, 8, 9]
     assert [r["index"] for r in cls["rejected"]] == [3, 7]
     assert "slower than the median sub-run" in cls["rejected"][0]["reason"]
@@ -398,16 +399,16 @@ def test_subrun_dust_rejection():
                                                    {"index": 7, "reason": cls["rejected"][1]["reason"]}]
     assert m["z_average_nm"] == pytest.approx(100.0, rel=0.01)
     all_runs = cumulants(LAGS, np.mean(runs, axis=0))  # without the rejection: 5 % too large
-    assert analysis.hydrodynamic_diameter_nm(all_runs["gamma_per_s"], q_per_nm(90.0), TEMPERATURE_C, VISCOSITY) > 104
+    assert hydrodynamic_diameter_nm(all_runs["gamma_per_s"], q_per_nm(90.0), TEMPERATURE_C, VISCOSITY) > 104
     # an unsteady sample: most sub-runs look transient (two slow, two bright) -> all kept, a note says so
     wild = [noisy((dusty if i in (1, 2) else pop).g2_minus_1(), i, duration_s=12.0)[0] for i in range(7)]
     t7 = np.arange(70) * 1.2 + 0.6
     rate7 = np.full(t7.size, 3e5) * (1 + np.random.default_rng(1).normal(0, 0.01, t7.size))
     rate7[40:60] *= 1.6
-    cls = analysis.classify_subruns(LAGS, wild, count_trace_time_s=t7, count_trace_hz=rate7)
+    cls = quality.classify_subruns(LAGS, wild, count_trace_time_s=t7, count_trace_hz=rate7)
     assert cls["rejected"] == [] and cls["used"] == list(range(7))
     assert cls["note"] == "4 of 7 sub-runs look transient: the sample is not steady; all kept"
-    assert analysis.classify_subruns(LAGS, runs[:2])["note"].startswith("fewer than 3")
+    assert quality.classify_subruns(LAGS, runs[:2])["note"].startswith("fewer than 3")
 
 
 # -- several angles -------------------------------------------------------------------------------

@@ -217,7 +217,7 @@ def test_preview_frames_carry_their_detection_threshold(live_run):
 
 def test_dls_progress_fit_is_the_cumulant_fit_of_the_curve_so_far():
     """A 100 nm curve (g2 - 1 = 0.9 exp(-2 Gamma tau)) at 90 degrees, its longest lags not filled yet."""
-    from exoacq.dls.analysis import scattering_vector_per_nm
+    from exoacq.dls.cumulants import scattering_vector_per_nm
     from exoacq.physics import stokes_einstein_diffusion_um2_s
 
     q = scattering_vector_per_nm(90.0, 633.0, 1.332)

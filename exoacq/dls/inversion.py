@@ -136,7 +136,7 @@ def invert(lag_s, g2_minus_1, *, q_per_nm: float, temperature_c: float, viscosit
     ``prob_to_reject``, ``degrees_of_freedom``, ``residual_rms`` (of g1), ``fit_end_lag_s``,
     ``points``, ``intercept``.
     """
-    from exoacq.dls.analysis import cumulants  # the cumulant fit gives beta and the fit range
+    from exoacq.dls.cumulants import cumulants  # the cumulant fit gives beta and the fit range
 
     lag = np.asarray(lag_s, dtype=float)
     y = np.asarray(g2_minus_1, dtype=float)

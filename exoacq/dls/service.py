@@ -32,11 +32,12 @@ RESULT_OWN = {"schema", "run_id", "time", "method", "instrument", "complete"}
 
 def progress_fit(lag_s, g2_minus_1, *, q_per_nm: float, temperature_c: float, viscosity_mpa_s: float,
                  fit_fraction: float) -> dict[str, Any] | None:
-    """The live fit of ``dls.progress``: the 2nd-order cumulant fit (exoacq.dls.analysis.cumulants, as the
+    """The live fit of ``dls.progress``: the 2nd-order cumulant fit (exoacq.dls.cumulants.cumulants, as the
     result's) of the curve so far (up to its first lag without data), as ``lag_s`` (the fit range),
     ``g2_minus_1`` (the fitted curve there), ``z_average_nm`` and ``pdi``; None while there is no
-    correlation to fit (exoacq.dls.analysis.correlation_check) or the fit fails or gives no decay."""
-    from exoacq.dls.analysis import correlation_check, cumulants, hydrodynamic_diameter_nm
+    correlation to fit (exoacq.dls.quality.correlation_check) or the fit fails or gives no decay."""
+    from exoacq.dls.cumulants import cumulants, hydrodynamic_diameter_nm
+    from exoacq.dls.quality import correlation_check
 
     try:
         if not correlation_check(lag_s, g2_minus_1, fit_fraction=fit_fraction)["correlated"]:
@@ -152,7 +153,7 @@ class DLSService(MethodService):
         return {"photons": photons, "runs_completed": len(curves)}
 
     def _progress(self, run: Run, index: int, runs: int, correlator: Any, elapsed_s: float) -> None:
-        from exoacq.dls.analysis import scattering_vector_per_nm
+        from exoacq.dls.cumulants import scattering_vector_per_nm
         from exoacq.physics import water_viscosity_iapws_mpa_s
 
         time_s, rate_hz = correlator.count_trace()
