@@ -1,7 +1,7 @@
 """A PicoQuant PTU (T2) file played back as a photon counter (driver ``ptu-file``).
 
 The photons of one detector channel of a T2-mode PTU file (read by
-:func:`exoacq.dls.io.read_ptu`: PicoHarp, HydraHarp, TimeHarp 260, MultiHarp records) are
+:func:`exoacq.dls.ptu.read_ptu`: PicoHarp, HydraHarp, TimeHarp 260, MultiHarp records) are
 delivered through the PhotonCounter Protocol, so that the live DLS pipeline (the software
 correlator, the live curves, the analysis) runs on recorded data.
 
@@ -80,7 +80,7 @@ class PTUFilePhotonCounter:
     # -- connection ----------------------------------------------------------------------------
     def connect(self) -> None:
         """Read the file (all its photons are held in memory)."""
-        from exoacq.dls.io import read_ptu
+        from exoacq.dls.ptu import read_ptu
 
         if not self.path.is_file():
             raise DeviceError(f"{NAME}: no file {self.path}")
@@ -101,7 +101,7 @@ class PTUFilePhotonCounter:
         self._position = self._origin = 0
 
     def _channels_present(self) -> str:
-        from exoacq.dls.io import read_ptu
+        from exoacq.dls.ptu import read_ptu
         try:
             return ", ".join(str(c) for c in np.unique(read_ptu(self.path).channels))
         except ExoacqError:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import TESTDATA
 
-from exoacq.dls.io import (DLSFileError, PhotonFileError, read_alv, read_dls_file, read_ptu, read_sin, write_alv,
-                           write_ptu, write_sin)
+from exoacq.dls.io import DLSFileError, PhotonFileError, read_alv, read_dls_file, read_sin, write_alv, write_sin
+from exoacq.dls.ptu import read_ptu, write_ptu
 from exoacq.dls.record import Correlation, DLSRecord
 
 DLS = TESTDATA / "dls"

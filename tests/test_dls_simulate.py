@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from exoacq.devices import PhotonCounter
-from exoacq.dls.io import read_ptu, write_ptu
+from exoacq.dls.ptu import read_ptu, write_ptu
 from exoacq.dls.simulate import (Component, PhotonSimulator, Sample, count_rate_from_concentration_hz,
                                  intensity_fractions_to_number, mie_cross_section_nm2_sr, scattering_vector_per_m,
                                  size_classes)

@@ -140,7 +140,7 @@ BATCH = BatchMethod(name="dls", analyse=analyse_input, suffixes=DLS_SUFFIXES, co
 def _ptu_record(args: argparse.Namespace):
     """Photons from a PTU file, correlated here like a live acquisition."""
     from exoacq.dls.correlator import MultiTauCorrelator
-    from exoacq.dls.io import read_ptu
+    from exoacq.dls.ptu import read_ptu
     from exoacq.dls.record import Correlation, DLSRecord
 
     if args.angle is None or args.wavelength_nm is None:

@@ -1,5 +1,5 @@
 """Hardware-correlator files: ALV ``.ASC`` and correlator.com ``.SIN`` (read, write); PicoQuant
-PTU photon files are in :mod:`exoacq.dls.ptu` (re-exported here).
+PTU photon files are in :mod:`exoacq.dls.ptu`.
 
 ALV ``.ASC`` (Windows-1252, CRLF): the model on line 1, ``Key : value`` lines, then blocks
 (a quoted title, rows, a blank line): ``"Correlation"`` (lag ms, g2-1 per column), ``"Count
@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from exoacq.dls.ptu import PhotonRecord, read_ptu, write_ptu  # noqa: F401  (re-exported)
 from exoacq.dls.record import Correlation, DLSRecord
 from exoacq.errors import ExoacqError
 
@@ -601,7 +600,7 @@ def write_sin(path: str | Path, record: DLSRecord) -> Path:
 def read_dls_file(path: str | Path) -> DLSRecord:
     """A correlator file by its content: ALV ``.ASC`` or correlator.com ``.SIN``. A PicoQuant PTU
     file holds photon arrival times, not a correlation: it raises :class:`PhotonFileError`
-    (correlate its photons first: :func:`read_ptu` and the software correlator)."""
+    (correlate its photons first: :func:`exoacq.dls.ptu.read_ptu` and the software correlator)."""
     path = Path(path)
     head = _read(path, 4096)
     if head.startswith(b"PQTTTR"):

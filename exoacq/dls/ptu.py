@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from exoacq.dls.io import DLSFileError
 from exoacq.errors import ExoacqError
 
 MAGIC = b"PQTTTR\0\0"
@@ -82,7 +83,6 @@ class PhotonRecord:
 
 
 def _error(path: Path, where: str, what: str) -> Exception:
-    from exoacq.dls.io import DLSFileError   # io imports this module: import at call time
     return DLSFileError(path, what, where=where)
 
 
