@@ -320,7 +320,7 @@ def test_exposure_longer_than_interval_is_refused_after_construction_too():
 @pytest.mark.parametrize("signal_e", [0.02, 0.4, 3.0, 30.0, 400.0])
 def test_signal_pixels_read_poisson_plus_read_noise(signal_e):
     # The detector kernel on N = 262144 pixels of equal signal s: ADU = offset + gain (Poisson(s + b)
-    # + read noise), rounded. Covers every path of _expose (no signal electron, inversion below
+    # + read noise), rounded. Covers every path of expose (no signal electron, inversion below
     # 10 e, PTRS above). SE of the mean sqrt(var / N), of the variance var sqrt(2 / N) (0.28%),
     # of the third central moment var^1.5 sqrt(6 / N); tolerances 4.3-5 SE. The third cumulant
     # of Poisson noise is its mean (Gaussian: 0), 40 SE away from 0 at s = 3 already.
@@ -341,8 +341,8 @@ def test_signal_pixels_read_poisson_plus_read_noise(signal_e):
 def test_frames_reproducible_across_threads_and_cameras():
     import threading
 
-    from exoacq.drivers import simulated_nta
-    assert simulated_nta._render_psf.targetoptions["nogil"] and simulated_nta._expose.targetoptions["nogil"]
+    from exoacq.drivers import simulated_nta_render
+    assert simulated_nta_render.render_psf.targetoptions["nogil"] and simulated_nta_render.expose.targetoptions["nogil"]
 
     def frames(n, interleave=False, thread=False):
         cams = [make_simulated_nta([SampleComponent(100.0)], 5e8, illumination_mw=None, seed=s,
