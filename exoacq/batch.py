@@ -289,7 +289,7 @@ def run_batch_cli(method: BatchMethod, arguments: list[str], options: dict[str, 
             writer.writeheader()
         client = None
         if dask is not None:
-            progress.show(f" (starting a local Dask cluster)" if dask == LOCAL else f" (connecting to {dask})")
+            progress.show(" (starting a local Dask cluster)" if dask == LOCAL else f" (connecting to {dask})")
             client = stack.enter_context(dask_client(dask, workers or local_workers(len(inputs))
                                                      if dask == LOCAL else None))
         progress.show()

@@ -104,10 +104,19 @@ class KeysDir:
         if self.server_secret.exists():
             raise ExoacqError(f"{self.server_secret} exists already: the clients trust its public key; remove "
                               "it by hand to make a new one", code="exists")
+        self._check_folder()
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path.chmod(0o700)
         self.authorized.mkdir(exist_ok=True)
         return _create_pair(self.path, SERVER)[0]
+
+    def _check_folder(self) -> None:
+        """The keys directory, and the folder it is made in, are folders where they exist (not files)."""
+        for where in (self.path, *self.path.parents):
+            if where.exists():
+                if not where.is_dir():
+                    raise ExoacqError(f"keys directory {self.path}: {where} is a file, not a folder", code="usage")
+                return
 
     def add(self, name: str, public_key_file: Path | None = None) -> tuple[Path, Path | None]:
         """Authorise a client by operator name: its public key file, or a new pair made here.
@@ -119,6 +128,7 @@ class KeysDir:
         if target.exists():
             raise ExoacqError(f"client {name} is authorised already ({target}); remove that file to replace "
                               "its key", code="exists")
+        self._check_folder()
         self.authorized.mkdir(parents=True, exist_ok=True)
         secret_file = None
         if public_key_file is None:

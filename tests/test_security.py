@@ -93,6 +93,18 @@ def test_off_host_tracking_socket_needs_keys_and_unsafe_keys_are_refused(tmp_pat
         DaemonSecurity.from_config(config)
 
 
+def test_a_file_in_place_of_the_keys_directory_is_one_line(tmp_path):
+    """``keys init`` and ``keys add`` with --dir naming a file (or a folder inside one): a one-line error, not
+    an internal FileExistsError / NotADirectoryError."""
+    (tmp_path / "notes.txt").write_text("not a folder\n")
+    for where in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "keys"):
+        for action in (["init"], ["add", "bob"]):
+            proc = run_cli("keys", "--dir", str(where), *action)
+            assert proc.returncode == 2, proc.stderr
+            assert proc.stderr.strip() == f"exoacq: error: keys directory {where}: {tmp_path / 'notes.txt'} is a " \
+                                          "file, not a folder", proc.stderr
+
+
 # -- a daemon reachable off its host, with keys ----------------------------------------------------
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):

@@ -214,6 +214,18 @@ def _capture(path: Path) -> cv2.VideoCapture:
     return capture
 
 
+def _is_text(path: Path) -> bool:
+    """Whether the file starts as text: in its first 4 KiB no NUL byte, and at least 95 % printable ASCII,
+    tabs, line ends or bytes of a non-ASCII encoding (128-255). Every video container starts with binary
+    fields (sizes, EBML ids, start codes) that hold NUL bytes and other control bytes."""
+    with open(path, "rb") as f:
+        head = np.frombuffer(f.read(4096), np.uint8)
+    if head.size == 0 or not head.all():
+        return False
+    texty = (head >= 32) & (head != 127) | np.isin(head, (9, 10, 13))
+    return bool(texty.mean() >= 0.95)
+
+
 def open_video(path: Path | str) -> Video:
     """Open a recording for reading; a one-line ExoacqError if it is none."""
     path = Path(path)
@@ -248,6 +260,9 @@ def open_video(path: Path | str) -> Video:
             raise ExoacqError(f"{path}: not a readable TIFF")
         h, w = stack[0].shape[:2]
         return Video(path, None, len(stack), w, h, _stack=list(stack))
+    if _is_text(path):  # FFmpeg renders text files (.asc, .txt, .nfo, ...) as "ANSI art" video
+        raise ExoacqError(f"{path}: a text file, not a video (AVI, MOV, MP4, ...), a TIFF stack or a folder of "
+                          "frames")
     capture = _capture(path)
     try:
         if not capture.isOpened():
