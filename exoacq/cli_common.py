@@ -7,7 +7,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from exoacq.errors import ExoacqError
 
@@ -35,6 +35,21 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
     return value
+
+
+def float_in(low: float, high: float, unit: str = "") -> Callable[[str], float]:
+    """An argparse type: a finite number from ``low`` to ``high`` (both included), for a physical quantity
+    whose plausible range is known (a frame rate, a pixel size, a refractive index): a value far outside
+    it is a typing slip, and would reach the analysis as overflows or endless loops."""
+    units = f" {unit}" if unit else ""
+
+    def parse(text: str) -> float:
+        value = finite_float(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text}{units} is out of range: from {low:g} to {high:g}{units}")
+        return value
+    parse.__name__ = f"number from {low:g} to {high:g}{units}"
+    return parse
 
 
 def _whole(text: str, least: int) -> int:

@@ -184,6 +184,10 @@ def inputs(tmp_path_factory) -> Path:
     (d / "empty.avi").write_bytes(b"")
     for name in ("text.avi", "text.mov", "text.tif", "text.mp4", "text.npy"):
         (d / name).write_text("this is not a video\n")
+    # FFmpeg renders these suffixes as "ANSI art" video: 175 frames of a correlator file were once analysed
+    (d / "correlator.asc").write_text("ALV-7004 CGS-8F Data\r\n" + "".join(f"  {i * 1e-6:.6e}\t{0.9 / (1 + i):.6f}\r\n"
+                                                                             for i in range(400)), encoding="cp1252")
+    (d / "notes.txt").write_text("Sample 3, 1:1000 in PBS, 22 C\n" * 200)
     frames = list(np.random.default_rng(1).integers(0, 40, (20, 96, 128), dtype=np.uint8))
     capture = cv2.VideoCapture(str(good))
     real = []
@@ -333,6 +337,8 @@ def nta_cases(d: Path) -> dict[str, dict]:
         "nta-text-avi": _case("not a video", str(d / "text.avi"), *ok),
         "nta-text-mov": _case("not a video", str(d / "text.mov"), *ok),
         "nta-text-mp4": _case("not a video", str(d / "text.mp4"), *ok),
+        "nta-text-asc": _case("correlator.asc: a text file, not a video", str(d / "correlator.asc"), *ok),
+        "nta-text-txt": _case("notes.txt: a text file, not a video", str(d / "notes.txt"), *ok),
         "nta-text-tif": _case("TIFF", str(d / "text.tif"), *ok),
         "nta-text-npy": _case("frame stack", str(d / "text.npy"), *ok),
         "nta-flat-npy": _case("3 dimensions", str(d / "flat.npy"), *ok),
@@ -384,19 +390,21 @@ def nta_cases(d: Path) -> dict[str, dict]:
         "nta-invalid-dask": _case("dask|scheduler|address", good, *ok, "--dask", "not an address"),
     }
     bad_options = {
-        "fps": ["0", "-1", "nan", "inf", "x"],
-        "pixel-size-um": ["0", "-0.1", "nan", "inf"],
+        # absurd magnitudes (1e-300, 1e308) once ended as internal errors (recursion, overflow) or were accepted
+        "fps": ["0", "-1", "nan", "inf", "x", "1e-300", "1e308"],
+        "pixel-size-um": ["0", "-0.1", "nan", "inf", "1e-300", "1e308"],
         "temperature-c": ["-5", "0", "100", "nan", "inf", "-inf"],
-        "viscosity-mpa-s": ["0", "nan", "inf"],
+        "viscosity-mpa-s": ["0", "nan", "inf", "1e-300", "1e308"],
         # nan must fail the range check (it once passed it and ended as an internal error in sizing)
         "exposure-ms": ["100", "-1", "nan", "inf"],
         "feature-diameter-px": ["10", "1", "0", "-3", "2.5"],
         # refused at once (-5 and -inf were once accepted, nan and inf failed late as "no particles found")
-        "minmass": ["-5", "nan", "inf", "-inf"],
+        "minmass": ["-5", "nan", "inf", "-inf", "1e-300"],
         "dilution": ["0", "-1", "nan", "inf"],
         "min-track-length": ["2", "0", "-1"],
-        "search-range-px": ["0", "nan", "inf"],
-        "min-diameter-nm": ["0", "nan", "inf"],
+        "search-range-px": ["0", "nan", "inf", "1e308"],
+        "min-diameter-nm": ["0", "nan", "inf", "1e-300"],
+        "false-detections-per-frame": ["0", "nan", "1e308"],
     }
     for option, values in bad_options.items():
         for value in values:
@@ -458,8 +466,20 @@ def dls_cases(d: Path) -> dict[str, dict]:
         "dls-csv-single": _case("--csv", str(d / "text.ASC"), "--csv", str(d / "x.csv")),
         "dls-ri-inf": _case("refractive", str(d / "text.ASC"), "--particle-refractive-index", "inf"),
         "dls-ri-nan": _case("refractive", str(d / "text.ASC"), "--particle-refractive-index", "nan"),
+        # 1e308 once left Mie theory looping for ever; -300 C and 180 degrees were accepted
+        "dls-ri-huge": _case("refractive", str(d / "text.ASC"), "--particle-refractive-index", "1e308"),
+        "dls-medium-ri-huge": _case("refractive", str(d / "magic-only.ptu"), *ptu, "--medium-refractive-index",
+                                    "1e308"),
+        "dls-ptu-angle-180": _case("--angle", str(d / "magic-only.ptu"), "--angle", "180", "--wavelength-nm", "633"),
+        "dls-ptu-below-absolute-zero": _case("--temperature-c", str(d / "magic-only.ptu"), *ptu,
+                                             "--temperature-c=-300"),
     }
     if (TESTDATA / "dls").is_dir():
+        # a correlator file records its own optics and temperature: the .ptu options are said to be unused
+        alv = str(TESTDATA / "dls" / "alv-cgs3" / "080622_3_0027_0001.ASC")
+        cases["dls-asc-ptu-options"] = _accepted(r"--angle, --temperature-c not used: 080622_3_0027_0001.ASC "
+                                                 r"records its own", alv, "--angle", "30", "--temperature-c", "30",
+                                                 "--json")
         cases["dls-half-asc"] = _case("truncated|line|missing|incomplete|ends", str(d / "half.ASC"))
         cases["dls-header-asc"] = _case("truncated|line|missing|incomplete|ends", str(d / "header.ASC"))
         cases["dls-cut-in-correlation"] = _case("truncated|line|missing|incomplete|ends",
@@ -479,6 +499,7 @@ def dls_cases(d: Path) -> dict[str, dict]:
         "bench-correlator-duration-inf": _case("--duration", "bench", "correlator", "--duration", "inf"),
         "bench-correlator-rate-0": _case("--count-rate", "bench", "correlator", "--count-rate", "0"),
         "bench-correlator-rate-inf": _case("--count-rate", "bench", "correlator", "--count-rate", "inf"),
+        "bench-correlator-duration-huge": _case("--duration", "bench", "correlator", "--duration", "1e308"),
     })
     return cases
 
@@ -504,6 +525,9 @@ def flow_cases(d: Path) -> dict[str, dict]:
         "flow-dilution-0": _case("--dilution", str(d / "text.fcs"), "--dilution", "0"),
         "flow-dilution-inf": _case("--dilution", g11, "--dilution", "inf"),
         "flow-flow-rate-inf": _case("--flow-rate-ul-min", g11, "--flow-rate-ul-min", "inf"),
+        "flow-flow-rate-tiny": _case("--flow-rate-ul-min", g11, "--flow-rate-ul-min", "1e-300"),  # was ZeroDivision
+        "flow-series-infinite-dilution": _case("--dilutions", str(d / "text.fcs"), str(d / "empty.fcs"),
+                                               "--dilution-series", "--dilutions", "10,inf"),  # was an SVD failure
         "flow-threshold-nan": _case("--trigger-threshold", g11, "--trigger-threshold", "nan"),
         "flow-gates-missing": _case("no such file|not found|gates", g11, "--gates", str(d / "missing.xml")),
         "flow-gates-malformed": _case("XML|Gating-ML|gates", g11, "--gates", str(d / "malformed.xml")),
@@ -538,6 +562,13 @@ def flow_cases(d: Path) -> dict[str, dict]:
     out = ["-o", str(d / "flow-cal.toml")]
     cases.update({
         "calibrate-flow-no-beads": _case("beads", "calibrate", "flow", *out),
+        # refused before the simulation (1e308 once overflowed in Mie theory; a 1e308 core index was written)
+        "calibrate-flow-huge-wavelength": _case("--wavelength-nm", "calibrate", "flow", "--simulated", *out,
+                                                "--wavelength-nm", "1e308"),
+        "calibrate-flow-huge-ev-index": _case("--ev-core-ri", "calibrate", "flow", "--simulated", *out,
+                                              "--ev-core-ri", "1e308"),
+        "simulate-flow-tiny-duration": _case("--duration", "simulate", "flow", str(d / "sim.fcs"), "--duration",
+                                             "1e-300"),
         "calibrate-flow-empty": _case("empty|FCS", "calibrate", "flow", str(d / "empty.fcs"), *out),
         "calibrate-flow-text": _case("FCS", "calibrate", "flow", str(d / "text.fcs"), *out),
         "calibrate-flow-missing": _case("no such file|not found", "calibrate", "flow", str(d / "missing.fcs"), *out),

@@ -67,11 +67,11 @@ def test_bad_input_gets_one_line(video, tmp_path):
     truncated = tmp_path / "truncated.avi"
     truncated.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
     cases = [
-        ([str(not_video), *ANALYSIS], 1, "not a video OpenCV can read"),
+        ([str(not_video), *ANALYSIS], 1, "notes.avi: a text file, not a video"),
         ([str(tmp_path / "missing.avi"), *ANALYSIS], 1, "no such file or directory"),
         ([str(truncated), *ANALYSIS], 1, "of the 150 frames its header announces (truncated or damaged file)"),
         ([str(video), *ANALYSIS, "--minmass", "1e6"], 1, "no particles found in 150 frames"),
-        ([str(video), *ANALYSIS, "--fps", "-25"], 2, "argument --fps: -25 must be greater than 0"),
+        ([str(video), *ANALYSIS, "--fps", "-25"], 2, "argument --fps: -25 frames/s is out of range: from 0.01 to"),
         ([str(video), "--minmass", "250"], 2, "--pixel-size-um is required"),
         ([str(video), *ANALYSIS, "--feature-diameter-px", "10"], 2, "must be odd"),
     ]

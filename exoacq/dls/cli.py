@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from exoacq.batch import BatchMethod, add_batch_options, run_batch_cli, single_input, split_dask_argument
-from exoacq.cli_common import add_acquire_options, finite_float, positive_float, run_acquisition
+from exoacq.cli_common import add_acquire_options, finite_float, float_in, positive_float, run_acquisition
 from exoacq.errors import ExoacqError
 
 
@@ -16,7 +16,8 @@ def add_cli(verbs: dict[str, Any]) -> None:
     p = verbs["acquire"].add_parser("dls", help="DLS: Z-average, PDI and size distributions")
     p.add_argument("--duration", type=positive_float, default=None, help="seconds of each sub-run (default 10)")
     p.add_argument("--runs", type=int, default=None, help="sub-runs, analysed together with dust rejection (default 3)")
-    p.add_argument("--angle", type=positive_float, default=None, help="scattering angle, degrees (default: the detector's)")
+    p.add_argument("--angle", type=float_in(0.1, 179.9, "deg"), default=None,
+                   help="scattering angle, degrees (default: the detector's)")
     add_acquire_options(p)
     p.set_defaults(func=cmd_acquire)
 
@@ -24,15 +25,17 @@ def add_cli(verbs: dict[str, Any]) -> None:
                                                 "photons (PicoQuant .ptu)")
     p.add_argument("files", nargs="+", metavar="FILE",
                    help="several, globs or folders of such files make a batch (one document per file)")
-    p.add_argument("--particle-refractive-index", type=positive_float, default=1.59,
+    p.add_argument("--particle-refractive-index", type=float_in(1.0, 4.0), default=1.59,
                    help="for the Mie volume and number distributions (default %(default)s: polystyrene)")
     p.add_argument("--fit-fraction", type=fit_fraction, default=0.1, metavar="F",
                    help="cumulant fit (and correlation check) down to this fraction of the intercept, "
                         "between 0 and 1 (default %(default)s, ISO 22412: ~0.1)")
-    p.add_argument("--angle", type=positive_float, help="scattering angle (degrees) of a .ptu file")
-    p.add_argument("--wavelength-nm", type=positive_float, help="laser wavelength of a .ptu file")
-    p.add_argument("--temperature-c", type=float, help="sample temperature of a .ptu file (default 25 C)")
-    p.add_argument("--medium-refractive-index", type=positive_float, default=None,
+    # a .ptu file records photons only; correlator files record their own optics and temperature
+    p.add_argument("--angle", type=float_in(0.1, 179.9, "deg"), help="scattering angle (degrees) of a .ptu file")
+    p.add_argument("--wavelength-nm", type=float_in(100.0, 3000.0, "nm"), help="laser wavelength of a .ptu file")
+    p.add_argument("--temperature-c", type=float_in(-20.0, 150.0, "C"),
+                   help="sample temperature of a .ptu file (default 25 C)")
+    p.add_argument("--medium-refractive-index", type=float_in(1.0, 3.0), default=None,
                    help="of a .ptu file's medium (default 1.332)")
     p.add_argument("--json", action="store_true",
                    help="print the result document alone on stdout (a batch: one JSON document per line)")
@@ -41,8 +44,9 @@ def add_cli(verbs: dict[str, Any]) -> None:
     p.set_defaults(func=cmd_analyze)
 
     b = verbs["bench"].add_parser("correlator", help="the DLS software correlator against multipletau (JSON)")
-    b.add_argument("--duration", type=positive_float, default=2.0, help="seconds of photons (default %(default)s)")
-    b.add_argument("--count-rate", type=positive_float, default=5e6, help="photons/s (default %(default)g)")
+    b.add_argument("--duration", type=float_in(1e-3, 1e4, "s"), default=2.0,
+                   help="seconds of photons (default %(default)s)")
+    b.add_argument("--count-rate", type=float_in(1.0, 1e9, "/s"), default=5e6, help="photons/s (default %(default)g)")
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
     b.set_defaults(func=cmd_bench)
 
@@ -86,15 +90,22 @@ def _analyse(path: Path, options: dict[str, Any]) -> dict[str, Any]:
     else:
         from exoacq.dls.io import read_dls_file
         record = read_dls_file(path)
-    return analyze_record(record, particle_refractive_index=options["particle_refractive_index"],
-                          fit_fraction=options["fit_fraction"])
+    document = analyze_record(record, particle_refractive_index=options["particle_refractive_index"],
+                              fit_fraction=options["fit_fraction"])
+    if path.suffix.lower() != ".ptu":
+        ignored = [f"--{name.replace('_', '-')}" for name in _PTU_OPTIONS if options.get(name) is not None]
+        if ignored:
+            document["warnings"] = [f"{', '.join(ignored)} not used: {path.name} records its own (they are for "
+                                    ".ptu photon files)", *document.get("warnings", [])]
+    return document
 
 
 # -- batches: many files, here or on Dask (exoacq.batch) -------------------------------------
 #: Files of a folder that are DLS inputs.
 DLS_SUFFIXES = (".asc", ".sin", ".ptu")
-_OPTIONS = ("particle_refractive_index", "fit_fraction", "angle", "wavelength_nm", "temperature_c",
-            "medium_refractive_index")
+#: What a .ptu file does not record (a correlator file records them itself).
+_PTU_OPTIONS = ("angle", "wavelength_nm", "temperature_c", "medium_refractive_index")
+_OPTIONS = ("particle_refractive_index", "fit_fraction", *_PTU_OPTIONS)
 BATCH_COLUMNS = ("source", "measurements", "angle_deg", "wavelength_nm", "temperature_c", "z_average_nm", "pdi",
                  "intercept", "quality", "extrapolated_diameter_nm", "warnings")
 
@@ -146,12 +157,7 @@ def _ptu_record(args: argparse.Namespace):
     if args.angle is None or args.wavelength_nm is None:
         raise ExoacqError(f"{args.file}: a PTU file does not record the optics: give --angle and --wavelength-nm",
                           code="usage")
-    if not args.angle < 180.0:
-        raise ExoacqError(f"--angle {args.angle:g}: a scattering angle is between 0 and 180 degrees", code="usage")
-    temperature_c = 25.0 if args.temperature_c is None else args.temperature_c
-    if not -20.0 <= temperature_c <= 150.0:  # NaN too: the viscosity is water's (IAPWS 2008)
-        raise ExoacqError(f"--temperature-c {temperature_c:g}: outside liquid water's -20..150 C (the medium's "
-                          "viscosity is water's)", code="usage")
+    temperature_c = 25.0 if args.temperature_c is None else args.temperature_c  # ranges: the options' types
     photons = read_ptu(args.file)
     ticks_per_bin = max(1, math.ceil(25e-9 / photons.resolution_s - 1e-9))  # ~25 ns, a whole number of ticks
     correlator = MultiTauCorrelator(photons.resolution_s, base_lag_s=ticks_per_bin * photons.resolution_s)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from exoacq.cli_common import (add_acquire_options, finite_float, positive_float, positive_int, run_acquisition,
-                               seed_int)
+from exoacq.cli_common import (add_acquire_options, finite_float, float_in, positive_float, positive_int,
+                               run_acquisition, seed_int)
 from exoacq.errors import ExoacqError
 
 CONTROLS = ("buffer", "unstained", "isotype", "lysed")
@@ -43,7 +44,7 @@ def add_cli(verbs: dict[str, Any]) -> None:
                    help="a threshold gate, e.g. 'SSC-H>20' or 'Diameter:50-200' (repeatable)")
     p.add_argument("--dilution", type=positive_float, default=None,
                    help="dilution factor of the sample (default: the file's EXOACQ_DILUTION, else 1)")
-    p.add_argument("--flow-rate-ul-min", type=positive_float, default=None,
+    p.add_argument("--flow-rate-ul-min", type=float_in(1e-4, 1e4, "uL/min"), default=None,
                    help="sample flow rate, uL/min, for files without $VOL (concentration = events x dilution / volume)")
     p.add_argument("--trigger-threshold", type=positive_float, default=None, metavar="AU",
                    help="the trigger level in the scatter parameter's units (default: the file's, if exoacq wrote it)")
@@ -71,15 +72,20 @@ def add_cli(verbs: dict[str, Any]) -> None:
                         "mesf.fcs:FL1-H:FITC (repeatable)")
     p.add_argument("--mesf-beads", type=Path, default=Path("calibrations/flow/beads-mesf.toml"),
                    help="the MESF ladder's values and lot (default %(default)s)")
-    p.add_argument("--wavelength-nm", type=positive_float, default=488.0, help="laser (default %(default)s)")
-    p.add_argument("--medium-refractive-index", type=positive_float, default=1.333, help="(default %(default)s)")
-    p.add_argument("--center-deg", type=positive_float, default=90.0, help="collection axis (default %(default)s)")
-    p.add_argument("--half-angle-deg", type=positive_float, default=40.0,
+    p.add_argument("--wavelength-nm", type=float_in(100.0, 3000.0, "nm"), default=488.0,
+                   help="laser (default %(default)s)")
+    p.add_argument("--medium-refractive-index", type=float_in(1.0, 3.0), default=1.333, help="(default %(default)s)")
+    p.add_argument("--center-deg", type=float_in(0.1, 179.9, "deg"), default=90.0,
+                   help="collection axis (default %(default)s)")
+    p.add_argument("--half-angle-deg", type=float_in(0.1, 90.0, "deg"), default=40.0,
                    help="collection half-angle, asin(NA / n), the guess the fit starts from (default %(default)s)")
     p.add_argument("--no-geometry-fit", action="store_true", help="keep the half-angle as given; fit the gain only")
-    p.add_argument("--ev-core-ri", type=positive_float, default=1.38, help="EV model core index (default %(default)s)")
-    p.add_argument("--ev-shell-ri", type=positive_float, default=1.48, help="EV model shell index (default %(default)s)")
-    p.add_argument("--ev-shell-nm", type=positive_float, default=5.0, help="EV model shell thickness (default %(default)s)")
+    p.add_argument("--ev-core-ri", type=float_in(1.0, 4.0), default=1.38,
+                   help="EV model core index (default %(default)s)")
+    p.add_argument("--ev-shell-ri", type=float_in(1.0, 4.0), default=1.48,
+                   help="EV model shell index (default %(default)s)")
+    p.add_argument("--ev-shell-nm", type=float_in(0.1, 1000.0, "nm"), default=5.0,
+                   help="EV model shell thickness (default %(default)s)")
     p.add_argument("--min-scatter", type=finite_float, default=None, metavar="AU",
                    help="ignore bead events below this (default: twice the file's trigger threshold)")
     p.add_argument("--simulated", action="store_true",
@@ -92,8 +98,9 @@ def add_cli(verbs: dict[str, Any]) -> None:
 
     p = verbs["simulate"].add_parser("flow", help="an FCS file of a simulated nano flow acquisition")
     p.add_argument("output", type=Path, metavar="OUT.fcs")
-    p.add_argument("--duration", type=positive_float, default=10.0, help="seconds of live time (default %(default)s)")
-    p.add_argument("--dilution", type=positive_float, default=100.0, help="(default %(default)s)")
+    p.add_argument("--duration", type=float_in(0.01, 86400.0, "s"), default=10.0,
+                   help="seconds of live time (default %(default)s)")
+    p.add_argument("--dilution", type=float_in(1e-6, 1e12), default=100.0, help="(default %(default)s)")
     p.add_argument("--control", choices=CONTROLS, help="a control tube made from the sample")
     p.add_argument("--config", type=Path, help="take the sample from this configuration's flow instrument "
                                                "(default: the built-in EV sample)")
@@ -101,7 +108,8 @@ def add_cli(verbs: dict[str, Any]) -> None:
     p.set_defaults(func=cmd_simulate)
 
     b = verbs["bench"].add_parser("flow", help="pulse detection and event analysis throughput, one core (JSON)")
-    b.add_argument("--seconds", type=positive_float, default=1.0, help="of simulated trace (default %(default)s)")
+    b.add_argument("--seconds", type=float_in(1e-3, 3600.0, "s"), default=1.0,
+                   help="of simulated trace (default %(default)s)")
     b.add_argument("--events", type=positive_int, default=2_000_000, help="events analysed (default %(default)s)")
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
     b.set_defaults(func=cmd_bench)
@@ -188,6 +196,8 @@ def _series(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
             dilutions = [float(x) for x in args.dilutions.split(",")]
         except ValueError:
             raise ExoacqError(f"--dilutions {args.dilutions!r}: give numbers separated by commas", code="usage") from None
+        if not all(math.isfinite(x) and x > 0 for x in dilutions):
+            raise ExoacqError(f"--dilutions {args.dilutions!r}: each dilution is a finite number > 0", code="usage")
         if len(dilutions) != len(args.files):
             raise ExoacqError(f"--dilutions has {len(dilutions)} values for {len(args.files)} files", code="usage")
     calibration, gates = analysis_files(settings)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from exoacq.batch import add_batch_options
-from exoacq.cli_common import (add_acquire_options, add_control, positive_float as _positive_float, positive_int,
-                               run_acquisition)
+from exoacq.cli_common import (add_acquire_options, add_control, float_in, positive_float as _positive_float,
+                               positive_int, run_acquisition)
 from exoacq.errors import ExoacqError
 from exoacq.nta import DETECTORS
 from exoacq.nta.cli_analyze import add_analysis_options, analyze_with_progress, cmd_analyze
@@ -62,12 +62,13 @@ def add_cli(verbs: dict[str, Any]) -> None:
 
     p = verbs["calibrate"].add_parser("nta", help="measure the detection volume from beads of known concentration")
     p.add_argument("video", type=Path, help="a video of the bead standard")
-    p.add_argument("--bead-diameter-nm", type=_positive_float, required=True)
-    p.add_argument("--bead-concentration-per-ml", type=_positive_float, required=True,
+    p.add_argument("--bead-diameter-nm", type=float_in(1.0, 1e5, "nm"), required=True)
+    p.add_argument("--bead-concentration-per-ml", type=float_in(1e3, 1e16, "/mL"), required=True,
                    help="of the bead stock; divided by --dilution for the measured suspension")
-    p.add_argument("--bead-refractive-index", type=_positive_float, default=1.59, help="default: polystyrene")
+    p.add_argument("--bead-refractive-index", type=float_in(1.0, 4.0), default=1.59, help="default: polystyrene")
     p.add_argument("--bead-lot", default="", help="lot number of the standard")
-    p.add_argument("--laser-power-mw", type=_positive_float, required=True, help="laser power of the recording")
+    p.add_argument("--laser-power-mw", type=float_in(1e-3, 1e5, "mW"), required=True,
+                   help="laser power of the recording")
     p.add_argument("--instrument", default="unnamed instrument", help="which instrument this calibrates")
     p.add_argument("--output", type=Path, required=True, help="calibration file to write (TOML)")
     add_analysis_options(p)
@@ -78,9 +79,9 @@ def add_cli(verbs: dict[str, Any]) -> None:
     p.add_argument("--frames", type=int, default=450)
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
-    p.add_argument("--fps", type=_positive_float, default=25.0)
-    p.add_argument("--diameter-nm", type=_positive_float, default=100.0)
-    p.add_argument("--concentration-per-ml", type=_positive_float, default=3e8)
+    p.add_argument("--fps", type=float_in(0.1, 1e4, "frames/s"), default=25.0)
+    p.add_argument("--diameter-nm", type=float_in(1.0, 1e5, "nm"), default=100.0)
+    p.add_argument("--concentration-per-ml", type=float_in(1e3, 1e14, "/mL"), default=3e8)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
 
@@ -92,8 +93,8 @@ def add_cli(verbs: dict[str, Any]) -> None:
     b = bench.add_parser("realtime", help="the daemon with a simulated NTA camera: drops and latency")
     b.add_argument("--width", type=positive_int, default=1280)
     b.add_argument("--height", type=positive_int, default=1024)
-    b.add_argument("--fps", type=_positive_float, default=30.0)
-    b.add_argument("--duration", type=_positive_float, default=30.0)
+    b.add_argument("--fps", type=float_in(0.1, 1e4, "frames/s"), default=30.0)
+    b.add_argument("--duration", type=float_in(0.1, 86400.0, "s"), default=30.0)
     b.add_argument("--workers", type=positive_int, default=1)
     b.add_argument("--camera", choices=("replay", "simulated"), default="replay",
                    help="replay (default): the simulated camera's frames rendered before the capture and played "
@@ -135,7 +136,8 @@ def add_cli(verbs: dict[str, Any]) -> None:
     b.add_argument("--simulator", choices=["exoacq", "emccd", "both"], default="both",
                    help="exoacq's own simulated camera, the independent EMCCD one, or both (default)")
     b.add_argument("--captures", type=int, default=2, help="captures per sample (default %(default)s)")
-    b.add_argument("--capture-s", type=_positive_float, default=60.0, help="seconds per capture (default %(default)s)")
+    b.add_argument("--capture-s", type=float_in(5.0, 3600.0, "s"), default=60.0,
+                   help="seconds per capture (default %(default)s)")
     b.add_argument("--json", action="store_true", help="JSON on stdout (the only output format)")
     b.set_defaults(func=cmd_bench, benchmark="accuracy")
 

@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from exoacq.batch import BatchMethod, run_batch_cli, single_input, split_dask_argument
-from exoacq.cli_common import positive_float as _positive_float
+from exoacq.cli_common import float_in
 from exoacq.errors import ExoacqError
 from exoacq.nta import DETECTORS
 
 
 def add_analysis_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--fps", type=_positive_float, help="frame rate (default: the container's)")
-    p.add_argument("--pixel-size-um", type=_positive_float, help="object-plane pixel size (required unless in --calibration)")
+    p.add_argument("--fps", type=float_in(0.01, 1e5, "frames/s"), help="frame rate (default: the container's)")
+    p.add_argument("--pixel-size-um", type=float_in(0.001, 100.0, "um"),
+                   help="object-plane pixel size (required unless in --calibration)")
     p.add_argument("--temperature-c", type=float, help="sample temperature (default 25 C, with a warning)")
-    p.add_argument("--viscosity-mpa-s", type=_positive_float, help="medium viscosity (default: water, IAPWS 2008)")
+    p.add_argument("--viscosity-mpa-s", type=float_in(0.01, 1e5, "mPa s"),
+                   help="medium viscosity (default: water, IAPWS 2008)")
     p.add_argument("--exposure-ms", type=float,
                    help="exposure, for the motion-blur model (default: the blur is measured from the tracks)")
-    p.add_argument("--dilution", type=_positive_float, default=1.0)
+    p.add_argument("--dilution", type=float_in(1e-6, 1e12), default=1.0,
+                   help="dilution factor of the measured suspension: analyse reports the undiluted sample's "
+                        "concentration; calibrate divides the bead stock's by it (default 1)")
     p.add_argument("--calibration", type=Path, help="detection-volume calibration (TOML) for concentrations")
     p.add_argument("--invert", action="store_true",
                    help="dark particles on a light background (bright field: no light-sheet depth correction)")
@@ -34,15 +39,15 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minmass", type=float, default=None,
                    help="detection threshold, overriding the automatic one (default: from each video's own noise, "
                         "see --false-detections-per-frame)")
-    p.add_argument("--false-detections-per-frame", type=_positive_float, default=None,
+    p.add_argument("--false-detections-per-frame", type=float_in(1e-6, 1000.0), default=None,
                    help="automatic threshold: NOISE_MARGIN x the mass that this video's noise exceeds this often "
                         "per frame (default 0.5)")
     p.add_argument("--min-track-length", type=int, default=None,
                    help="frames (default: chosen from the data's localisation error, 13 or more)")
-    p.add_argument("--search-range-px", type=_positive_float,
+    p.add_argument("--search-range-px", type=float_in(0.5, 1000.0, "px"),
                    help="link search range (default: chosen from the first 100 frames' tracks, at most that of "
                         "--min-diameter-nm)")
-    p.add_argument("--min-diameter-nm", type=_positive_float, default=30.0,
+    p.add_argument("--min-diameter-nm", type=float_in(1.0, 1e5, "nm"), default=30.0,
                    help="smallest expected particle: the largest search range (default %(default)s)")
     p.add_argument("--detector", choices=DETECTORS, default="fast")
 
@@ -78,8 +83,9 @@ def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]
     if exposure_ms is not None and not 0 <= exposure_ms <= 1000.0 / fps * (1 + 1e-9):
         raise ExoacqError(f"--exposure-ms {exposure_ms:g}: must be from 0 to the frame interval "
                           f"{1000.0 / fps:.3g} ms", code="usage")
-    if args.minmass is not None and not args.minmass >= 0:
-        raise ExoacqError(f"--minmass {args.minmass:g}: must be >= 0", code="usage")
+    if args.minmass is not None and not (args.minmass == 0 or 1e-9 <= args.minmass < math.inf):
+        raise ExoacqError(f"--minmass {args.minmass:g}: give 0 (no threshold) or a finite mass of at least 1e-9",
+                          code="usage")
     temperature = args.temperature_c
     if temperature is None:
         temperature = 25.0

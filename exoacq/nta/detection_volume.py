@@ -25,8 +25,9 @@ def gaussian_sheet_detection_depth_um(diameter_nm, *, sheet_half_width_um: float
     threshold. ``peak_over_threshold_at_reference`` is I0 / I_thr.
     """
     d = np.asarray(diameter_nm, float)
-    ratio = peak_over_threshold_at_reference * (d / reference_diameter_nm) ** scattering_exponent
-    return 2.0 * sheet_half_width_um * np.sqrt(np.log(np.maximum(ratio, 1.0)) / 2.0)
+    with np.errstate(divide="ignore"):  # in logarithms: a threshold near 0 gives a ratio beyond float range
+        ln_ratio = math.log(peak_over_threshold_at_reference) + scattering_exponent * np.log(d / reference_diameter_nm)
+    return 2.0 * sheet_half_width_um * np.sqrt(np.maximum(ln_ratio, 0.0) / 2.0)
 
 
 def correct_for_detection_volume(probability, detection_weight) -> np.ndarray:
