@@ -433,6 +433,12 @@ def nta_cases(d: Path) -> dict[str, dict]:
                                                       *beads, *ok, "--bead-concentration-per-ml", "inf"),
         "calibrate-nta-laser-0": _case("laser-power-mw", "calibrate", "nta", good, *beads, *ok,
                                        "--laser-power-mw", "0"),
+        # these once wrote a calibration (1e-300 nm beads; a detection volume of 1e-15 nL)
+        "calibrate-nta-bead-diameter-tiny": _case("bead-diameter-nm", "calibrate", "nta", good, *beads, *ok,
+                                                  "--bead-diameter-nm", "1e-300"),
+        "calibrate-nta-absurd-volume": _case(r"nL, a slab .* um deep under the .* field of view", "calibrate", "nta",
+                                             good, *beads, *ok, "--bead-concentration-per-ml", "1e16",
+                                             "--dilution", "1e-6"),
         # as nta-exposure-ms-nan
         "calibrate-nta-exposure-nan": _case("exposure-ms", "calibrate", "nta", good, *beads,
                                             *ok[:2], "--exposure-ms", "nan"),

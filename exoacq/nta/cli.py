@@ -169,6 +169,12 @@ def threshold_record(threshold: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+#: A calibration's detection volume over the field of view is the depth of the slab particles are seen in:
+#: a light sheet is microns thick (~10 um on the simulated camera); outside these bounds the bead
+#: concentration, the dilution or the pixel size given is wrong (by orders of magnitude).
+MIN_DETECTION_DEPTH_UM, MAX_DETECTION_DEPTH_UM = 0.1, 1000.0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from exoacq.nta.calibration import BeadStandard, NTAOptics, block_standard_error, nta_calibration_text
     if args.calibration:
@@ -181,6 +187,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     # blocks of ~2 s: the light sheet's population renews as beads diffuse through it
     block = max(1, round(2.0 * params.frame_rate_hz))
     volume_nl = ppf / in_cell_per_ml * 1e6
+    field_um2 = params.frame_width_px * params.frame_height_px * params.pixel_size_um ** 2
+    depth_um = volume_nl * 1e6 / field_um2  # 1 nL = 1e6 um^3
+    if not MIN_DETECTION_DEPTH_UM <= depth_um <= MAX_DETECTION_DEPTH_UM:
+        raise ExoacqError(f"{args.video}: {ppf:.3g} particles per frame at {in_cell_per_ml:.3g} /mL in the cell give "
+                          f"a detection volume of {volume_nl:.3g} nL, a slab {depth_um:.3g} um deep under the "
+                          f"{field_um2:.4g} um^2 field of view (a light sheet is {MIN_DETECTION_DEPTH_UM:g}-"
+                          f"{MAX_DETECTION_DEPTH_UM:g} um): check --bead-concentration-per-ml, --dilution and "
+                          "--pixel-size-um", code="usage")
     uncertainty_nl = block_standard_error(per_frame, block) * crowding / in_cell_per_ml * 1e6
     text = nta_calibration_text(
         volume_nl=volume_nl, uncertainty_nl=uncertainty_nl, frames=len(per_frame),
