@@ -232,6 +232,14 @@ def inputs(tmp_path_factory) -> Path:
     (d / "nta-cal-negative.toml").write_text(nta_cal.replace("detection_volume_nl = 0.08128",
                                                              "detection_volume_nl = -1.0"))
     (d / "nta-cal-nan.toml").write_text(nta_cal.replace("pixel_size_um = 0.166", "pixel_size_um = nan"))
+    # flow calibrations edited by hand (once: internal errors in Mie theory and compensation)
+    flow_cal = (ROOT / "calibrations" / "flow" / "simulated-cytometer.toml").read_text()
+    for name, old, new in (("flow-cal-zero-wavelength", "wavelength_nm = 488.0", "wavelength_nm = 0.0"),
+                           ("flow-cal-huge-index", "refractive_index = 1.38", "refractive_index = 1e308"),
+                           ("flow-cal-singular", "matrix = [[1.0, 0.10089514184262248], [0.021069012145285823, 1.0]]",
+                            "matrix = [[1.0, 1.0], [1.0, 1.0]]")):
+        assert old in flow_cal, old
+        (d / f"{name}.toml").write_text(flow_cal.replace(old, new, 1))
     # DLS
     alv = TESTDATA / "dls" / "alv-cgs3" / "080622_3_0027_0001.ASC"
     if alv.exists():
@@ -554,6 +562,12 @@ def flow_cases(d: Path) -> dict[str, dict]:
         "flow-calibration-nta-kind": _case("kind|calibration", g11, "--calibration",
                                            str(ROOT / "calibrations/nta/simulated-camera.toml")),
         "flow-calibration-bead-set": _case("kind|calibration", g11, "--calibration", str(d / "flow-beads.toml")),
+        "flow-calibration-zero-wavelength": _case("scatter.wavelength_nm: 0.0 is out of range", g11, "--calibration",
+                                                  str(d / "flow-cal-zero-wavelength.toml")),
+        "flow-calibration-huge-index": _case("scatter.particle.refractive_index: 1e\\+308 is out of range", g11,
+                                             "--calibration", str(d / "flow-cal-huge-index.toml")),
+        "flow-calibration-singular": _case("spillover.matrix is singular", g11, "--calibration",
+                                           str(d / "flow-cal-singular.toml")),
         "flow-unstained-empty": _case("empty|FCS", g11, "--unstained", str(d / "empty.fcs")),
         "flow-unstained-missing": _case("no such file|not found", g11, "--unstained", str(d / "missing.fcs")),
         "flow-export-no-folder": _case("cannot write|no folder|directory", g11, "--export-fcs",

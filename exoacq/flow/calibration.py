@@ -46,6 +46,9 @@ from exoacq.flow.scatter import (Collection, Particle, ScatterTable, collected_c
 
 HALF_ANGLE_GRID_DEG = np.arange(5.0, 70.5, 2.5)
 RAYLEIGH_LIMIT_SIZE_PARAMETER = 2.0   # pi n d / lambda above which the geometry shapes the bead curve
+#: Refractive indices a calibration's particles may have (real part; water 1.33, EVs ~1.37-1.45, silica 1.45,
+#: polystyrene 1.59, titania 2.6): beyond, Mie theory's series no longer converge in reasonable time.
+REFRACTIVE_INDEX_RANGE = (1.0, 4.0)
 
 
 @dataclass
@@ -198,8 +201,8 @@ class FlowCalibration:
                 raise ExoacqError(f"{where}: key scatter.gain_au_per_nm2 must be > 0, got {gain}", code="bad_calibration")
             scatter = ScatterCalibration(
                 parameter=r.get(st, "scatter", "parameter", str),
-                wavelength_nm=r.number(st, "scatter", "wavelength_nm"),
-                medium_refractive_index=r.number(st, "scatter", "medium_refractive_index"),
+                wavelength_nm=r.number(st, "scatter", "wavelength_nm", within=(100.0, 3000.0)),
+                medium_refractive_index=r.number(st, "scatter", "medium_refractive_index", within=(1.0, 3.0)),
                 collection=collection, gain_au_per_nm2=gain,
                 particle=r.particle(r.get(st, "scatter", "particle", dict), "scatter.particle"),
                 beads=beads, residuals_percent=[float(v) for v in r.get(st, "scatter", "residuals_percent", list,
@@ -230,6 +233,9 @@ class FlowCalibration:
             if matrix.shape != (len(names), len(names)) or not np.all(np.isfinite(matrix)):
                 raise ExoacqError(f"{where}: key spillover.matrix must be a {len(names)} x {len(names)} matrix of "
                                   "numbers (one row per parameter)", code="bad_calibration")
+            if names and np.linalg.cond(matrix) > 1e12:  # compensation solves with it
+                raise ExoacqError(f"{where}: key spillover.matrix is singular: compensation cannot undo it (each "
+                                  "parameter's own detector has 1 on the diagonal)", code="bad_calibration")
             spillover = pd.DataFrame(matrix, index=names, columns=names)
         detector = None
         if "detector" in doc:
@@ -543,10 +549,14 @@ class _Reader:
             self.fail(full, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
         return value
 
-    def number(self, table: dict, prefix: str, key: str, default=...) -> float:
+    def number(self, table: dict, prefix: str, key: str, default=..., within: tuple[float, float] | None = None
+               ) -> float:
+        """A finite number; with ``within`` (low, high), in that physical range (both included)."""
         value = self.get(table, prefix, key, object, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             self.fail(f"{prefix}.{key}", f"expected a finite number, got {value!r}")
+        if within is not None and not within[0] <= value <= within[1]:
+            self.fail(f"{prefix}.{key}", f"{value!r} is out of range: from {within[0]:g} to {within[1]:g}")
         return float(value)
 
     def particle(self, table: dict, prefix: str) -> Particle:
@@ -554,9 +564,10 @@ class _Reader:
             self.fail(prefix, "expected a table")
         shell = table.get("shell_refractive_index")
         try:
-            return Particle(self.number(table, prefix, "refractive_index"),
-                            None if shell is None else self.number(table, prefix, "shell_refractive_index"),
-                            self.number(table, prefix, "shell_thickness_nm", default=0.0),
+            return Particle(self.number(table, prefix, "refractive_index", within=REFRACTIVE_INDEX_RANGE),
+                            None if shell is None else self.number(table, prefix, "shell_refractive_index",
+                                                                   within=REFRACTIVE_INDEX_RANGE),
+                            self.number(table, prefix, "shell_thickness_nm", default=0.0, within=(0.0, 1000.0)),
                             str(table.get("name", "")))
         except ExoacqError as e:
             if str(e).startswith(self.where):
