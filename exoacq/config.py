@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from exoacq.errors import ConfigError
 from exoacq.registry import Registry, installed
@@ -51,6 +51,16 @@ class DaemonConfig(_Section):
     #: unless metrics_allow_remote.
     metrics: str = "127.0.0.1:9464"
     metrics_allow_remote: bool = False
+
+    @model_validator(mode="after")
+    def _distinct_endpoints(self) -> "DaemonConfig":
+        """The daemon binds each of its sockets: two at one endpoint cannot both bind (a port "*" is chosen
+        by the system at bind time, a different one for each)."""
+        named = {"control": self.control, "results": self.results, "frames": self.frames}
+        for a, b in (("control", "results"), ("control", "frames"), ("results", "frames")):
+            if named[a] == named[b] and not named[a].endswith(":*"):
+                raise ValueError(f"{a} and {b} are both {named[a]}: each socket needs its own endpoint")
+        return self
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir else Path(platformdirs.user_state_dir("exoacq"))

@@ -117,6 +117,23 @@ def test_daemon_reports_missing_serial_port(tmp_path):
                       "(No such file or directory)"]
 
 
+def test_config_check_refuses_a_shared_endpoint_and_a_nan_drift(tmp_path):
+    """Once "valid": two daemon sockets at one endpoint (the second cannot bind), and a simulated drift of nan."""
+    example = _run_cli("config", "example").stdout
+    cases = {"results = \"tcp://127.0.0.1:5556\"": ("results = \"tcp://127.0.0.1:5555\"",
+                                                  "daemon: control and results are both tcp://127.0.0.1:5555: each "
+                                                  "socket needs its own endpoint"),
+             "drift_um_s = [0.0, 0.0]": ("drift_um_s = [nan, 0.0]",
+                                         "instruments.nta-sim.simulation.drift_um_s.0 = nan")}
+    for old, (new, message) in cases.items():
+        assert old in example, old
+        path = tmp_path / "lab.toml"
+        path.write_text(example.replace(old, new, 1))
+        proc = _run_cli("config", "check", str(path))
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"exoacq: error: {path}: {message}"), proc.stderr
+
+
 def test_config_example_command_prints_a_valid_file(tmp_path):
     proc = _run_cli("config", "example")
     assert proc.returncode == 0

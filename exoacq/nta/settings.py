@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -51,13 +51,17 @@ class SampleComponentConfig(_Section):
     refractive_index: float = Field(1.59, gt=1.0, le=4.0)
 
 
+DriftUmS = Annotated[float, Field(ge=-1000.0, le=1000.0)]
+
+
 class SimulationConfig(MethodSettings):
     """The sample inside the simulated instrument (the 'truth' of a simulation)."""
 
     components: list[SampleComponentConfig] = [SampleComponentConfig(diameter_nm=100.0)]
     concentration_per_ml: float = Field(3e8, gt=0.0, le=1e11)
     temperature_c: float = Field(25.0, gt=0.0, lt=100.0)
-    drift_um_s: tuple[float, float] = (0.0, 0.0)
+    #: Flow drift of the sample (x, y), um/s: finite, below 1 mm/s (a field of view crossed in 0.1 s).
+    drift_um_s: tuple[DriftUmS, DriftUmS] = (0.0, 0.0)
     seed: int | None = None
     #: Particles of the buffer itself (dust, protein aggregates), in every tube; a blank run
     #: (acquire ``blank``) shows them alone. 0: a clean buffer.
