@@ -166,6 +166,31 @@ def test_truncated_garbage_and_missing_files_give_one_line_errors(tmp_path):
         read_fcs(tmp_path / "nothere.fcs")
 
 
+def test_damaged_keywords_are_errors_and_a_damaged_time_column_is_not_the_duration(tmp_path):
+    """Once read silently: $TOT = 0 over a full DATA segment ("0 events"), $BYTEORD 9,9,9,9, and a Time column
+    whose last value is 1e35 ticks (a duration of 1e32 s)."""
+    from exoacq.flow.pipeline import fcs_input
+
+    g11 = (FLOW / "G11.fcs").read_bytes()
+    assert g11.count(b"/$TOT/5785/") == 1 and g11.count(b"/$BYTEORD/1,2,3,4/") == 1
+    (tmp_path / "tot0.fcs").write_bytes(g11.replace(b"/$TOT/5785/", b"/$TOT/0000/"))
+    with pytest.raises(ExoacqError, match=r"tot0\.fcs: \$TOT = 0, but the DATA segment \(8192-285871\) holds 277680 "
+                                          r"bytes: \$TOT is damaged"):
+        read_fcs(tmp_path / "tot0.fcs")
+    (tmp_path / "byteord.fcs").write_bytes(g11.replace(b"/$BYTEORD/1,2,3,4/", b"/$BYTEORD/9,9,9,9/"))
+    with pytest.raises(ExoacqError, match=r"byteord\.fcs: \$BYTEORD '9,9,9,9': only little-endian"):
+        read_fcs(tmp_path / "byteord.fcs")
+    good = read_fcs(FLOW / "G11.fcs")
+    time = list(good.events.columns).index("Time")
+    damaged = bytearray(g11)
+    last = 8192 + ((len(good.events) - 1) * len(good.events.columns) + time) * 4   # $DATATYPE F, little-endian
+    damaged[last:last + 4] = struct.pack("<f", 1e35)
+    (tmp_path / "time.fcs").write_bytes(bytes(damaged))
+    flow = fcs_input(tmp_path / "time.fcs")
+    assert flow.duration_s == pytest.approx(fcs_input(FLOW / "G11.fcs").duration_s, rel=0.2)  # $BTIM-$ETIM
+    assert any(w.startswith("the Time parameter spans 1e+32 s (a damaged Time column?)") for w in flow.warnings)
+
+
 def test_text_segment_parser_keeps_dollar_and_escaped_delimiters():
     text = parse_text_segment(b"/$TOT/3/$P1N/FL1//x/EXOACQ_NOTE/cost $5 a//b//")
     assert text == {"$TOT": "3", "$P1N": "FL1/x", "EXOACQ_NOTE": "cost $5 a/b/"}

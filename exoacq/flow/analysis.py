@@ -64,6 +64,10 @@ MEDIAN_SCATTER_TOLERANCE = 0.05   # median scatter may change by at most 5 % ove
 HISTOGRAM_EDGES_NM = np.geomspace(20.0, 1000.0, 61)   # 60 log-spaced bins, ~6.7 % wide
 
 
+#: The longest acquisition a Time column may span (a day): beyond it, the column is damaged.
+MAX_ACQUISITION_S = 86400.0
+
+
 @dataclass
 class FlowInput:
     """One acquisition: its event table and what is known of the volume it came from."""
@@ -89,7 +93,11 @@ class FlowInput:
         if time_column is not None and len(events) > 1 and data.timestep_s:
             t = events[time_column].to_numpy()
             duration_s = float(t.max() - t.min())
-            if clock_s and not 0.5 < duration_s / clock_s < 2.0:
+            if not 0.0 < duration_s <= MAX_ACQUISITION_S:
+                notes.append(f"the Time parameter spans {duration_s:.4g} s (a damaged Time column?): not used for "
+                             f"the duration{' ($BTIM-$ETIM is)' if clock_s else ''}")
+                duration_s = None
+            elif clock_s and not 0.5 < duration_s / clock_s < 2.0:
                 notes.append(f"duration from Time x $TIMESTEP ({duration_s:.4g} s) disagrees with $BTIM-$ETIM "
                              f"({clock_s:.4g} s); the Time range is used")
         if not duration_s:

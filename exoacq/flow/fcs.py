@@ -225,11 +225,24 @@ def read_fcs(path) -> FCSData:
                 float(keywords[f"$P{i}R"])
             except ValueError:
                 raise _fail(path, f"$P{i}R is not a number: {keywords[f'$P{i}R']!r}") from None
+    if "$BYTEORD" not in keywords:
+        raise _fail(path, "required keyword $BYTEORD is missing")
+    order = [part.strip() for part in keywords["$BYTEORD"].split(",")]
+    ascending = [str(i) for i in range(1, len(order) + 1)]
+    if order not in (ascending, ascending[::-1]):
+        raise _fail(path, f"$BYTEORD {keywords['$BYTEORD']!r}: only little-endian (1,2,3,4) or big-endian "
+                          "(4,3,2,1) byte orders are read")
     nextdata = keywords.get("$NEXTDATA", "0").strip()
     if nextdata not in ("", "0") and nextdata.lstrip("0"):
         notes.append(f"file holds more than one data set ($NEXTDATA = {nextdata}); read the first")
 
     if n_events == 0:
+        start, stop = header["data_start"], header["data_stop"]
+        if "$BEGINDATA" in keywords and "$ENDDATA" in keywords and not (start or stop):
+            start, stop = _int_keyword(path, keywords, "$BEGINDATA"), _int_keyword(path, keywords, "$ENDDATA")
+        if stop > start > header["text_stop"] and stop - start + 1 >= sum(widths) // 8:
+            raise _fail(path, f"$TOT = 0, but the DATA segment ({start}-{stop}) holds {stop - start + 1} bytes: "
+                              "$TOT is damaged")
         notes.append("$TOT = 0: the file holds no events")
         return FCSData(events=pd.DataFrame({n: np.zeros(0) for n in names}), keywords=keywords, version=version,
                        path=str(path), warnings=notes, volume_nl=None, timestep_s=None, spillover=None)

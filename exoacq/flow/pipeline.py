@@ -50,7 +50,6 @@ def fcs_input(path: Path | str, *, dilution: float | None = None, flow_rate_ul_m
     live = _keyword_float(kw, "EXOACQ_LIVE_TIME_S")
     if live:
         flow.duration_s = live
-    flow.warnings = list(data.warnings)
     return flow
 
 
