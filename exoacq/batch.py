@@ -77,6 +77,8 @@ class BatchMethod:
 def single_input(arguments: list[str], is_input_folder: Callable[[Path], bool] | None = None) -> Path | None:
     """The one input of a command line that names exactly one file (or one-input folder), as
     before batches existed; None when the arguments make a batch."""
+    if any(not argument.strip() for argument in arguments):  # Path("") is the current folder
+        raise ExoacqError("an input is an empty string: name a file, a folder or a glob", code="usage")
     if len(arguments) != 1:
         return None
     path = Path(arguments[0])
@@ -109,6 +111,8 @@ def expand_inputs(arguments: Iterable[str], suffixes: Iterable[str],
             found.setdefault(p)
 
     for argument in arguments:
+        if not argument.strip():  # Path("") is the current folder
+            raise ExoacqError("an input is an empty string: name a file, a folder or a glob", code="usage")
         path = Path(argument)
         if path.is_dir():
             folder(path, argument)

@@ -374,6 +374,7 @@ def nta_cases(d: Path) -> dict[str, dict]:
         "nta-tiff-no-fps": _case("frame rate", str(d / "black16.tif"), *ok),
         "nta-no-pixel-size": _case("pixel-size-um", good),
         "nta-glob-nothing": _case("no file matches", str(d / "nothing-*.avi"), *ok),
+        "nta-empty-string": _case("an input is an empty string", "", *ok),  # once: the current folder as a batch
         "nta-batch-bad-report": _case("report", good, str(d / "black.avi"), *ok, "--report", str(d / "r.html")),
         "nta-csv-no-folder": _case("no folder", good, *ok, "--csv", str(d / "no" / "such" / "x.csv")),
         "nta-report-no-folder": _case("no folder", good, *ok, "--report", str(d / "no" / "r.html")),
@@ -528,7 +529,8 @@ def flow_cases(d: Path) -> dict[str, dict]:
         "flow-empty": _case("empty|FCS", str(d / "empty.fcs")),
         "flow-text": _case("FCS", str(d / "text.fcs")),
         "flow-fake-header": _case("FCS|header|TEXT|offset|segment", str(d / "fake-header.fcs")),
-        "flow-folder": _case("no such file", str(d / "empty-folder")),
+        "flow-folder": _case("empty-folder: a folder, not an FCS file", str(d / "empty-folder")),
+        "flow-empty-string": _case("a folder, not an FCS file", ""),
         "flow-two-files": _case("one FCS file", str(d / "text.fcs"), str(d / "empty.fcs")),
         "flow-series-one-file": _case("two or more", str(d / "text.fcs"), "--dilution-series"),
         "flow-series-bad-dilutions": _case("--dilutions", str(d / "text.fcs"), str(d / "empty.fcs"),
@@ -680,6 +682,9 @@ def core_cases(d: Path, port: int) -> dict[str, dict]:
         "config-check-binary": _case("TOML|UTF-8|invalid|cannot read", "config", "check", str(d / "binary.toml")),
         "config-check-folder": _case("folder|directory|cannot read", "config", "check", str(d / "empty-folder")),
         "config-check-no-file": _case("needs a FILE", "config", "check"),
+        # a given --file's folder is not made (the default one is)
+        "web-operators-no-folder": _case("no folder", "web-operators", "add", "bob", "--token", "--file",
+                                         str(d / "no" / "such" / "operators.toml")),
         "sim-serve-config-missing": _case("no such file|not found|cannot read", "sim", "serve", "--config",
                                           str(d / "missing.toml")),
         "laser-off-config-malformed": _case("TOML|malformed|invalid", "laser", "off", "--config",

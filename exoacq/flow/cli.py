@@ -150,7 +150,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     settings = _settings(args)
     missing = [p for p in args.files if not p.is_file()]
     if missing:
-        raise ExoacqError(f"{missing[0]}: no such file", code="usage")
+        what = "a folder, not an FCS file" if missing[0].is_dir() else "no such file"
+        raise ExoacqError(f"{missing[0]}: {what}", code="usage")
     if args.dilution_series:
         document = _series(args, settings)
         print(json.dumps(document) if args.json else _format_series(document))

@@ -45,6 +45,8 @@ def write_simulated_video(path: Path, *, frames: int = 450, width: int = 640, he
             gain_adu_per_e=GAIN_8BIT_ADU_PER_E, offset_adu=OFFSET_8BIT_ADU)
     except ValueError as exc:  # the simulator's own range checks: "width = 0 is out of range; allowed: ..."
         raise ExoacqError(f"cannot simulate this video: {exc}", code="usage") from None
+    if not Path(path).resolve().parent.is_dir():  # before OpenCV, which prints its own lines about it
+        raise ExoacqError(f"cannot write {path}: no folder {Path(path).resolve().parent}", code="usage")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"Y800"), frame_rate_hz, (width, height),
                              isColor=False)
     if not writer.isOpened():

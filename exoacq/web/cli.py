@@ -245,6 +245,8 @@ def _serve(app: Any, listener: socket.socket, url: str, args: argparse.Namespace
 def cmd_web_operators(args: argparse.Namespace) -> int:
     from exoacq.web.auth import OperatorsFile
     path = args.file or default_data_dir() / "operators.toml"
+    if args.file is not None and not path.resolve().parent.is_dir():  # the default's folder is made; a given one not
+        raise ExoacqError(f"cannot write {path}: no folder {path.resolve().parent}", code="usage")
     operators = OperatorsFile.read(path, missing_ok=args.action == "add")
     if args.action == "list":
         if not operators.operators:
