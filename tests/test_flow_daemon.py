@@ -257,6 +257,11 @@ def test_simulate_calibrate_and_analyze_flow_on_the_command_line(tmp_path):
     proc = run_cli("calibrate", "flow", "--simulated", "--seed", "5", "-o", str(calibration))
     assert proc.returncode == 0, proc.stderr
     assert "SSC-H" in proc.stdout and "[spillover]" in calibration.read_text()
+    assert "warning" not in proc.stderr  # the beads lie on the fitted curve
+    if TESTDATA.is_dir():  # cell data, not beads: written (the operator decides) with a warning
+        proc = run_cli("calibrate", "flow", str(TESTDATA / "flow" / "G11.fcs"), "-o", str(tmp_path / "cells.toml"))
+        assert proc.returncode == 0, proc.stderr
+        assert "warning: a bead lies +80.5 % off the fitted Mie curve (more than 15 %)" in proc.stderr
     sample, unstained = tmp_path / "s.fcs", tmp_path / "u.fcs"
     for path, extra in ((sample, []), (unstained, ["--control", "unstained"])):
         proc = run_cli("simulate", "flow", str(path), "--duration", "2", "--dilution", "200", "--seed", "9", *extra)

@@ -14,6 +14,8 @@ from exoacq.cli_common import (add_acquire_options, finite_float, float_in, posi
 from exoacq.errors import ExoacqError
 
 CONTROLS = ("buffer", "unstained", "isotype", "lysed")
+#: A bead further than this off the fitted scatter curve makes a calibration doubtful (a good fit: a few %).
+MAX_BEAD_RESIDUAL_PERCENT = 15.0
 
 
 def _marker(text: str) -> tuple[str, str]:
@@ -288,6 +290,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
           f"bead residuals {', '.join(f'{r:+.1f}' for r in s.residuals_percent)} %")
     for parameter, f in calibration.fluorescence.items():
         print(f"  {parameter}: log10 MESF = {f.intercept:.4f} + {f.slope:.4f} log10 a.u. ({f.fluorochrome})")
+    worst = max(s.residuals_percent, key=abs, default=0.0)
+    if abs(worst) > MAX_BEAD_RESIDUAL_PERCENT:
+        print(f"warning: a bead lies {worst:+.1f} % off the fitted Mie curve (more than "
+              f"{MAX_BEAD_RESIDUAL_PERCENT:g} %): check that the file holds the bead set, and the optics given "
+              "(--wavelength-nm, --medium-refractive-index); sizes from this calibration are doubtful", file=sys.stderr)
     return 0
 
 
