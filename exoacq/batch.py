@@ -233,8 +233,11 @@ def add_batch_options(p: argparse.ArgumentParser) -> None:
 
 def split_dask_argument(args: argparse.Namespace, inputs: str = "inputs") -> None:
     """``--dask a.avi b.avi``: argparse took ``a.avi`` for the address; give it back to the inputs
-    (a value naming a file, folder or glob, not an address)."""
+    (a value naming a file, folder or glob, not an address). ``--workers`` without ``--dask`` is refused
+    (one input, or a batch here, would ignore it)."""
     value = getattr(args, "dask", None)
+    if value is None and getattr(args, "workers", None) is not None:
+        raise ExoacqError("--workers sizes the local Dask cluster: give it with --dask", code="usage")
     if value is None or value == LOCAL or _ADDRESS.match(value):
         return
     if not (Path(value).exists() or _GLOB.search(value)):

@@ -434,6 +434,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     from exoacq.config import example_text, load_config
 
     if args.action == "example":
+        if args.file is not None:
+            raise ExoacqError(f"`exoacq config example` takes no file ({args.file}); it prints the example on "
+                              "stdout", code="usage")
         sys.stdout.write(example_text())
         return 0
     if args.file is None:

@@ -375,6 +375,7 @@ def nta_cases(d: Path) -> dict[str, dict]:
         "nta-no-pixel-size": _case("pixel-size-um", good),
         "nta-glob-nothing": _case("no file matches", str(d / "nothing-*.avi"), *ok),
         "nta-empty-string": _case("an input is an empty string", "", *ok),  # once: the current folder as a batch
+        "nta-workers-without-dask": _case("--workers sizes the local Dask cluster", good, *ok, "--workers", "2"),
         "nta-batch-bad-report": _case("report", good, str(d / "black.avi"), *ok, "--report", str(d / "r.html")),
         "nta-csv-no-folder": _case("no folder", good, *ok, "--csv", str(d / "no" / "such" / "x.csv")),
         "nta-report-no-folder": _case("no folder", good, *ok, "--report", str(d / "no" / "r.html")),
@@ -531,6 +532,9 @@ def flow_cases(d: Path) -> dict[str, dict]:
         "flow-fake-header": _case("FCS|header|TEXT|offset|segment", str(d / "fake-header.fcs")),
         "flow-folder": _case("empty-folder: a folder, not an FCS file", str(d / "empty-folder")),
         "flow-empty-string": _case("a folder, not an FCS file", ""),
+        # options that would be ignored (once without a word)
+        "flow-final-gate-without-gates": _case("--final-gate names a gate of --gates", g11, "--final-gate", "x"),
+        "flow-dilutions-without-series": _case("--dilutions goes with --dilution-series", g11, "--dilutions", "1"),
         "flow-two-files": _case("one FCS file", str(d / "text.fcs"), str(d / "empty.fcs")),
         "flow-series-one-file": _case("two or more", str(d / "text.fcs"), "--dilution-series"),
         "flow-series-bad-dilutions": _case("--dilutions", str(d / "text.fcs"), str(d / "empty.fcs"),
@@ -682,6 +686,9 @@ def core_cases(d: Path, port: int) -> dict[str, dict]:
         "config-check-binary": _case("TOML|UTF-8|invalid|cannot read", "config", "check", str(d / "binary.toml")),
         "config-check-folder": _case("folder|directory|cannot read", "config", "check", str(d / "empty-folder")),
         "config-check-no-file": _case("needs a FILE", "config", "check"),
+        "config-example-with-file": _case("takes no file", "config", "example", str(d / "x.toml")),
+        "web-operators-token-and-password": _case("give one of them", "web-operators", "add", "bob", "--token",
+                                                  "--password-stdin", "--file", str(d / "operators.toml")),
         # a given --file's folder is not made (the default one is)
         "web-operators-no-folder": _case("no folder", "web-operators", "add", "bob", "--token", "--file",
                                          str(d / "no" / "such" / "operators.toml")),

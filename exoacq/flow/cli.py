@@ -149,6 +149,10 @@ def _settings(args: argparse.Namespace) -> Any:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from exoacq.flow.format import format_analysis
 
+    if args.final_gate and not args.gates:
+        raise ExoacqError("--final-gate names a gate of --gates: give the Gating-ML file too", code="usage")
+    if args.dilutions and not args.dilution_series:
+        raise ExoacqError("--dilutions goes with --dilution-series (one dilution per file)", code="usage")
     settings = _settings(args)
     missing = [p for p in args.files if not p.is_file()]
     if missing:

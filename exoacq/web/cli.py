@@ -261,6 +261,9 @@ def cmd_web_operators(args: argparse.Namespace) -> int:
         print(f"operator {args.name} removed from {path}")
         return 0
     if args.token:
+        if args.password_stdin:
+            raise ExoacqError("--token makes a token, --password-stdin sets a password: give one of them",
+                              code="usage")
         token = operators.new_token(args.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         operators.write()
