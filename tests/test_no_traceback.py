@@ -188,6 +188,10 @@ def inputs(tmp_path_factory) -> Path:
     (d / "correlator.asc").write_text("ALV-7004 CGS-8F Data\r\n" + "".join(f"  {i * 1e-6:.6e}\t{0.9 / (1 + i):.6f}\r\n"
                                                                              for i in range(400)), encoding="cp1252")
     (d / "notes.txt").write_text("Sample 3, 1:1000 in PBS, 22 C\n" * 200)
+    # a video with a text header (YUV4MPEG2) and bright frames (no byte below 32): still a video
+    bright = np.random.default_rng(2).integers(100, 120, (20, 96, 128), dtype=np.uint8)
+    (d / "bright.y4m").write_bytes(b"YUV4MPEG2 W128 H96 F25:1 Ip A1:1 Cmono\n"
+                                   + b"".join(b"FRAME\n" + f.tobytes() for f in bright))
     frames = list(np.random.default_rng(1).integers(0, 40, (20, 96, 128), dtype=np.uint8))
     capture = cv2.VideoCapture(str(good))
     real = []
@@ -347,6 +351,7 @@ def nta_cases(d: Path) -> dict[str, dict]:
         "nta-text-mp4": _case("not a video", str(d / "text.mp4"), *ok),
         "nta-text-asc": _case("correlator.asc: a text file, not a video", str(d / "correlator.asc"), *ok),
         "nta-text-txt": _case("notes.txt: a text file, not a video", str(d / "notes.txt"), *ok),
+        "nta-y4m-read": _case("bright.y4m: no particles found in 20 frames", str(d / "bright.y4m"), *ok),
         "nta-text-tif": _case("TIFF", str(d / "text.tif"), *ok),
         "nta-text-npy": _case("frame stack", str(d / "text.npy"), *ok),
         "nta-flat-npy": _case("3 dimensions", str(d / "flat.npy"), *ok),

@@ -216,13 +216,14 @@ def _capture(path: Path) -> cv2.VideoCapture:
 
 def _is_text(path: Path) -> bool:
     """Whether the file starts as text: in its first 4 KiB no NUL byte, and at least 95 % printable ASCII,
-    tabs, line ends or bytes of a non-ASCII encoding (128-255). Every video container starts with binary
-    fields (sizes, EBML ids, start codes) that hold NUL bytes and other control bytes."""
+    tabs and line ends. Video containers start with binary fields (sizes, EBML ids, start codes) that hold
+    NUL and other control bytes; the one container with a text header, YUV4MPEG2, is let through."""
     with open(path, "rb") as f:
-        head = np.frombuffer(f.read(4096), np.uint8)
-    if head.size == 0 or not head.all():
+        raw = f.read(4096)
+    head = np.frombuffer(raw, np.uint8)
+    if head.size == 0 or not head.all() or raw.startswith(b"YUV4MPEG2"):
         return False
-    texty = (head >= 32) & (head != 127) | np.isin(head, (9, 10, 13))
+    texty = (head >= 32) & (head < 127) | np.isin(head, (9, 10, 13))
     return bool(texty.mean() >= 0.95)
 
 
