@@ -16,8 +16,8 @@ from exoacq.batch import add_batch_options
 from exoacq.cli_common import (add_acquire_options, add_control, float_in, positive_float as _positive_float,
                                positive_int, run_acquisition)
 from exoacq.errors import ExoacqError
-from exoacq.nta import DETECTORS
 from exoacq.nta.cli_analyze import add_analysis_options, analyze_with_progress, cmd_analyze
+from exoacq.nta.worker_options import add_worker_options, detectors_to_warm
 
 
 def add_cli(verbs: dict[str, Any]) -> None:
@@ -142,13 +142,9 @@ def add_cli(verbs: dict[str, Any]) -> None:
     b.set_defaults(func=cmd_bench, benchmark="accuracy")
 
     p = verbs["exoacq"].add_parser("worker", help="run a locate worker of an NTA tracking core (this or another host)")
-    p.add_argument("--frames", required=True, help="the instrument's tracking frames endpoint (`exoacq status --json`)")
-    p.add_argument("--features", required=True, help="the instrument's tracking features endpoint")
+    add_worker_options(p)
     from exoacq.cli_common import add_client_keys
     add_client_keys(p)  # a daemon with CurveZMQ keys: an authorised operator's pair
-    p.add_argument("--detector", choices=DETECTORS, default=None,
-                   help="compile only this detector before serving (the instrument's settings.detector); "
-                        "default: both")
     p.set_defaults(func=cmd_worker)
 
 
@@ -277,7 +273,7 @@ def cmd_bench_batch(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from exoacq.cli_common import client_keys
-    from exoacq.nta.worker import detectors_to_warm, serve
+    from exoacq.nta.worker import serve
     serve(args.frames, args.features, keys=client_keys(args), detectors=detectors_to_warm(args.detector))
     return 0
 

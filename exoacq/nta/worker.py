@@ -25,6 +25,7 @@ from exoacq.bus import FRAME_TOPIC, connect, decode_frame, dumps
 from exoacq.errors import ExoacqError
 from exoacq.nta import DETECTORS
 from exoacq.nta.parameters import locate_features, warm_up_detectors
+from exoacq.nta.worker_options import add_worker_options, detectors_to_warm
 
 #: Feature columns sent to the linker (trackpy names; positions in pixels).
 COLUMNS = ("y", "x", "mass", "size", "signal")
@@ -79,27 +80,14 @@ def serve(frames_address: str, features_address: str, parent_pid: int | None = N
         ctx.term()
 
 
-def add_detector_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--detector", choices=DETECTORS, default=None,
-                        help="compile only this detector before serving (the instrument's settings.detector; the "
-                             "daemon passes it to the workers it starts); default: both. A frame that asks for the "
-                             "other is still served, the first one after compiling it")
-
-
-def detectors_to_warm(detector: str | None) -> tuple[str, ...]:
-    return DETECTORS if detector is None else (detector,)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m exoacq.nta.worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", required=True, help="the daemon's frame endpoint (PUSH) to connect to")
-    parser.add_argument("--features", required=True, help="the linker's feature endpoint (PULL) to connect to")
+    add_worker_options(parser)
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     parser.add_argument("--key", help="a daemon with CurveZMQ keys: your authorised NAME.key_secret")
     parser.add_argument("--server-key", help="a daemon with CurveZMQ keys: its server.key")
     parser.add_argument("--keys-dir", help="the daemon's own keys directory (workers the daemon starts)")
-    add_detector_option(parser)
     args = parser.parse_args(argv)
     from exoacq.security import DaemonSecurity, load_client_keys
     try:
