@@ -121,6 +121,11 @@ def test_a_run_without_its_kept_video_is_a_one_line_error(stored, tmp_path):
     ({"detector": "magic"}, "detector = 'magic'; allowed: fast, trackpy"),
     ({"calibration": "a.toml", "detection_volume_nl": 0.1}, "calibration or detection_volume_nl, not both"),
     ({"search_range_px": None}, "search_range_px = None .* needs min_diameter_nm"),
+    # once an internal error (recursion, division by zero) or a concentration of 0 or 2e+307 /mL
+    ({"search_range_px": 1e308}, r"search_range_px = 1e\+308: must be in \[0.5, 1000\]"),
+    ({"detection_volume_nl": 1e-320}, r"detection_volume_nl = 1e-320: must be in \[1e-06, 1000\]"),
+    ({"detection_volume_nl": "inf"}, "detection_volume_nl = inf: not a finite number"),
+    ({"minmass": "inf"}, "minmass = inf: not a finite number"),
 ])
 def test_bad_overrides_are_one_line_errors(stored, tmp_path, overrides, message):
     _, record = stored

@@ -23,6 +23,7 @@ it must have been measured with the run's optics) or ``detection_volume_nl``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,11 @@ OVERRIDES = ("minmass", "min_track_length", "feature_diameter_px", "search_range
              "detector", "calibration", "detection_volume_nl")
 
 
+#: Plausible ranges of the numeric overrides: a search range in px, the smallest diameter in nm, a detection
+#: volume in nL (a light sheet under a camera's field holds 1e-6 to 1e3 nL).
+OVERRIDE_RANGES = {"search_range_px": (0.5, 1000.0), "min_diameter_nm": (1.0, 1e5), "detection_volume_nl": (1e-6, 1e3)}
+
+
 def _number(key: str, value: Any, *, integer: bool = False, minimum: float | None = None,
             maximum: float | None = None, above: float | None = None) -> float | int:
     """A number from JSON or from the command line (``--set minmass=500`` may arrive as a string)."""
@@ -47,8 +53,8 @@ def _number(key: str, value: Any, *, integer: bool = False, minimum: float | Non
             value = float(value)
         except ValueError:
             raise ExoacqError(f"override {key} = {value!r}: not a number", code="bad_override") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ExoacqError(f"override {key} = {value!r}: not a number", code="bad_override")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ExoacqError(f"override {key} = {value!r}: not a finite number", code="bad_override")
     if integer:
         if value != int(value):
             raise ExoacqError(f"override {key} = {value!r}: must be a whole number", code="bad_override")
@@ -75,14 +81,18 @@ def validate_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
             out[key] = None
         elif key == "minmass":
             out[key] = float(_number(key, value, minimum=0.0))
+            if 0 < out[key] < 1e-9:  # as analyze nta's --minmass
+                raise ExoacqError(f"override minmass = {value!r}: give 0 (no threshold) or at least 1e-9",
+                                  code="bad_override")
         elif key == "min_track_length":
             out[key] = _number(key, value, integer=True, minimum=3, maximum=10000)
         elif key == "feature_diameter_px":
             out[key] = _number(key, value, integer=True, minimum=3, maximum=51)
             if out[key] % 2 == 0:
                 raise ExoacqError(f"override feature_diameter_px = {value!r}: must be odd", code="bad_override")
-        elif key in ("search_range_px", "min_diameter_nm", "detection_volume_nl"):
-            out[key] = float(_number(key, value, above=0.0))
+        elif key in OVERRIDE_RANGES:  # the ranges of analyze nta's options (exoacq.nta.cli_analyze)
+            low, high = OVERRIDE_RANGES[key]
+            out[key] = float(_number(key, value, minimum=low, maximum=high))
         elif key == "detector":
             if value not in DETECTORS:
                 raise ExoacqError(f"override detector = {value!r}; allowed: {', '.join(DETECTORS)}",
