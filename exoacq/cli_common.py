@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from exoacq.errors import ExoacqError
+from exoacq.textfile import read_text_file
 
 DEFAULT_CONTROL = "tcp://127.0.0.1:5555"
 
@@ -118,7 +119,7 @@ def run_acquisition(args: argparse.Namespace, method: str, params: dict[str, Any
         request["instrument"] = args.instrument
     if args.sop is not None:
         try:
-            request["sop"] = args.sop.read_text(encoding="utf-8")
+            request["sop"] = read_text_file(args.sop)
         except (OSError, UnicodeDecodeError) as exc:
             raise ExoacqError(f"cannot read SOP {args.sop}: {getattr(exc, 'strerror', None) or exc}",
                               code="usage") from None

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from exoacq.errors import ConfigError
 from exoacq.registry import Registry, installed
+from exoacq.textfile import read_text_file
 
 Endpoint = Annotated[str, Field(pattern=r"^(tcp|ipc|inproc)://.+$")]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")]
@@ -148,7 +149,7 @@ def load_toml_model(path: Path | str, model: type[BaseModel], what: str) -> Any:
     """A TOML file validated by a pydantic model (a calibration, a bead standard); a one-line
     ConfigError names the file and the first bad key: ``calibration PATH: result.volume_nl: ...``."""
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data = tomllib.loads(read_text_file(path))
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
@@ -322,7 +323,7 @@ def load_config(path: Path | str | None = None, *, simulated: bool = False,
                             simulated=True)
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_text_file(path)
     except OSError as exc:
         raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:

@@ -40,9 +40,15 @@ def fingerprint(public_key_z85: bytes | str) -> str:
     return ":".join(digest[i:i + 4] for i in range(0, 16, 4))
 
 
+#: A certificate file is ~300 bytes.
+MAX_KEY_FILE_BYTES = 64 * 1024
+
+
 def read_key_file(path: Path | str, what: str, secret: bool = False) -> tuple[bytes, bytes | None]:
     """(public, secret) z85 keys of a certificate file; a one-line ExoacqError when it is not one."""
     try:
+        if Path(path).exists() and (not Path(path).is_file() or Path(path).stat().st_size > MAX_KEY_FILE_BYTES):
+            raise ValueError(f"not a regular file of at most {MAX_KEY_FILE_BYTES // 1024} KiB")  # not /dev/zero
         public, secret_key = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
         reason = "no such file" if not Path(path).exists() else str(exc)

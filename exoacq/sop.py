@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal, NamedTuple, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from exoacq.errors import ProtocolError
+from exoacq.textfile import read_text_file
 
 MAX_S = 3600.0               # any duration, timeout or pause
 MAX_RATE_UL_MIN = 100_000.0  # 100 mL/min
@@ -302,7 +303,7 @@ def parse_sop(text: str, source: str = "SOP", *, syringe_ul_min_per_unit: float 
 def load_sop(path: Path | str, *, syringe_ul_min_per_unit: float | None = None) -> Sop:
     """Read an SOP file (UTF-8)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_text_file(path)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ProtocolError(f"cannot read SOP file {path} ({reason})", code="bad_sop") from None

@@ -188,6 +188,10 @@ def inputs(tmp_path_factory) -> Path:
     (d / "correlator.asc").write_text("ALV-7004 CGS-8F Data\r\n" + "".join(f"  {i * 1e-6:.6e}\t{0.9 / (1 + i):.6f}\r\n"
                                                                              for i in range(400)), encoding="cp1252")
     (d / "notes.txt").write_text("Sample 3, 1:1000 in PBS, 22 C\n" * 200)
+    # files named as a configuration, calibration, SOP or key that are far too large (as /dev/zero, which was once
+    # read whole: out of memory in the client, and in the daemon for a re-processing calibration)
+    (d / "huge.toml").write_text("# padding\n" * 200_000)  # 2 MB
+    (d / "huge.key").write_text("# padding\n" * 10_000)  # 100 kB
     # a video with a text header (YUV4MPEG2) and bright frames (no byte below 32): still a video
     bright = np.random.default_rng(2).integers(100, 120, (20, 96, 128), dtype=np.uint8)
     (d / "bright.y4m").write_bytes(b"YUV4MPEG2 W128 H96 F25:1 Ip A1:1 Cmono\n"
@@ -397,6 +401,8 @@ def nta_cases(d: Path) -> dict[str, dict]:
                                            str(d / "flow-beads.toml")),
         "nta-calibration-folder": _case("folder|directory|cannot read", good, *ok, "--calibration",
                                         str(d / "empty-folder")),
+        "nta-calibration-huge": _case("cannot read calibration .*huge.toml: larger than 1024 KiB", good, *ok,
+                                      "--calibration", str(d / "huge.toml")),
         "nta-calibration-no-volume": _case("detection_volume_nl", good, *ok, "--calibration",
                                            str(d / "nta-cal-no-volume.toml")),
         "nta-calibration-negative-volume": _case("detection_volume_nl", good, *ok, "--calibration",
@@ -692,6 +698,13 @@ def core_cases(d: Path, port: int) -> dict[str, dict]:
         "config-check-folder": _case("folder|directory|cannot read", "config", "check", str(d / "empty-folder")),
         "config-check-no-file": _case("needs a FILE", "config", "check"),
         "config-example-with-file": _case("takes no file", "config", "example", str(d / "x.toml")),
+        "config-check-huge": _case("cannot read configuration .*huge.toml: larger than 1024 KiB", "config", "check",
+                                   str(d / "huge.toml")),
+        "acquire-sop-huge": _case("cannot read SOP .*huge.toml: larger than 1024 KiB", "acquire", "nta", "--sop",
+                                  str(d / "huge.toml"), *control),
+        "status-key-huge": _case("huge.key: not a CurveZMQ key file \\(not a regular file of at most 64 KiB\\)",
+                                 "status", "--key", str(d / "huge.key"), "--server-key", str(d / "huge.key"),
+                                 *control),
         "web-operators-token-and-password": _case("give one of them", "web-operators", "add", "bob", "--token",
                                                   "--password-stdin", "--file", str(d / "operators.toml")),
         # a given --file's folder is not made (the default one is)

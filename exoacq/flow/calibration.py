@@ -43,6 +43,7 @@ from numpy.typing import ArrayLike
 from exoacq.errors import ExoacqError
 from exoacq.flow.scatter import (Collection, Particle, ScatterTable, collected_cross_section_nm2,
                                  polystyrene, silica)
+from exoacq.textfile import read_text_file
 
 HALF_ANGLE_GRID_DEG = np.arange(5.0, 70.5, 2.5)
 RAYLEIGH_LIMIT_SIZE_PARAMETER = 2.0   # pi n d / lambda above which the geometry shapes the bead curve
@@ -256,7 +257,7 @@ def load_calibration(path) -> FlowCalibration:
     """Read a flow calibration TOML file; one-line ExoacqError naming the file and key when bad."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_text_file(p)
     except (OSError, UnicodeDecodeError) as e:
         raise ExoacqError(f"{p}: cannot read calibration: {e.__class__.__name__}: {e}", code="bad_calibration") from None
     return FlowCalibration.from_toml(text, source=str(p))
@@ -465,7 +466,7 @@ class BeadSet:
 def load_bead_set(path) -> BeadSet:
     p = Path(path)
     try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+        doc = tomllib.loads(read_text_file(p))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ExoacqError(f"{p}: cannot read bead set: {e}", code="bad_calibration") from None
     r = _Reader(doc, str(p))

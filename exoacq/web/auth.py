@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from exoacq.errors import ExoacqError
+from exoacq.textfile import read_text_file
 
 #: scrypt work factors (RFC 7914): N = 2**14, r = 8 use 16 MiB and ~50 ms per check.
 SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_BYTES = 2 ** 14, 8, 1, 32
@@ -89,7 +90,7 @@ class OperatorsFile:
         path = Path(path)
         try:
             mode = path.stat().st_mode
-            text = path.read_text(encoding="utf-8")
+            text = read_text_file(path)
         except FileNotFoundError:
             if missing_ok:
                 return cls(path)
