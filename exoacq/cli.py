@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from exoacq import __version__
-from exoacq.cli_common import add_control, positive_float
+from exoacq.cli_common import add_control, positive_float, refuse_data_dir_output
 from exoacq.errors import ConfigError, ExoacqError
 
 #: Verbs whose sub-commands the methods supply.
@@ -416,7 +416,9 @@ def cmd_export_bluesky(args: argparse.Namespace) -> int:
     if args.output is not None and not args.output.resolve().parent.is_dir():
         raise ExoacqError(f"cannot write {args.output}: no folder {args.output.resolve().parent}", code="usage")
     with _client(args) as client:
-        client.request("status")  # no daemon: said after the usual 5 s, not after the export's 30 s
+        status = client.request("status")  # no daemon: said after the usual 5 s, not after the export's 30 s
+        if args.output is not None:
+            refuse_data_dir_output(args.output, status)
         pairs = client.request("bluesky", run_id=args.run_id, timeout_s=30.0)
     text = "".join(json.dumps(pair) + "\n" for pair in pairs)
     if args.output is None:

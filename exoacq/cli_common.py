@@ -73,6 +73,15 @@ def seed_int(text: str) -> int:
     return _whole(text, 0)
 
 
+def refuse_data_dir_output(output: Path, status: dict[str, Any]) -> None:
+    """An export's ``--output`` must not lie in the daemon's data directory (``status``'s ``data_dir``): it
+    would overwrite a run's raw data or the audit trail, which the daemon keeps there."""
+    data_dir = status.get("data_dir")
+    if data_dir and Path(output).resolve().is_relative_to(Path(data_dir).resolve()):
+        raise ExoacqError(f"cannot write {output}: it is in the daemon's data directory {data_dir} (runs and the "
+                          "audit trail are kept there); write the export elsewhere", code="usage")
+
+
 def add_control(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--control", default=default_control(),
                    help="daemon control endpoint (default: $EXOACQ_CONTROL or %(default)s)")

@@ -285,6 +285,14 @@ def test_the_reports_say_who_ran_the_run_and_who_approved_it(audited, tmp_path, 
     now = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "Run by local (not authenticated; says alice)" in now and "Not approved yet" not in now
     assert "Approved by local (not authenticated; says bob) at " in now and "release batch 7" in now
+    # an export never lands in the daemon's data directory (it once replaced a run's raw data and the audit log)
+    audit_log = daemon.data_dir / "audit.jsonl"
+    before = audit_log.read_bytes()
+    for argv in (["report", result["run_id"], "--output", str(daemon.data_dir / "runs" / result["run_id"] / "x.html")],
+                 ["bluesky", result["run_id"], "--output", str(audit_log)]):
+        refused = main(capsys, "export", *argv, "--control", daemon.control)
+        assert refused.returncode == 2 and "it is in the daemon's data directory" in refused.stderr, refused.stderr
+    assert audit_log.read_bytes()[:len(before)] == before
 
 
 @pytest.mark.slow

@@ -293,12 +293,13 @@ def cmd_export_report(args: argparse.Namespace) -> int:
     can only say "not approved yet")."""
     from exoacq.audit import signature_lines
     from exoacq.bus import ControlClient
-    from exoacq.cli_common import client_keys
+    from exoacq.cli_common import client_keys, refuse_data_dir_output
     from exoacq.nta.export import write_html_report
 
     if not args.output.resolve().parent.is_dir():
         raise ExoacqError(f"cannot write {args.output}: no folder {args.output.resolve().parent}", code="usage")
     with ControlClient(args.control, keys=client_keys(args)) as client:
+        refuse_data_dir_output(args.output, client.request("status"))
         record = client.request("run", run_id=args.run_id)
     result = record.get("result")
     if record["method"] != "nta" or not result:
