@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from exoacq.audit import AUDIT_FILE, acts, format_entry, read_entries, signature_lines, verify
+from exoacq.cli_common import positive_int
 from exoacq.errors import ExoacqError
 
 
@@ -26,7 +27,7 @@ def add_audit_verbs(sub: Any, parser_class: type) -> None:
     p.add_argument("--acting", action="store_true",
                    help="hide the requests that could change nothing (read-only commands such as status, and "
                         "refused requests: not JSON, too large, unknown command)")
-    p.add_argument("--last", type=int, metavar="N", help="only the last N entries (after --run and --acting)")
+    p.add_argument("--last", type=positive_int, metavar="N", help="only the last N entries (after --run and --acting)")
     p.add_argument("--json", action="store_true", help="the entries as JSON lines, exactly as stored")
     p.set_defaults(func=cmd_audit_show)
 
@@ -86,7 +87,10 @@ def _read(path: Path, reader: Any) -> Any:
 
 
 def approve(client: Any, args: argparse.Namespace) -> int:
-    """``exoacq runs approve RUN_ID [--comment TEXT]``."""
+    """``exoacq runs approve RUN_ID [--comment TEXT]``: the run's current result version."""
+    if getattr(args, "pick", None) is not None or getattr(args, "show_version", None) is not None:
+        raise ExoacqError("`exoacq runs approve` approves the run's current result version and takes no version "
+                          "number: make another version current first (`exoacq runs pick RUN_ID N`)", code="usage")
     params: dict[str, Any] = {"run_id": args.run_id}
     if args.comment is not None:
         params["comment"] = args.comment

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from exoacq import __version__
-from exoacq.cli_common import add_control, positive_float, refuse_data_dir_output
+from exoacq.cli_common import add_control, positive_float, positive_int, refuse_data_dir_output
 from exoacq.errors import ConfigError, ExoacqError
 
 #: Verbs whose sub-commands the methods supply.
@@ -75,7 +75,7 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p = add_control(sub.add_parser("watch", help="print published documents as JSON lines (missed documents, "
                                              "a restarted or vanished daemon: on stderr)"))
     p.add_argument("topics", nargs="*", metavar="TOPIC", help="topics (prefixes) to show; default all")
-    p.add_argument("--count", type=int, default=None, help="exit after this many documents")
+    p.add_argument("--count", type=positive_int, default=None, help="exit after this many documents")
     p.set_defaults(func=cmd_watch)
 
     p = add_control(sub.add_parser("stop", help="abort the running run (the only one, or the one named)"))

@@ -60,6 +60,8 @@ def _whole(text: str, least: int) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < least:
         raise argparse.ArgumentTypeError(f"{text} must be {least} or more")
+    if value > 2 ** 62:  # a count, a seed: beyond what numpy and Python's sequences take (ssize_t)
+        raise argparse.ArgumentTypeError(f"{text} is too large (at most 2**62)")
     return value
 
 

@@ -717,6 +717,11 @@ def core_cases(d: Path, port: int) -> dict[str, dict]:
         "daemon-no-config": _case("no configuration", "daemon"),
         "daemon-config-malformed": _case("TOML|malformed|invalid", "daemon", "--config", str(d / "malformed.toml")),
         "runs-show-no-id": _case("needs a run id", "runs", "show", *control),
+        # once: version 1 approved whatever the number; an OverflowError; exit 0 with no output
+        "runs-approve-version": _case("takes no version number", "runs", "approve", "r1", "99", *control),
+        "audit-last-huge": _case("--last: 99999999999999999999 is too large", "audit", "show", "--data-dir",
+                                 str(d), "--last", "99999999999999999999"),
+        "watch-count-negative": _case("--count: -1 must be 1 or more", "watch", "--count=-1", *control),
         "export-output-no-folder": _case("no folder", "export", "bluesky", "r1", "--output",
                                          str(d / "no" / "x.jsonl"), *control),
         "acquire-nta-sop-missing": _case("cannot read SOP", "acquire", "nta", "--sop", str(d / "missing.toml"),
