@@ -253,7 +253,8 @@ class NTAAcquisition:
         counters = self._capture(run, output, duration_s)
         end_c = self.thermometer.temperature_c()
         self._to_tracker("run.end", {"run_id": capture_id(run.run_id, capture), "frames_sent": run.frames_sent,
-                                     "aborted": run.abort.is_set(), "temperature_c": (start_c + end_c) / 2})
+                                     "aborted": run.abort.is_set(), "temperature_c": (start_c + end_c) / 2,
+                                     "temperature_span_c": [start_c, end_c]})
         run.captures_ended = capture
         return counters
 

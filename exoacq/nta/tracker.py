@@ -59,6 +59,9 @@ ROWS_INTERVAL_S = 1.0
 #: The newest linked frame's features and the live tracks' tails go to the daemon (``live`` events, for
 #: viewers: the frames socket's ``features`` topic) at most this often, over all the linker's runs.
 LIVE_INTERVAL_S = 1.0 / 15.0
+#: A capture whose start and end temperatures differ by more than this is said to have drifted (the sizes use
+#: the mean; water's viscosity changes ~2.4 % per C near 25 C, IAPWS 2008).
+MAX_CAPTURE_TEMPERATURE_CHANGE_C = 0.5
 #: How a ``live`` event starts (compact JSON, ``event`` first), so that the daemon's main thread recognises it
 #: and publishes it without parsing and re-encoding its ~16 kB (exoacq.nta.service).
 LIVE_PREFIX = b'{"event":"live",'
@@ -113,6 +116,8 @@ class _Run:
     frames_sent: int | None = None
     last_features: float = dataclasses.field(default_factory=time.monotonic)
     temperature_c: float | None = None
+    #: The readings at the capture's start and end (C), when the acquisition sent them.
+    temperature_span_c: tuple[float, float] | None = None
     last_frame_timestamp: float | None = None
     #: Frames whose linked positions were sent as ``rows`` events; when they last were.
     rows_sent_frames: int = 0
@@ -295,6 +300,8 @@ class Linker:
             return
         run.frames_sent = int(message["frames_sent"])
         run.temperature_c = message.get("temperature_c")
+        span = message.get("temperature_span_c")
+        run.temperature_span_c = tuple(span) if span else None
         self.maybe_finish(run)
 
     def maybe_finish(self, run: _Run) -> None:
@@ -305,6 +312,12 @@ class Linker:
             run.tracker.params = dataclasses.replace(run.tracker.params, temperature_c=t,
                                                      viscosity_mpa_s=water_viscosity_iapws_mpa_s(t))
         summary = run.tracker.summary()  # first: it links held frames and settles the minimum track length
+        if run.temperature_span_c and abs(run.temperature_span_c[1] - run.temperature_span_c[0]) > \
+                MAX_CAPTURE_TEMPERATURE_CHANGE_C:
+            start, end = run.temperature_span_c
+            summary["warnings"].append(
+                f"the sample's temperature changed from {start:.2f} to {end:.2f} C during the capture: sized at "
+                f"their mean (water's viscosity changes ~2.4 % per C, sizes as much); let it settle before capturing")
         self.send_rows(run)  # the last positions, before the result
         try:
             files = write_tracks(run.tracker, run.output_dir)
