@@ -503,7 +503,10 @@ def test_mean_deviation_from_the_alv_software_over_the_files_is_below_2_percent(
 def test_alv_averaged_export_is_flagged_as_summed_runs():
     single = _alv_document("080622_3_0027_0001.ASC")["measurements"][0]
     summed = _alv_document("080622_3_0027_averaged.ASC")["measurements"][0]
-    assert single["quality"]["verdict"] == "ok" and 0.8 < single["intercept"] < 1.0
+    assert 0.8 < single["intercept"] < 1.0
+    # its 2nd-order PDI is below 0 (ALV's own: -0.138): said to be meaningless, the only warning
+    assert single["quality"]["verdict"].startswith("warning: PDI -0.114 below 0: the correlation is too noisy")
+    assert single["vendor"]["cumulants"]["2"]["pdi"] == pytest.approx(-0.1377, abs=1e-4)
     assert summed["intercept"] > 2.5  # three runs of ~0.85 each, added
     assert summed["quality"]["verdict"].startswith("warning: intercept 2.57 above 1")
     # the vendor block rides along for comparison, unchanged
@@ -551,3 +554,30 @@ def test_photon_level_simulation_through_the_correlator():
     assert m["pdi"] == pytest.approx(truth["pdi"], abs=0.05)
     assert m["pdi_corrected"] == pytest.approx(truth["pdi"], abs=0.05)
     assert m["peaks"]["intensity"][0]["mean_nm"] == pytest.approx(truth["z_average_nm"], rel=0.15)
+
+
+def test_a_negative_pdi_is_said_to_be_meaningless():
+    """mu2 / Gamma^2 is a variance over a squared mean; a noisy correlation can fit it below 0 (a short live
+    measurement once reported "PDI -0.219" with no word). A monodisperse decay under noise of 0.02; slightly
+    below 0 (within NEGATIVE_PDI_TOLERANCE) is a monodisperse sample's, not said."""
+    lag = np.geomspace(1e-6, 1.0, 200)
+    noisy = 0.8 * np.exp(-2 * 1000.0 * lag) + np.random.default_rng(2).normal(0.0, 0.02, lag.size)
+    out = analysis.analyze_correlation(Correlation(angle_deg=90.0, lag_s=lag, g2_minus_1=noisy), wavelength_nm=633.0,
+                                       temperature_c=25.0, viscosity_mpa_s=0.89, refractive_index=1.332)
+    assert out["pdi"] < -analysis.NEGATIVE_PDI_TOLERANCE
+    assert [w for w in out["warnings"] if "below 0" in w] == [
+        f"PDI {out['pdi']:.3f} below 0: the correlation is too noisy for the 2nd cumulant "
+        "(measure longer, or more sub-runs); the PDI is not meaningful"]
+    # the corrected PDI (extrapolated from 3rd-order fits) is noisier: said as a warning, not in the verdict
+    noisy = 0.8 * np.exp(-2 * 1000.0 * lag) + np.random.default_rng(4).normal(0.0, 0.02, lag.size)
+    out = analysis.analyze_correlation(Correlation(angle_deg=90.0, lag_s=lag, g2_minus_1=noisy), wavelength_nm=633.0,
+                                       temperature_c=25.0, viscosity_mpa_s=0.89, refractive_index=1.332)
+    assert out["pdi"] > 0 and out["pdi_corrected"] < -analysis.NEGATIVE_PDI_TOLERANCE
+    assert [w for w in out["warnings"] if "below 0" in w] == [
+        f"corrected PDI {out['pdi_corrected']:.3f} below 0: the 3rd-order fits it extrapolates are too noisy "
+        "(measure longer); it is not meaningful"]
+    assert "below 0" not in out["quality"]["verdict"]
+    clean = 0.8 * np.exp(-2 * 1000.0 * lag)
+    out = analysis.analyze_correlation(Correlation(angle_deg=90.0, lag_s=lag, g2_minus_1=clean), wavelength_nm=633.0,
+                                       temperature_c=25.0, viscosity_mpa_s=0.89, refractive_index=1.332)
+    assert not [w for w in out["warnings"] if "below 0" in w]

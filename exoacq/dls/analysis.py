@@ -34,6 +34,8 @@ RESIDUAL_TOLERANCE = 0.01
 COUNT_RATE_CV_FACTOR = 2.0
 COUNT_RATE_CV_FLOOR = 0.05
 BROAD_PDI = 0.5
+#: A PDI below minus this is no monodisperse sample's (ISO 22412: < 0.05 is monodisperse) but the fit's noise.
+NEGATIVE_PDI_TOLERANCE = 0.05
 
 
 # -- several angles -----------------------------------------------------------------------------
@@ -211,6 +213,13 @@ def analyze_correlation(corr: Correlation, *, wavelength_nm: float, temperature_
                                     f"{rates['count_rate_cv_expected']:.3f} expected from speckle and shot noise")
     if second["pdi"] is not None and second["pdi"] > BROAD_PDI:
         quality_warnings.append(f"PDI {second['pdi']:.2f}: too broad for a meaningful Z-average")
+    # mu2 / Gamma^2 is a variance over a mean squared: below 0 only by the fit's noise
+    if second["pdi"] is not None and second["pdi"] < -NEGATIVE_PDI_TOLERANCE:
+        quality_warnings.append(f"PDI {second['pdi']:.3f} below 0: the correlation is too noisy for the 2nd "
+                                "cumulant (measure longer, or more sub-runs); the PDI is not meaningful")
+    if corrected["pdi"] is not None and corrected["pdi"] < -NEGATIVE_PDI_TOLERANCE:  # noisier: extrapolated
+        warnings.append(f"corrected PDI {corrected['pdi']:.3f} below 0: the 3rd-order fits it extrapolates are too "
+                        "noisy (measure longer); it is not meaningful")
     if second["points"] < MIN_FIT_POINTS:
         quality_warnings.append(f"only {second['points']} channels in the cumulant fit")
 
