@@ -40,6 +40,7 @@ from exoacq import __version__
 from exoacq.audit import (AUDIT_FILE, DAEMON_IDENTITY, AuditLog, describe, identity, pop_claimed_operator)
 from exoacq.bus import dumps
 from exoacq.errors import ExoacqError, ProtocolError
+from exoacq.free_text import check_free_text
 from exoacq.security import READ_ONLY_COMMANDS  # commands that change nothing: recorded, not fsync'ed
 
 log = logging.getLogger("exoacq.audit")
@@ -169,8 +170,8 @@ class AuditRecorder:
         Refused for a run that is not ``done``, and when the same operator approved it already."""
         if not isinstance(run_id, str):
             raise ProtocolError(f"run_id = {run_id!r}: must be a run id string")
-        if comment is not None and (not isinstance(comment, str) or len(comment) > COMMENT_MAX_CHARS):
-            raise ProtocolError(f"comment: must be a text of at most {COMMENT_MAX_CHARS} characters")
+        if comment is not None:
+            check_free_text(comment, "comment", max_chars=COMMENT_MAX_CHARS, allow_empty=True)
         who = self._request[2] if self._request is not None else identity(None)
         record = self.store.get(run_id)
         if record["state"] != "done":

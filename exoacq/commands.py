@@ -97,7 +97,8 @@ class ControlCommands:
             raise ProtocolError(f"no instrument serves method {method!r}; this daemon runs: {', '.join(served)}",
                                 code="unknown_method")
         raise ProtocolError(f"several instruments {'serve ' + method if method else 'exist'}: "
-                            f"{', '.join(r.name for r in choices)}; name one with instrument",
+                            f"{', '.join(r.name for r in choices)}; name one with --instrument "
+                            "(a request's instrument)",
                             code="ambiguous_instrument")
 
     def _cmd_acquire(self, method: str = "nta", instrument: str | None = None, sop: str | None = None,
@@ -177,8 +178,8 @@ class ControlCommands:
     def _only_previewable(self) -> InstrumentRunner:
         if len(self.runners) == 1:
             return next(iter(self.runners.values()))
-        raise ProtocolError(f"several instruments: {', '.join(self.runners)}; name one with instrument",
-                            code="ambiguous_instrument")
+        raise ProtocolError(f"several instruments: {', '.join(self.runners)}; name one with --instrument "
+                            "(a request's instrument)", code="ambiguous_instrument")
 
     def _cmd_set(self, device: str, setting: str, value: Any = None, instrument: str | None = None) -> dict[str, Any]:
         """Change a device's declared setting within its validated range."""

@@ -89,7 +89,11 @@ def test_dls_and_nta_runs_overlap_and_publish_valid_documents(daemon):
     jsonschema.validate(dls, load_schema("dls.result"))
     measurement = dls["measurements"][0]
     assert measurement["angle_deg"] == pytest.approx(90.0)
-    assert measurement["quality"]["verdict"] == "ok"
+    # 2 x 3 s beside an NTA run on 2 cores: the 2nd cumulant is noisy, and a PDI below -0.05 is said to be
+    # meaningless (exoacq.dls.analysis.NEGATIVE_PDI_TOLERANCE); nothing else may be wrong with the measurement
+    verdict = measurement["quality"]["verdict"]
+    assert verdict == "ok" or (verdict.startswith("warning: PDI -") and "below 0: the correlation is too noisy for "
+                               "the 2nd cumulant" in verdict and ";" not in verdict), verdict
     # 2 x 3 s of a simulated 100 nm sample: a Z-average near 100 nm (accuracy: tests/test_dls_analysis.py)
     assert measurement["z_average_nm"] == pytest.approx(100.0, rel=0.1)
     assert (daemon.data_dir / "runs" / dls["run_id"] / "correlation.ASC").exists()

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from conftest import RunningDaemon
 from exoacq.bus import ControlClient, subscribe
+from exoacq.errors import ExoacqError
 from fuzz_requests import (LONE_SURROGATES, MiB, Frames, bad_request_shape, describe, encode, hostile_acquire,
                            hostile_parameters, multi_frame, not_json, plain, unknown_command)
 
@@ -267,3 +268,17 @@ def test_bead_check_reads_no_device_and_no_other_file(fuzz_target):
             fuzz_target.refused(plain(encode({"command": "acquire", "method": "nta", "instrument": "nta",
                                               "duration_s": 0.3, "captures": 1, "bead_check": path})))
             assert time.monotonic() - started < 1.0, path
+
+
+def test_control_characters_in_a_sample_name_or_a_comment_are_refused(fuzz_target):
+    """A line break or an escape sequence in a sample name or an approval's comment once reached `runs` and
+    `audit show` as they were (forged lines); a name of spaces only was a sample too."""
+    client = fuzz_target.client
+    for method in ("nta", "dls", "flow"):
+        for sample, reason in (("a\nb", "must not hold control characters"), ("x\x1b[31m", "control characters"),
+                               ("   ", "not only spaces")):
+            with pytest.raises(ExoacqError, match=reason):
+                client.request("acquire", method=method, sample=sample, duration_s=0.3)
+    with pytest.raises(ExoacqError, match="comment = 'ok\\\\nFAKE': must not hold control characters"):
+        client.request("approve", run_id=fuzz_target.run_id, comment="ok\nFAKE")
+    assert client.request("ping")["pid"] == fuzz_target.daemon.process.pid

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from exoacq.errors import ConfigError, ProtocolError
+from exoacq.free_text import check_free_text
 from exoacq.methods import Method, Role, Run
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent.parent / "docs" / "schemas"
@@ -91,8 +92,7 @@ class FlowMethod(Method):
             raise ProtocolError(f"duration_s = {duration!r}: must be a number of seconds in (0, {MAX_DURATION_S:g}]")
         if not _number(dilution) or not 1 <= dilution <= 1e9:
             raise ProtocolError(f"dilution = {dilution!r}: must be a dilution factor from 1 (neat) to 1e9")
-        if not isinstance(sample, str) or not 0 < len(sample) <= 200:
-            raise ProtocolError(f"sample = {sample!r}: must be a name of 1 to 200 characters")
+        check_free_text(sample, "sample", max_chars=200)
         control = settings["control"]
         if control is not None and control not in CONTROLS:
             raise ProtocolError(f"control = {control!r}: a run is the sample (no control) or one of the controls "

@@ -19,6 +19,7 @@ import zmq
 
 from exoacq.bus import send_frame
 from exoacq.errors import DeviceError, ProtocolError
+from exoacq.free_text import check_free_text
 from exoacq.methods import Run as CoreRun
 from exoacq.nta.parameters import TrackingParameters, with_threshold
 from exoacq.nta.threshold import SAMPLE_FRAMES as THRESHOLD_FRAMES
@@ -75,8 +76,7 @@ def validate_request(params: dict[str, Any], sop: Any = None) -> dict[str, Any]:
         raise ProtocolError(f"captures = {captures!r}: must be a whole number of videos from 1 to {MAX_CAPTURES}")
     if duration * captures > MAX_DURATION_S * 4:
         raise ProtocolError(f"{captures} captures of {duration:g} s is more than {MAX_DURATION_S * 4:g} s of video")
-    if not isinstance(sample, str) or not 0 < len(sample) <= 200:
-        raise ProtocolError(f"sample = {sample!r}: must be a name of 1 to 200 characters")
+    check_free_text(sample, "sample", max_chars=200)
     settings["duration_s"], settings["dilution"] = float(duration), float(dilution)
     if settings.get("bead_check") is not None:  # a bead-check run: its standard file, read now
         from exoacq.nta.suitability import bead_check_setting
