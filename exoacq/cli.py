@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from exoacq import __version__
-from exoacq.cli_common import add_control, positive_float, positive_int, refuse_data_dir_output
+from exoacq.cli_common import add_control, finite_float, positive_float, positive_int, refuse_data_dir_output
 from exoacq.errors import ConfigError, ExoacqError
 
 #: Verbs whose sub-commands the methods supply.
@@ -120,7 +120,7 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
                                                "set temperature) within its range; `exoacq settings` lists them"))
     p.add_argument("device", help="the device's role in the instrument (laser, camera, pump, temperature)")
     p.add_argument("setting", help="e.g. power_mw, exposure_ms, rate_ul_min, setpoint_c")
-    p.add_argument("value", type=float)
+    p.add_argument("value", type=finite_float)
     p.add_argument("--instrument", help="default: the only instrument")
     p.set_defaults(func=cmd_set)
 

@@ -722,6 +722,7 @@ def core_cases(d: Path, port: int) -> dict[str, dict]:
         "audit-last-huge": _case("--last: 99999999999999999999 is too large", "audit", "show", "--data-dir",
                                  str(d), "--last", "99999999999999999999"),
         "watch-count-negative": _case("--count: -1 must be 1 or more", "watch", "--count=-1", *control),
+        "set-value-nan": _case("value: nan is not a finite number", "set", "camera", "exposure_ms", "nan", *control),
         "export-output-no-folder": _case("no folder", "export", "bluesky", "r1", "--output",
                                          str(d / "no" / "x.jsonl"), *control),
         "acquire-nta-sop-missing": _case("cannot read SOP", "acquire", "nta", "--sop", str(d / "missing.toml"),
