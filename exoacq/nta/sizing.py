@@ -26,7 +26,10 @@ def distribution_statistics(diameter_nm, probability) -> dict[str, float]:
     neighbours, uniform in ln(d) within it; quantiles interpolate the
     cumulative distribution across cells. The mode is the maximum of the
     density per nm, refined by a parabola through the neighbouring cells.
-    Mean and SD are those of the grid points (SD with no Bessel correction).
+    The mean is that of the grid points; the SD (no Bessel correction) counts
+    the spread within each cell as the quantiles do (uniform in ln(d)), so that
+    a distribution in one cell has the SD of that cell, not 0 beside a D10-D90
+    spread.
     """
     d = np.asarray(diameter_nm, float)
     p = np.asarray(probability, float)
@@ -54,7 +57,10 @@ def distribution_statistics(diameter_nm, probability) -> dict[str, float]:
         curvature = f0 - 2 * f1 + f2
         if curvature < 0:
             ln_mode += float(np.clip(0.5 * (f0 - f2) / curvature, -0.5, 0.5)) * widths[j]
-    return {"mean": mean, "mode": math.exp(ln_mode), "sd": float(math.sqrt(p @ (d - mean) ** 2)),
+    low, high = np.exp(edges[:-1]), np.exp(edges[1:])
+    first, second = (high - low) / widths, (high ** 2 - low ** 2) / (2.0 * widths)  # E[d], E[d^2] in each cell
+    variance = float(p @ (second - 2.0 * mean * first)) + mean ** 2
+    return {"mean": mean, "mode": math.exp(ln_mode), "sd": math.sqrt(max(variance, 0.0)),
             "d10": quantiles[0], "d50": quantiles[1], "d90": quantiles[2]}
 
 
