@@ -201,7 +201,7 @@ class NE1000Pump:
     """
 
     settings: dict[str, Setting] = {
-        "rate_ul_min": Setting("rate_ul_min", "set_rate_ul_min", "uL/min", 0.0, "max_rate_ul_min",
+        "rate_ul_min": Setting("rate_ul_min", "set_rate_ul_min", "uL/min", "min_rate_ul_min", "max_rate_ul_min",
                                "pumping rate (RAT); the limits depend on the syringe diameter"),
     }
 

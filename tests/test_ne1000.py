@@ -68,6 +68,9 @@ def test_connect_reads_identity_and_diameter(sim: NE1000Simulator) -> None:
         assert sim.transcript == CONNECT
         assert isinstance(pump, Pump)
         assert (pump.min_rate_ul_min, pump.max_rate_ul_min) == (0.01217, 783.9)
+        # the range `exoacq settings` shows is the one set_rate_ul_min takes (it once showed 0..783.9)
+        rate = pump.settings["rate_ul_min"]
+        assert (rate.low(pump), rate.limit(pump)) == (0.01217, 783.9)
     finally:
         pump.close()
 
