@@ -90,6 +90,21 @@ def stokes_einstein_diameter_nm(diffusion_um2_s, temperature_c: float, viscosity
     return float(result) if np.ndim(result) == 0 else result
 
 
+#: A recording whose start and end temperatures differ by more than this (C) is said to have drifted: it is
+#: sized at the mean, and water's viscosity changes ~2.4 % per C near 25 C (IAPWS 2008), sizes as much.
+MAX_RECORDING_TEMPERATURE_CHANGE_C = 0.5
+
+
+def temperature_drift_warning(start_c: float, end_c: float, recording: str) -> str | None:
+    """The warning for a ``recording`` ("capture", "measurement") whose temperature moved by more than
+    :data:`MAX_RECORDING_TEMPERATURE_CHANGE_C` between its start and end readings; None if it held."""
+    if abs(end_c - start_c) <= MAX_RECORDING_TEMPERATURE_CHANGE_C:
+        return None
+    return (f"the sample's temperature changed from {start_c:.2f} to {end_c:.2f} C during the {recording}: sized at "
+            f"their mean (water's viscosity changes ~2.4 % per C, sizes as much); let it settle before the next "
+            f"{recording}")
+
+
 def rayleigh_polarizability_factor(particle_index: float, medium_index: float) -> float:
     """|(m^2 - 1)/(m^2 + 2)|^2 with m = n_particle / n_medium (Rayleigh scattering).
 

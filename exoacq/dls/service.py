@@ -21,14 +21,12 @@ from exoacq.bus import make_document
 from exoacq.errors import DeviceError, ExoacqError, ProtocolError
 from exoacq.dls.plugin import DLSRun as Run
 from exoacq.methods import FolderWatcher, MethodService, RunStatus, make_safe
+from exoacq.physics import temperature_drift_warning
 
 log = logging.getLogger("exoacq.dls")
 
 #: Points of the count-rate trace kept for progress documents.
 TRACE_POINTS = 600
-#: A measurement whose start and end temperatures differ by more than this is said to have drifted (as NTA's
-#: captures: exoacq.nta.tracker.MAX_CAPTURE_TEMPERATURE_CHANGE_C).
-MAX_RUN_TEMPERATURE_CHANGE_C = 0.5
 #: Fields of a result document that are the daemon's, not the analysis's.
 RESULT_OWN = {"schema", "run_id", "time", "method", "instrument", "complete"}
 
@@ -197,11 +195,10 @@ class DLSService(MethodService):
                            instrument=self.instrument.name)
         analysis = analyze_record(record, particle_refractive_index=s.particle_refractive_index,
                                   fit_fraction=s.fit_fraction)
-        start_c, end_c = run.settings["temperature_start_c"], run.settings["temperature_end_c"]
-        if abs(end_c - start_c) > MAX_RUN_TEMPERATURE_CHANGE_C:  # the set point may change while measuring
-            analysis["warnings"] = [f"the sample's temperature changed from {start_c:.2f} to {end_c:.2f} C during "
-                                    "the measurement: sized at their mean (water's viscosity changes ~2.4 % per C, "
-                                    "sizes as much); let it settle before measuring", *analysis.get("warnings", [])]
+        drift = temperature_drift_warning(run.settings["temperature_start_c"], run.settings["temperature_end_c"],
+                                          "measurement")  # the set point may change while measuring
+        if drift:
+            analysis["warnings"] = [drift, *analysis.get("warnings", [])]
         files = {}
         try:
             asc = run.output_dir / "correlation.ASC"

@@ -39,7 +39,7 @@ import zmq
 
 from exoacq.bus import dumps, loads
 from exoacq.nta.frame_order import FrameOrder
-from exoacq.physics import water_viscosity_iapws_mpa_s
+from exoacq.physics import temperature_drift_warning, water_viscosity_iapws_mpa_s
 
 if TYPE_CHECKING:
     from exoacq.nta.analysis import StreamingTracker
@@ -59,9 +59,6 @@ ROWS_INTERVAL_S = 1.0
 #: The newest linked frame's features and the live tracks' tails go to the daemon (``live`` events, for
 #: viewers: the frames socket's ``features`` topic) at most this often, over all the linker's runs.
 LIVE_INTERVAL_S = 1.0 / 15.0
-#: A capture whose start and end temperatures differ by more than this is said to have drifted (the sizes use
-#: the mean; water's viscosity changes ~2.4 % per C near 25 C, IAPWS 2008).
-MAX_CAPTURE_TEMPERATURE_CHANGE_C = 0.5
 #: How a ``live`` event starts (compact JSON, ``event`` first), so that the daemon's main thread recognises it
 #: and publishes it without parsing and re-encoding its ~16 kB (exoacq.nta.service).
 LIVE_PREFIX = b'{"event":"live",'
@@ -312,12 +309,9 @@ class Linker:
             run.tracker.params = dataclasses.replace(run.tracker.params, temperature_c=t,
                                                      viscosity_mpa_s=water_viscosity_iapws_mpa_s(t))
         summary = run.tracker.summary()  # first: it links held frames and settles the minimum track length
-        if run.temperature_span_c and abs(run.temperature_span_c[1] - run.temperature_span_c[0]) > \
-                MAX_CAPTURE_TEMPERATURE_CHANGE_C:
-            start, end = run.temperature_span_c
-            summary["warnings"].append(
-                f"the sample's temperature changed from {start:.2f} to {end:.2f} C during the capture: sized at "
-                f"their mean (water's viscosity changes ~2.4 % per C, sizes as much); let it settle before capturing")
+        drift = temperature_drift_warning(*run.temperature_span_c, "capture") if run.temperature_span_c else None
+        if drift:
+            summary["warnings"].append(drift)
         self.send_rows(run)  # the last positions, before the result
         try:
             files = write_tracks(run.tracker, run.output_dir)
