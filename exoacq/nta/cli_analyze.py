@@ -15,7 +15,7 @@ from typing import Any
 from exoacq.batch import BatchMethod, run_batch_cli, single_input, split_dask_argument
 from exoacq.cli_common import float_in
 from exoacq.errors import ExoacqError
-from exoacq.nta import DETECTORS
+from exoacq.nta import DETECTORS, LEAST_MINMASS, MIN_DIAMETER_NM, SEARCH_RANGE_PX
 
 
 def add_analysis_options(p: argparse.ArgumentParser) -> None:
@@ -44,10 +44,10 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
                         "per frame (default 0.5)")
     p.add_argument("--min-track-length", type=int, default=None,
                    help="frames (default: chosen from the data's localisation error, 13 or more)")
-    p.add_argument("--search-range-px", type=float_in(0.5, 1000.0, "px"),
+    p.add_argument("--search-range-px", type=float_in(*SEARCH_RANGE_PX, "px"),
                    help="link search range (default: chosen from the first 100 frames' tracks, at most that of "
                         "--min-diameter-nm)")
-    p.add_argument("--min-diameter-nm", type=float_in(1.0, 1e5, "nm"), default=30.0,
+    p.add_argument("--min-diameter-nm", type=float_in(*MIN_DIAMETER_NM, "nm"), default=30.0,
                    help="smallest expected particle: the largest search range (default %(default)s)")
     p.add_argument("--detector", choices=DETECTORS, default="fast")
 
@@ -83,9 +83,9 @@ def analysis_parameters(args: argparse.Namespace, video) -> tuple[Any, list[str]
     if exposure_ms is not None and not 0 <= exposure_ms <= 1000.0 / fps * (1 + 1e-9):
         raise ExoacqError(f"--exposure-ms {exposure_ms:g}: must be from 0 to the frame interval "
                           f"{1000.0 / fps:.3g} ms", code="usage")
-    if args.minmass is not None and not (args.minmass == 0 or 1e-9 <= args.minmass < math.inf):
-        raise ExoacqError(f"--minmass {args.minmass:g}: give 0 (no threshold) or a finite mass of at least 1e-9",
-                          code="usage")
+    if args.minmass is not None and not (args.minmass == 0 or LEAST_MINMASS <= args.minmass < math.inf):
+        raise ExoacqError(f"--minmass {args.minmass:g}: give 0 (no threshold) or a finite mass of at least "
+                          f"{LEAST_MINMASS:g}", code="usage")
     temperature = args.temperature_c
     if temperature is None:
         temperature = 25.0

@@ -29,7 +29,7 @@ from typing import Any
 
 from exoacq.bus import dumps, loads
 from exoacq.errors import ConfigError, ExoacqError
-from exoacq.nta import DETECTORS
+from exoacq.nta import DETECTORS, LEAST_MINMASS, MIN_DIAMETER_NM, SEARCH_RANGE_PX
 from exoacq.nta.analysis import StreamingTracker
 from exoacq.nta.parameters import TrackingParameters, locate_features, search_range_px
 from exoacq.nta.result_document import build_result
@@ -40,9 +40,10 @@ OVERRIDES = ("minmass", "min_track_length", "feature_diameter_px", "search_range
              "detector", "calibration", "detection_volume_nl")
 
 
-#: Plausible ranges of the numeric overrides: a search range in px, the smallest diameter in nm, a detection
-#: volume in nL (a light sheet under a camera's field holds 1e-6 to 1e3 nL).
-OVERRIDE_RANGES = {"search_range_px": (0.5, 1000.0), "min_diameter_nm": (1.0, 1e5), "detection_volume_nl": (1e-6, 1e3)}
+#: Plausible ranges of the numeric overrides: analyze nta's, and a detection volume in nL (a light sheet under a
+#: camera's field holds 1e-6 to 1e3 nL).
+OVERRIDE_RANGES = {"search_range_px": SEARCH_RANGE_PX, "min_diameter_nm": MIN_DIAMETER_NM,
+                   "detection_volume_nl": (1e-6, 1e3)}
 
 
 def _number(key: str, value: Any, *, integer: bool = False, minimum: float | None = None,
@@ -81,16 +82,16 @@ def validate_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
             out[key] = None
         elif key == "minmass":
             out[key] = float(_number(key, value, minimum=0.0))
-            if 0 < out[key] < 1e-9:  # as analyze nta's --minmass
-                raise ExoacqError(f"override minmass = {value!r}: give 0 (no threshold) or at least 1e-9",
-                                  code="bad_override")
+            if 0 < out[key] < LEAST_MINMASS:  # as analyze nta's --minmass
+                raise ExoacqError(f"override minmass = {value!r}: give 0 (no threshold) or at least "
+                                  f"{LEAST_MINMASS:g}", code="bad_override")
         elif key == "min_track_length":
             out[key] = _number(key, value, integer=True, minimum=3, maximum=10000)
         elif key == "feature_diameter_px":
             out[key] = _number(key, value, integer=True, minimum=3, maximum=51)
             if out[key] % 2 == 0:
                 raise ExoacqError(f"override feature_diameter_px = {value!r}: must be odd", code="bad_override")
-        elif key in OVERRIDE_RANGES:  # the ranges of analyze nta's options (exoacq.nta.cli_analyze)
+        elif key in OVERRIDE_RANGES:
             low, high = OVERRIDE_RANGES[key]
             out[key] = float(_number(key, value, minimum=low, maximum=high))
         elif key == "detector":
