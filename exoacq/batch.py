@@ -74,11 +74,16 @@ class BatchMethod:
 
 
 # -- inputs ----------------------------------------------------------------------------------
+def _refuse_empty(arguments: list[str]) -> None:
+    """An input that is an empty string (or spaces) is a usage error: ``Path("")`` is the current folder."""
+    if any(not argument.strip() for argument in arguments):
+        raise ExoacqError("an input is an empty string: name a file, a folder or a glob", code="usage")
+
+
 def single_input(arguments: list[str], is_input_folder: Callable[[Path], bool] | None = None) -> Path | None:
     """The one input of a command line that names exactly one file (or one-input folder), as
     before batches existed; None when the arguments make a batch."""
-    if any(not argument.strip() for argument in arguments):  # Path("") is the current folder
-        raise ExoacqError("an input is an empty string: name a file, a folder or a glob", code="usage")
+    _refuse_empty(arguments)
     if len(arguments) != 1:
         return None
     path = Path(arguments[0])
@@ -110,9 +115,9 @@ def expand_inputs(arguments: Iterable[str], suffixes: Iterable[str],
         for p in members:
             found.setdefault(p)
 
+    arguments = list(arguments)
+    _refuse_empty(arguments)
     for argument in arguments:
-        if not argument.strip():  # Path("") is the current folder
-            raise ExoacqError("an input is an empty string: name a file, a folder or a glob", code="usage")
         path = Path(argument)
         if path.is_dir():
             folder(path, argument)
